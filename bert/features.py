@@ -1,0 +1,63 @@
+"""The fixed structure a recorded forward pass hands back, shared by `bert/` (producer) and the adaptors (consumer)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+# Per-layer features, keyed by 0-based encoder layer index.
+LAYER_FEATURES = ("attentions", "queries", "keys", "values", "hidden_states")
+# Whole-model features.
+MODEL_FEATURES = ("embeddings", "logits")
+FEATURES = LAYER_FEATURES + MODEL_FEATURES
+
+# What to record: feature name -> layer indices. For "embeddings" and "logits" the presence of the key is what counts.
+FeatureRequest = dict[str, frozenset[int]]
+
+
+@dataclass
+class Features:
+    """Tensors of one forward pass. Layer dicts hold only the layers that were asked for.
+
+    attentions:    layer -> (B, h, T, T) softmax probabilities before dropout, padding keys masked
+    queries/keys/values: layer -> (B, h, T, d)
+    hidden_states: layer -> (B, T, H) output of that encoder layer
+    embeddings:    (B, T, H) embedding output (input of layer 0)
+    logits:        (B, C)
+    attention_mask: (B, T) 1 for real tokens, 0 for padding
+    """
+
+    attention_mask: torch.Tensor
+    attentions: dict[int, torch.Tensor] = field(default_factory=dict)
+    queries: dict[int, torch.Tensor] = field(default_factory=dict)
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+    hidden_states: dict[int, torch.Tensor] = field(default_factory=dict)
+    embeddings: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+def merge_requests(*requests: FeatureRequest) -> FeatureRequest:
+    """Union of several requests (one per adaptor)."""
+    out: dict[str, set[int]] = {}
+    for req in requests:
+        for name, layers in req.items():
+            if name not in FEATURES:
+                raise ValueError(f"unknown feature {name!r} (choices: {', '.join(FEATURES)})")
+            out.setdefault(name, set()).update(layers)
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes adaptors need to validate layer maps and build projections."""
+
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+
+    @classmethod
+    def of(cls, config) -> ModelDims:
+        """From any BERT-family `PretrainedConfig` (DistilBERT's `n_layers`/`dim` are reached via attribute_map)."""
+        return cls(config.num_hidden_layers, config.hidden_size, config.num_attention_heads)

