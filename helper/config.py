@@ -35,8 +35,11 @@ class DataConfig:
     source: Literal["rotten_tomatoes", "hf", "csv", "tsv", "json", "jsonl", "label_text", "parallel"] = (
         "rotten_tomatoes"
     )
-    name: str | None = None  # hf: dataset name, e.g. "glue"
+    name: str | None = None  # hf: dataset name or local directory, e.g. "glue"
     subset: str | None = None  # hf: dataset config, e.g. "sst2"
+    # hf: our split -> the dataset's split, e.g. {train: train, validation: validation_matched}. Every split named must
+    # exist. Default: train / validation / test, each when the dataset has it.
+    hf_splits: dict[str, str] | None = None
     # Per-split file (csv/tsv/json/jsonl/label_text) or text file (parallel); "test" is optional.
     train: str | None = None
     validation: str | None = None
@@ -45,20 +48,24 @@ class DataConfig:
     train_labels: str | None = None
     validation_labels: str | None = None
     test_labels: str | None = None
-    label_names: list[str] | None = None  # id -> name; default: sorted labels seen in train
+    encoding: str = "utf-8"  # of local files (../shared/data/trec needs latin-1)
+    # id -> name. Default: the source's names (hf ClassLabel, embedded demo), else the sorted labels seen in train.
+    label_names: list[str] | None = None
     label_names_file: str | None = None  # one `id<TAB>name` (or just `name`) a line, as tweet_emotion/mapping.txt
     text_column: str = "text"
     text_pair_column: str | None = None  # second sentence, for pair tasks
     label_column: str = "label"
-    hf_splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "validation": "validation"})
+    # Without a validation split (trec), hold out this stratified, seeded fraction of train as validation.
+    val_from_train: float | None = None
     max_length: int = 128
     batch_size: int = 32
     eval_batch_size: int | None = None  # defaults to batch_size
+    group_by_length: bool = False  # training batches of similar length (buckets of 50 batches), order seeded per epoch
     num_workers: int = 0
-    limit_train: int | None = None  # keep only the first N training examples (after shuffling with seed)
-    limit_eval: int | None = None
-    seed: int = 0  # split seed of the embedded demo and of `limit_*`
-    cache_dir: str = ".cache/tokenized"
+    limit_train: int | None = None  # keep a seeded random subset of N training examples
+    limit_eval: int | None = None  # same for validation and test
+    seed: int = 0  # embedded-demo split, val_from_train, limit_*, training order
+    cache_dir: str | None = ".cache/tokenized"  # tokenized splits on disk; None: memory only
 
 
 @dataclass
@@ -105,6 +112,48 @@ class LoggerConfig:
 @dataclass
 class FinetuneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+@dataclass
+class InitFromConfig:
+    """Cut a student from a model's layers, as DistilBERT and clkd initialise students."""
+
+    layers: list[int] = field(default_factory=lambda: [1, 5])  # 0-based source layers, in order
+    embeddings: bool = True  # copy the embeddings too (else random init)
+    model: str | None = None  # source model; default: the teacher
+
+
+@dataclass
+class StudentConfig:
+    """Exactly one of `name`, `config`, `init_from_teacher`."""
+
+    name: str | None = None  # (a) a Hugging Face name or directory (stage 2 default: stage 1's output)
+    config: dict[str, Any] | None = None  # (b) random init: these keys override the teacher's config
+    init_from_teacher: InitFromConfig | None = None  # (c) cut from the teacher (or init_from_teacher.model)
+    tokenizer: str | None = None  # default: the teacher's tokenizer
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    dropout: float | None = None
+
+
+@dataclass
+class DistillConfig:
+    adaptors: list[Any] = field(default_factory=lambda: ["AttnMiniLM", "ValMiniLM", "LogitMSE"])
+    temperature: float = 1.0  # default for adaptors that take a temperature
+    train_encoder: bool = False  # stage 2 only: train the whole student, not just its head
+    cache_teacher: bool = True  # reuse teacher logits across epochs when only logits are distilled
+    report: bool = True  # teacher-vs-student report at the end
+    report_batches: int = 20  # batch-1 latency calls per model in the report (throughput uses a quarter)
+
+
+@dataclass
+class DistillationRunConfig:
+    teacher: ModelConfig = field(default_factory=lambda: ModelConfig(name="runs/finetune/model"))
+    student: StudentConfig = field(default_factory=lambda: StudentConfig(init_from_teacher=InitFromConfig()))
+    distill: DistillConfig = field(default_factory=DistillConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -220,6 +269,11 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `5e-5` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -236,3 +290,14 @@ def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (the run directory's `config.yaml`)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def parse_cli(cls: type, default_config: str, argv: list[str] | None = None) -> Any:
+    """`script.py [--config PATH] [section.key=value ...]` -> a `cls` instance."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=f"Overrides apply on top of the YAML file ({default_config}).")
+    parser.add_argument("--config", default=default_config, help="YAML config file (default: %(default)s)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
+    args = parser.parse_args(argv)
+    return load_config(cls, args.config, args.overrides)

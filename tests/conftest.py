@@ -65,3 +65,44 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+POSITIVE = ["a gorgeous , witty film", "moving and funny", "a delight from start to finish", "brilliant acting"]
+NEGATIVE = ["dull and far too long", "a tedious mess", "nothing works here", "flat , lifeless and boring"]
+
+
+@pytest.fixture(scope="session")
+def clf_csv(tmp_path_factory) -> dict[str, str]:
+    """Tiny sentiment csv splits (train 32, validation 16, test 16), labels `neg`/`pos`."""
+    out = tmp_path_factory.mktemp("clf_csv")
+    paths = {}
+    for split, n in (("train", 32), ("validation", 16), ("test", 16)):
+        rows = ["text,label"]
+        for i in range(n):
+            pool, label = (POSITIVE, "pos") if i % 2 else (NEGATIVE, "neg")
+            rows.append(f'"{pool[i % len(pool)]} {i}",{label}')
+        path = out / f"{split}.csv"
+        path.write_text("\n".join(rows) + "\n")
+        paths[split] = str(path)
+    return paths
+
+
+def run_overrides(out_dir, clf_csv: dict[str, str], **extra) -> list[str]:
+    """Overrides that make any stage run on `clf_csv`, tiny and offline, into `out_dir`."""
+    base = {
+        "data.source": "csv",
+        "data.train": clf_csv["train"],
+        "data.validation": clf_csv["validation"],
+        "data.test": clf_csv["test"],
+        "data.batch_size": 8,
+        "data.max_length": 16,
+        "data.cache_dir": str(out_dir / "cache"),
+        "trainer.max_epochs": 1,
+        "trainer.accelerator": "cpu",
+        "trainer.devices": 1,
+        "trainer.log_every_n_steps": 1,
+        "logger.wandb": False,
+        "logger.output_dir": str(out_dir),
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]

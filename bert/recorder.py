@@ -1,0 +1,169 @@
+"""Record per-layer features of a transformers encoder with forward hooks; its attention kernel stays (sdpa stays sdpa).
+
+Attention probabilities are recomputed from the recorded queries and keys as softmax(q·kᵀ·scaling [+ bias] + mask):
+exactly the pre-dropout probabilities of the eager path, while the model's own forward is left untouched.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Collection, Mapping
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from bert.families import get_family
+from bert.features import FEATURES, MODEL_FEATURES, Features, ModelDims
+from helper.errors import UserError
+
+
+class FeatureRecorder:
+    """Hooks only the requested layers/features of `model`; `close()` (or leaving the `with` block) removes them."""
+
+    def __init__(self, model: nn.Module, request: Mapping[str, Collection[int]]):
+        self.model = model
+        self.family = get_family(model)
+        layers = self.family.layers(model)
+        self.request = _validated(request, len(layers), type(model).__name__)
+        self._heads = ModelDims.of(model.config).num_heads
+        self._store: dict[tuple[str, int], object] = {}
+        self._active = False
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._scaling: dict[int, float | None] = {}
+
+        wanted = self._wanted
+        for i in sorted(wanted("queries") | wanted("keys") | wanted("values") | wanted("attentions")):
+            needs_qk = i in wanted("attentions")
+            for name, linear in zip(("queries", "keys", "values"), self.family.projections(model, i)):
+                if i in wanted(name) or (needs_qk and name != "values"):
+                    self._handles.append(linear.register_forward_hook(self._keep_output(name, i)))
+        for i in sorted(wanted("attentions")):
+            attn = self.family.self_attention(model, i)
+            self._scaling[i] = getattr(attn, "scaling", None)
+            hook = self._keep_score_terms(i, inspect.signature(attn.forward))
+            self._handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
+        for i in sorted(wanted("hidden_states")):
+            self._handles.append(layers[i].register_forward_hook(self._keep_output("hidden_states", i)))
+        if "embeddings" in self.request:
+            self._handles.append(layers[0].register_forward_pre_hook(self._keep_layer_input, with_kwargs=True))
+
+    def __call__(self, **inputs) -> tuple[ModelOutput, Features]:
+        """Run `model(**inputs)` and return its output together with the requested features."""
+        self._store.clear()
+        self._active = True
+        try:
+            output = self.model(**inputs)
+            return output, self._features(output, inputs)
+        finally:
+            self._active = False
+            self._store.clear()
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> FeatureRecorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _wanted(self, name: str) -> frozenset[int]:
+        return self.request.get(name, frozenset())
+
+    def _keep_output(self, name: str, layer: int):
+        def hook(module, args, output):
+            if self._active:
+                self._store[name, layer] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    def _keep_score_terms(self, layer: int, signature: inspect.Signature):
+        def hook(module, args, kwargs):
+            if self._active:
+                bound = signature.bind_partial(*args, **kwargs).arguments
+                self._store["mask", layer] = bound.get("attention_mask")
+                if self.family.score_bias_arg is not None:
+                    self._store["bias", layer] = bound.get(self.family.score_bias_arg)
+
+        return hook
+
+    def _keep_layer_input(self, module, args, kwargs):
+        if self._active:
+            self._store["embeddings", 0] = args[0] if args else kwargs["hidden_states"]
+
+    def _take(self, name: str, layer: int):
+        try:
+            return self._store[name, layer]
+        except KeyError:
+            raise UserError(
+                f"{type(self.model).__name__}: no {name} recorded for layer {layer} during forward; the installed "
+                f"transformers layout does not match the {self.family.name} entry of bert/families.py"
+            ) from None
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self._heads, -1)).transpose(1, 2)  # (B, T, H) -> (B, h, T, d)
+
+    def _features(self, output: ModelOutput, inputs: Mapping[str, object]) -> Features:
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            ids = inputs.get("input_ids")
+            shape = ids.shape if ids is not None else inputs["inputs_embeds"].shape[:2]
+            device = ids.device if ids is not None else inputs["inputs_embeds"].device
+            mask = torch.ones(shape, dtype=torch.long, device=device)  # (B, T)
+        feats = Features(attention_mask=mask)
+        for name in ("queries", "keys", "values", "hidden_states"):
+            for i in sorted(self._wanted(name)):
+                x = self._take(name, i)
+                getattr(feats, name)[i] = x if name == "hidden_states" else self._split_heads(x)
+        additive: dict[int, torch.Tensor] = {}  # id(mask) -> additive mask; all layers usually share one mask
+        for i in sorted(self._wanted("attentions")):
+            q, k = self._split_heads(self._take("queries", i)), self._split_heads(self._take("keys", i))
+            # In place where autograd allows it: one (B, h, T, T) buffer instead of one per term.
+            scores = torch.matmul(q, k.transpose(2, 3)).mul_(self._scaling[i] or q.size(-1) ** -0.5)  # (B, h, T, T)
+            bias = self._store.get(("bias", i))
+            if bias is not None:
+                scores.add_(bias)
+            mask = self._take("mask", i)
+            if mask is not None:
+                if id(mask) not in additive:
+                    additive[id(mask)] = _additive(mask, scores.dtype)
+                scores.add_(additive[id(mask)])
+            feats.attentions[i] = scores.softmax(dim=-1)  # (B, h, T, T)
+        if "embeddings" in self.request:
+            feats.embeddings = self._take("embeddings", 0)
+        if "logits" in self.request:
+            feats.logits = getattr(output, "logits", None)
+        return feats
+
+
+def _additive(mask: object, dtype: torch.dtype) -> torch.Tensor:
+    """The mask the self-attention module received as an additive term: 2D padding (flash), 4D bool (sdpa) or
+    4D additive (eager)."""
+    if not isinstance(mask, torch.Tensor):
+        raise UserError(f"attention mask of type {type(mask).__name__} is not supported; use attn_implementation sdpa")
+    if mask.dim() == 2:
+        mask = mask[:, None, None, :].bool()  # (B, 1, 1, T)
+    if mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+def _validated(request: Mapping[str, Collection[int]], num_layers: int, model_name: str) -> dict[str, frozenset[int]]:
+    out = {}
+    for name, layers in request.items():
+        if name not in FEATURES:
+            raise UserError(f"unknown feature {name!r}; choices: {', '.join(FEATURES)}")
+        if name in MODEL_FEATURES:
+            out[name] = frozenset()
+            continue
+        for i in layers:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_layers:
+                raise UserError(
+                    f"feature {name!r}: layer {i!r} is out of range for {model_name} with {num_layers} layers "
+                    f"(valid: 0..{num_layers - 1})"
+                )
+        out[name] = frozenset(layers)
+    return out

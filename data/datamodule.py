@@ -1,0 +1,251 @@
+"""`ClfDataModule`: tokenized (and cached) splits, a dynamic-padding collate, and a length-grouped batch sampler."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+
+from data.sources import SPLITS, fingerprint, load_data, stratified_split
+from helper.config import DataConfig
+from helper.errors import UserError
+
+BUCKET_BATCHES = 50  # group_by_length sorts chunks of this many batches by length
+
+# cache key -> tokenized split; the same tensors are on disk under cfg.cache_dir/<key>.pt
+_MEMORY: dict[str, dict[str, torch.Tensor]] = {}
+
+
+def tokenizer_id(tokenizer) -> dict:
+    """What identifies a tokenizer for the cache: class, name_or_path, vocabulary size and a hash of the vocabulary."""
+    vocab = tokenizer.get_vocab()
+    tokens = "\n".join(sorted(vocab, key=vocab.__getitem__))
+    return {
+        "class": type(tokenizer).__name__,
+        "name_or_path": str(tokenizer.name_or_path),
+        "vocab_size": len(tokenizer),
+        "vocab_sha": hashlib.sha256(tokens.encode()).hexdigest(),
+    }
+
+
+def tokenize_cached(
+    texts: list[str], pairs: list[str] | None, tokenizer, tok_id: dict, max_length: int, cache_dir: str | None
+) -> dict[str, torch.Tensor]:
+    """Token ids of every example, flattened: `input_ids` (N_tokens,), `offsets` (N + 1,), [`token_type_ids`].
+
+    Cached in memory and under `cache_dir`, keyed by the texts' content, the tokenizer and `max_length`.
+    """
+    meta = {"content": fingerprint(texts, pairs), "tokenizer": tok_id, "max_length": max_length}
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
+    if key in _MEMORY:
+        return _MEMORY[key]
+    path = Path(cache_dir) / f"{key}.pt" if cache_dir else None
+    if path is not None and path.is_file():
+        enc = torch.load(path, weights_only=True)
+    else:
+        with_tt = "token_type_ids" in tokenizer.model_input_names
+        out = tokenizer(
+            texts,
+            pairs,
+            truncation=True,
+            max_length=max_length,
+            return_attention_mask=False,
+            return_token_type_ids=with_tt,
+        )
+        lengths = torch.tensor([len(ids) for ids in out["input_ids"]])
+        enc = {
+            "input_ids": torch.tensor(list(chain.from_iterable(out["input_ids"])), dtype=torch.int32),
+            "offsets": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
+        }
+        if with_tt:
+            enc["token_type_ids"] = torch.tensor(list(chain.from_iterable(out["token_type_ids"])), dtype=torch.int8)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # atomic: DDP ranks may write the same key at once
+            torch.save(enc, tmp)
+            os.replace(tmp, path)
+    _MEMORY[key] = enc
+    return enc
+
+
+class TokenizedSplit(Dataset):
+    """Examples of one split as dicts of 1-D tensors; `idx` is the position in the split."""
+
+    def __init__(self, enc: dict[str, torch.Tensor], labels: list[int], enc_s: dict[str, torch.Tensor] | None = None):
+        self.enc, self.enc_s = enc, enc_s
+        self.labels = torch.tensor(labels, dtype=torch.long)
+        self.lengths = (enc["offsets"][1:] - enc["offsets"][:-1]).tolist()  # teacher tokens per example
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {**_example(self.enc, i), "labels": self.labels[i], "idx": i}
+        if self.enc_s is not None:
+            item["student"] = _example(self.enc_s, i)
+        return item
+
+
+def _example(enc: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    a, b = enc["offsets"][i].item(), enc["offsets"][i + 1].item()
+    return {k: v[a:b] for k, v in enc.items() if k != "offsets"}
+
+
+@dataclass
+class Collator:
+    """Pads each batch to its longest example: input_ids, attention_mask, [token_type_ids], labels, idx, [student]."""
+
+    pad_id: int
+    pad_id_s: int | None = None
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = _pad(items, self.pad_id)
+        batch["labels"] = torch.stack([it["labels"] for it in items])  # (B,)
+        batch["idx"] = torch.tensor([it["idx"] for it in items], dtype=torch.long)  # (B,)
+        if "student" in items[0]:
+            batch["student"] = _pad([it["student"] for it in items], self.pad_id_s)
+        return batch
+
+
+def _pad(parts: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    ids = [p["input_ids"].long() for p in parts]
+    out = {
+        "input_ids": pad_sequence(ids, batch_first=True, padding_value=pad_id),  # (B, T)
+        "attention_mask": pad_sequence([torch.ones_like(x) for x in ids], batch_first=True),  # (B, T)
+    }
+    if "token_type_ids" in parts[0]:
+        out["token_type_ids"] = pad_sequence([p["token_type_ids"].long() for p in parts], batch_first=True)  # (B, T)
+    return out
+
+
+class EpochShuffle(Sampler[int]):
+    """A permutation of range(n) that depends only on (seed, epoch); Lightning calls `set_epoch`."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+
+class LengthGroupedBatchSampler(BatchSampler):
+    """Batches of similar length: the indices of `sampler` in chunks of 50 batches, each chunk sorted by length and cut
+    into batches, then the batch order shuffled with (seed, epoch). Every index of `sampler` appears once.
+
+    It follows the `BatchSampler` API, so under DDP Lightning swaps `sampler` for a `DistributedSampler` (shuffled,
+    this rank's share): each rank then groups its own share. The epoch is read from `sampler.epoch`, which both
+    `EpochShuffle` and `DistributedSampler` get from Lightning's `set_epoch`.
+    """
+
+    def __init__(self, sampler, batch_size: int, drop_last: bool, lengths: list[int], seed: int):
+        super().__init__(sampler, batch_size, drop_last)
+        self.lengths, self.seed = lengths, seed
+
+    def __iter__(self):
+        order = list(self.sampler)
+        size = self.batch_size * BUCKET_BATCHES
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start : start + size], key=lambda i: -self.lengths[i])
+            batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()  # only the last chunk's last batch can be short
+        random.Random(self.seed * 100_003 + getattr(self.sampler, "epoch", 0)).shuffle(batches)
+        return iter(batches)
+
+
+class ClfDataModule(L.LightningDataModule):
+    """Text-classification splits from `cfg.source`, tokenized once (cached) by the teacher tokenizer and, when it
+    differs, the student's. After `setup()`: label_names, id2label, label2id, num_labels, splits, has_test, datasets.
+    """
+
+    def __init__(self, cfg: DataConfig, tokenizer, student_tokenizer=None):
+        super().__init__()
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.tok_id = tokenizer_id(tokenizer)
+        self.student_tokenizer, self.tok_id_s = None, None
+        if student_tokenizer is not None and tokenizer_id(student_tokenizer) != self.tok_id:
+            self.student_tokenizer, self.tok_id_s = student_tokenizer, tokenizer_id(student_tokenizer)
+        for tok in (tokenizer, self.student_tokenizer):
+            if tok is not None and tok.pad_token_id is None:
+                raise UserError(f"tokenizer {tok.name_or_path}: has no pad token")
+        self.datasets: dict[str, TokenizedSplit] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        cfg = self.cfg
+        raw = load_data(cfg)
+        splits = raw.splits
+        if cfg.val_from_train is not None:
+            if "validation" in splits:
+                raise UserError(f"data.val_from_train: {splits['validation'].origin} already gives a validation split")
+            if not 0 < cfg.val_from_train < 1:
+                raise UserError(f"data.val_from_train: {cfg.val_from_train} is not a fraction in (0, 1)")
+            keep, held = stratified_split(
+                splits["train"].labels, (1 - cfg.val_from_train, cfg.val_from_train), cfg.seed
+            )
+            splits["train"], splits["validation"] = splits["train"].take(keep), splits["train"].take(held)
+        elif "validation" not in splits:
+            raise UserError(
+                f"data.validation: {splits['train'].origin} comes without a validation split; "
+                "give one or set data.val_from_train (e.g. 0.1)"
+            )
+        self.label_names = raw.label_names
+        self.id2label = dict(enumerate(self.label_names))
+        self.label2id = {name: i for i, name in self.id2label.items()}
+        self.num_labels = len(self.label_names)
+        for name in SPLITS:
+            if name not in splits:
+                continue
+            split = splits[name]
+            limit = cfg.limit_train if name == "train" else cfg.limit_eval
+            if limit is not None and limit < len(split):
+                split = split.take(sorted(random.Random(cfg.seed).sample(range(len(split)), limit)))
+            enc = tokenize_cached(split.texts, split.pairs, self.tokenizer, self.tok_id, cfg.max_length, cfg.cache_dir)
+            enc_s = None
+            if self.student_tokenizer is not None:
+                enc_s = tokenize_cached(
+                    split.texts, split.pairs, self.student_tokenizer, self.tok_id_s, cfg.max_length, cfg.cache_dir
+                )
+            self.datasets[name] = TokenizedSplit(enc, split.labels, enc_s)
+        self.splits = list(self.datasets)
+        self.has_test = "test" in self.datasets
+
+    def _loader(self, dataset: TokenizedSplit, **kw) -> DataLoader:
+        pad_s = self.student_tokenizer.pad_token_id if self.student_tokenizer is not None else None
+        workers = self.cfg.num_workers
+        collate = Collator(self.tokenizer.pad_token_id, pad_s)
+        return DataLoader(dataset, collate_fn=collate, num_workers=workers, persistent_workers=workers > 0, **kw)
+
+    def train_dataloader(self) -> DataLoader:
+        ds, cfg = self.datasets["train"], self.cfg
+        sampler = EpochShuffle(len(ds), cfg.seed)
+        if cfg.group_by_length:
+            batches = LengthGroupedBatchSampler(sampler, cfg.batch_size, False, ds.lengths, cfg.seed)
+            return self._loader(ds, batch_sampler=batches)
+        return self._loader(ds, batch_size=cfg.batch_size, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["validation"], batch_size=self.cfg.eval_batch_size or self.cfg.batch_size)
+
+    def test_dataloader(self) -> DataLoader | list:
+        if not self.has_test:
+            return []
+        return self._loader(self.datasets["test"], batch_size=self.cfg.eval_batch_size or self.cfg.batch_size)

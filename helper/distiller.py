@@ -1,0 +1,222 @@
+"""Lightning modules of distillation: `BaseDistiller` (mix-step), `InterDistiller` (step 1), `PredDistiller` (step 2).
+
+The teacher is frozen, in eval mode, run under `no_grad` (not `inference_mode`: its tensors meet student tensors in the
+losses), kept out of the optimiser and out of checkpoints (it is not a registered submodule), and moved to the student's
+device and dtype.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from bert.features import Features, ModelDims, merge_requests
+from bert.recorder import FeatureRecorder
+from helper.config import OptimConfig
+from helper.errors import UserError
+from helper.finetuner import model_inputs
+from helper.training import clf_metrics, configure_optimizers
+
+
+def head_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The prediction layer: everything outside the encoder (classifier, pre-classifier), plus the pooler."""
+    base = model.base_model
+    encoder_ids = {id(p) for n, p in base.named_parameters() if not n.startswith("pooler.")}
+    return [(n, p) for n, p in model.named_parameters() if id(p) not in encoder_ids]
+
+
+class BaseDistiller(pl.LightningModule):
+    """Mix-step distillation: every configured adaptor trains at once; `sum(weight * loss)` is minimised."""
+
+    stages: ClassVar[tuple[str, ...]] = ("inter", "pred")
+    export_best: ClassVar[bool] = True  # export the best checkpoint on the validation metric (else the last)
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        adaptors: nn.ModuleList,
+        optim: OptimConfig,
+        *,
+        cache_teacher: bool = True,
+        tokenizer=None,
+        attention_plot_dir: str | Path | None = None,
+    ):
+        super().__init__()
+        wrong = [a.key for a in adaptors if a.stage not in self.stages]
+        if wrong:
+            raise UserError(
+                f"distill.adaptors: {', '.join(wrong)} cannot train in {type(self).__name__} "
+                f"(it takes {' and '.join(self.stages)}-stage adaptors)"
+            )
+        if not len(adaptors):
+            raise UserError(f"distill.adaptors: {type(self).__name__} needs at least one adaptor")
+        self.__dict__["teacher"] = teacher.eval().requires_grad_(False)  # unregistered: no optimiser, no checkpoint
+        self.student = student.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes
+        self.adaptors = adaptors
+        self.optim = optim
+        request_t = merge_requests(*(a.request()[0] for a in adaptors))
+        request_s = merge_requests(*(a.request()[1] for a in adaptors))
+        self.rec_t = FeatureRecorder(teacher, request_t)
+        self.rec_s = FeatureRecorder(student, request_s)
+        # Teacher logits depend only on the example: with nothing else requested they are computed once per example.
+        self.cache_teacher = cache_teacher and set(request_t) <= {"logits"}
+        self.teacher_cache: torch.Tensor | None = None  # (N, C), NaN where not yet computed
+        self.cache_hits = self.cache_misses = 0
+        num_labels = student.config.num_labels
+        self.val_metrics = clf_metrics(num_labels, "val/")
+        self.test_metrics = clf_metrics(num_labels, "test/")
+        self.teacher_val_metrics = clf_metrics(num_labels, "teacher/val/")
+        self._teacher_evaluated = False
+        self.tokenizer = tokenizer  # only to label the attention heatmaps
+        self.attention_plot_dir = Path(attention_plot_dir) if attention_plot_dir else None
+        self._plot_batch: dict | None = None
+        self.configure_trainable()
+
+    # -- what trains ------------------------------------------------------------------------------------------------
+    def configure_trainable(self) -> None:
+        """Mix-step trains the whole student (and the adaptors' projections)."""
+
+    def trainable_parameters(self):
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    # -- teacher ----------------------------------------------------------------------------------------------------
+    def _place_teacher(self) -> None:
+        dtype = next(self.student.parameters()).dtype
+        self.teacher.to(device=self.device, dtype=dtype).eval()
+
+    def on_fit_start(self) -> None:
+        self._place_teacher()
+
+    def on_validation_start(self) -> None:
+        self._place_teacher()
+
+    def on_test_start(self) -> None:
+        self._place_teacher()
+
+    def teacher_features(self, batch: dict) -> Features:
+        with torch.no_grad():
+            if not self.cache_teacher:
+                return self.rec_t(**model_inputs(batch))[1]
+            idx = batch["idx"]
+            if self.teacher_cache is None:
+                size = len(self.trainer.train_dataloader.dataset)
+                self.teacher_cache = torch.full((size, self.student.config.num_labels), float("nan"), device=self.device)
+            cached = self.teacher_cache[idx]  # (B, C)
+            missing = cached.isnan().any(dim=1)
+            n_missing = int(missing.sum())
+            self.cache_misses += n_missing
+            self.cache_hits += len(idx) - n_missing
+            if n_missing:
+                sub = {k: v[missing] for k, v in model_inputs(batch).items()}
+                logits = self.rec_t(**sub)[1].logits.float()
+                self.teacher_cache[idx[missing]] = logits
+                cached = self.teacher_cache[idx]
+            return Features(attention_mask=batch["attention_mask"], logits=cached)
+
+    # -- steps ------------------------------------------------------------------------------------------------------
+    def student_inputs(self, batch: dict) -> dict:
+        return model_inputs(batch.get("student", batch))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        feats_t = self.teacher_features(batch)
+        _, feats_s = self.rec_s(**self.student_inputs(batch))
+        labels = batch["labels"]
+        total = 0.0
+        for adaptor in self.adaptors:
+            loss = adaptor(feats_t, feats_s, labels)
+            self.log(f"train/{adaptor.key}", loss, batch_size=len(labels))
+            total = total + adaptor.weight * loss
+        self.log("train/loss", total, prog_bar=True, batch_size=len(labels))
+        if self.cache_teacher:
+            self.log("train/teacher_cache_hit_rate", self.cache_hits / max(1, self.cache_hits + self.cache_misses))
+        return total
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        labels = batch["labels"]
+        logits_s = self.student(**self.student_inputs(batch)).logits
+        self.val_metrics.update(logits_s, labels)
+        self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(labels))
+        if not self._teacher_evaluated:
+            self.teacher_val_metrics.update(self.teacher(**model_inputs(batch)).logits, labels)
+        if batch_idx == 0 and self._plot_batch is None:
+            self._plot_batch = {k: v[:1] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            if "student" in batch:
+                self._plot_batch["student"] = {k: v[:1] for k, v in batch["student"].items()}
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._teacher_evaluated:
+            self.log_dict(self.teacher_val_metrics.compute(), sync_dist=True)
+            self.teacher_val_metrics.reset()
+            self._teacher_evaluated = not self.trainer.sanity_checking
+        if self._plot_batch is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            self.plot_attention()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.test_metrics.update(self.student(**self.student_inputs(batch)).logits, batch["labels"])
+        self.log_dict(self.test_metrics, batch_size=len(batch["labels"]))
+
+    # -- attention heatmaps -----------------------------------------------------------------------------------------
+    def plot_attention(self) -> None:
+        """Teacher and student last-layer attention for a fixed validation example, as an image (wandb and PNG)."""
+        from helper.report import attention_figure
+
+        batch = self._plot_batch
+        figs = {}
+        with torch.no_grad():
+            maps = []
+            for model, inputs in ((self.teacher, model_inputs(batch)), (self.student, self.student_inputs(batch))):
+                last = ModelDims.of(model.config).num_layers - 1
+                with FeatureRecorder(model, {"attentions": [last]}) as rec:
+                    maps.append(rec(**inputs)[1].attentions[last][0].float().cpu())  # (h, T, T)
+        n = int(batch["attention_mask"][0].sum())
+        tokens = self.tokenizer.convert_ids_to_tokens(batch["input_ids"][0, :n].tolist()) if self.tokenizer else None
+        maps = [m[:, :n, :n] if m.shape[-1] >= n else m for m in maps]
+        fig = attention_figure(maps[0], maps[1], tokens, title=f"epoch {self.current_epoch}")
+        figs["attention"] = fig
+        if self.attention_plot_dir is not None:
+            self.attention_plot_dir.mkdir(parents=True, exist_ok=True)
+            fig.savefig(self.attention_plot_dir / f"epoch{self.current_epoch:02d}_step{self.global_step}.png", dpi=80)
+        for logger in self.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key="attention", images=[fig], step=self.global_step)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+    def configure_optimizers(self):
+        return configure_optimizers(self, self.trainable_parameters(), self.optim)
+
+
+class InterDistiller(BaseDistiller):
+    """Two-step distillation, step 1: intermediate-layer adaptors only; the prediction layer stays frozen."""
+
+    stages = ("inter",)
+    export_best = False  # with the head frozen, validation accuracy does not measure how well the layers fit
+
+    def configure_trainable(self) -> None:
+        for _, p in head_parameters(self.student):
+            p.requires_grad_(False)
+
+
+class PredDistiller(BaseDistiller):
+    """Two-step distillation, step 2: prediction-layer adaptors (plus `HardCE` if listed).
+
+    By default only the classifier head trains; `train_encoder=True` trains everything.
+    """
+
+    stages = ("pred",)
+
+    def __init__(self, *args, train_encoder: bool = False, **kwargs):
+        self.train_encoder = train_encoder
+        super().__init__(*args, **kwargs)
+
+    def configure_trainable(self) -> None:
+        if not self.train_encoder:
+            head = {id(p) for _, p in head_parameters(self.student)}
+            for p in self.student.parameters():
+                p.requires_grad_(id(p) in head)

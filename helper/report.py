@@ -1,0 +1,345 @@
+"""Teacher-vs-student report of a distillation run: accuracy, size and CPU speed as report.md, .json and .png.
+
+Also `attention_figure`, the teacher/student attention heatmaps the distiller logs at each validation.
+"""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import transformers
+from matplotlib.figure import Figure
+from torch import nn
+from torch.nn import functional as F
+
+from helper.errors import UserError
+from helper.training import clf_metrics
+
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+THROUGHPUT_BATCH = 32
+WARMUP_CALLS = 2  # per model and batch size, before anything is timed
+COLORS = {"teacher": "#4C72B0", "student": "#DD8452"}
+
+
+def model_inputs(model: nn.Module, batch: dict, key: str | None = None) -> dict[str, torch.Tensor]:
+    """The tokenizer outputs of `batch[key]` (or of `batch` when it has no such key) that `model.forward` names."""
+    src = batch[key] if key is not None and key in batch else batch
+    accepted = inspect.signature(model.forward).parameters
+    return {k: src[k] for k in INPUT_KEYS if k in src and k in accepted}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, batches: Iterable[dict], key: str | None = None) -> dict[str, float]:
+    """Accuracy and macro-F1 (`clf_metrics`) of `model` in eval mode, and the number of examples `n`."""
+    model.eval()
+    device = next(model.parameters()).device
+    metrics = None
+    n = 0
+    for batch in batches:
+        inputs = {k: v.to(device) for k, v in model_inputs(model, batch, key).items()}
+        logits = model(**inputs).logits.float().cpu()  # (B, C)
+        if metrics is None:
+            metrics = clf_metrics(logits.shape[-1], "")
+        metrics.update(logits, batch["labels"])
+        n += len(logits)
+    if metrics is None:
+        raise UserError("report: the evaluation loader yielded no batches")
+    return {**{k: float(v) for k, v in metrics.compute().items()}, "n": n}
+
+
+def _unpadded_examples(models: dict[str, nn.Module], batches: Iterable[dict], need: int) -> dict[str, list[dict]]:
+    """The first `need` examples of `batches` (fewer if it is shorter), per model, as unpadded 1-D input tensors."""
+    out: dict[str, list[dict]] = {name: [] for name in models}
+    for batch in batches:
+        for name, model in models.items():
+            inputs = model_inputs(model, batch, name)
+            keep = inputs["attention_mask"].bool()  # (B, T)
+            out[name] += [{k: v[i][keep[i]] for k, v in inputs.items()} for i in range(len(keep))]
+        if min(len(v) for v in out.values()) >= need:
+            break
+    return {name: examples[:need] for name, examples in out.items()}
+
+
+def _pad(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad 1-D example tensors to the longest of them."""
+    longest = max(len(e["input_ids"]) for e in examples)
+    return {
+        k: torch.stack(
+            [F.pad(e[k], (0, longest - len(e[k])), value=pad_id if k == "input_ids" else 0) for e in examples]
+        )
+        for k in examples[0]
+    }  # each (B, longest)
+
+
+@torch.inference_mode()
+def measure_speed(
+    models: dict[str, nn.Module], batches: Iterable[dict], *, n_latency: int = 20, n_throughput: int = 5
+) -> dict[str, dict]:
+    """CPU latency at batch 1 and throughput at batch 32 of every model, in one interleaved run.
+
+    The models must be on CPU. A model named like a sub-dict of the batches (e.g. "student") reads its inputs from it.
+    The same real examples of `batches` (reused cyclically if too few) are re-batched to 1 and to 32, padded to the
+    batch's longest. After warm-up the models take turns call by call. Returns, per model, `latency_ms` (median ms per
+    example at batch 1) and `throughput` (examples/s at batch 32: examples over total time).
+    """
+    for name, model in models.items():
+        if any(p.device.type != "cpu" for p in model.parameters()):
+            raise ValueError(f"measure_speed: model {name!r} is not on CPU")
+        model.eval()
+    n_calls = {1: n_latency, THROUGHPUT_BATCH: n_throughput}
+    examples = _unpadded_examples(models, batches, max(n_latency, n_throughput * THROUGHPUT_BATCH))
+    calls: dict[str, dict[int, list[dict]]] = {}
+    for name, model in models.items():
+        ex, pad_id = examples[name], model.config.pad_token_id or 0
+        calls[name] = {
+            size: [_pad([ex[(j * size + i) % len(ex)] for i in range(size)], pad_id) for j in range(n)]
+            for size, n in n_calls.items()
+        }
+    for name, model in models.items():
+        for size, n in n_calls.items():
+            for j in range(WARMUP_CALLS):
+                model(**calls[name][size][j % n])
+    seconds: dict[str, dict[int, list[float]]] = {name: {size: [] for size in n_calls} for name in models}
+    for size, n in n_calls.items():
+        for j in range(n):
+            for name, model in models.items():
+                start = time.perf_counter()
+                model(**calls[name][size][j])
+                seconds[name][size].append(time.perf_counter() - start)
+    return {
+        name: {
+            "latency_ms": 1000 * statistics.median(s[1]),
+            "throughput": THROUGHPUT_BATCH * len(s[THROUGHPUT_BATCH]) / sum(s[THROUGHPUT_BATCH]),
+        }
+        for name, s in seconds.items()
+    }
+
+
+def disk_size(hf_dir: str | Path) -> dict[str, int]:
+    """`dir_bytes`: all files under an HF model directory; `model_bytes`: its `*.safetensors` weights."""
+    root = Path(hf_dir)
+    weights = sorted(root.glob("*.safetensors"))
+    if not weights:
+        raise UserError(f"report: no *.safetensors weights in {root} (export models with helper.checkpoint.export_hf)")
+    return {
+        "dir_bytes": sum(f.stat().st_size for f in root.rglob("*") if f.is_file()),
+        "model_bytes": sum(f.stat().st_size for f in weights),
+    }
+
+
+def machine_info() -> dict:
+    processor = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        processor = names[0] if names else processor
+    return {
+        "cores": os.cpu_count(),
+        "processor": processor,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _ratio(student: float, teacher: float) -> float | None:
+    return student / teacher if teacher else None
+
+
+def _fmt_ratio(r: float | None, fmt: str) -> str:
+    return "n/a" if r is None else format(r, fmt)
+
+
+def summary_line(ratio: dict) -> str:
+    """e.g. `student keeps 96.8% of teacher accuracy at 2.9x throughput, 0.42x size` (all student / teacher)."""
+    acc = None if ratio["acc"] is None else 100 * ratio["acc"]
+    return (
+        f"student keeps {_fmt_ratio(acc, '.1f')}% of teacher accuracy at {_fmt_ratio(ratio['throughput'], '.1f')}x "
+        f"throughput, {_fmt_ratio(ratio['model_bytes'], '.2f')}x size"
+    )
+
+
+def write_report(
+    teacher: nn.Module,
+    student: nn.Module,
+    teacher_dir: str | Path,
+    student_dir: str | Path,
+    eval_batches: Iterable[dict],
+    split_name: str,
+    out_dir: str | Path,
+    *,
+    n_latency: int = 20,
+    n_throughput: int = 5,
+) -> str:
+    """Compare teacher and student; write report.md, report.json and report.png into `out_dir`; return the summary.
+
+    Both models are moved to CPU in fp32 and eval mode, in place. `eval_batches` is iterated several times (a
+    DataLoader or a list), `split_name` says which split it is. Sizes are those of the exported HF directories.
+    """
+    models = {"teacher": teacher.to("cpu", torch.float32), "student": student.to("cpu", torch.float32)}
+    dirs = {"teacher": Path(teacher_dir), "student": Path(student_dir)}
+    scores = {name: evaluate(model, eval_batches, key=name) for name, model in models.items()}
+    speed = measure_speed(models, eval_batches, n_latency=n_latency, n_throughput=n_throughput)
+    figures = {
+        name: {
+            "acc": scores[name]["acc"],
+            "f1": scores[name]["f1"],
+            "params": sum(p.numel() for p in model.parameters()),
+            **disk_size(dirs[name]),
+            **speed[name],
+        }
+        for name, model in models.items()
+    }
+    ratio = {k: _ratio(figures["student"][k], figures["teacher"][k]) for k in figures["teacher"]}
+    summary = summary_line(ratio)
+    report = {
+        "summary": summary,
+        "split": split_name,
+        "n_examples": scores["teacher"]["n"],
+        "teacher": figures["teacher"],
+        "student": figures["student"],
+        "ratio": ratio,
+        "dirs": {name: str(d) for name, d in dirs.items()},
+        "speed_setup": {
+            "device": "cpu",
+            "dtype": "float32",
+            "latency_batch": 1,
+            "latency_calls": n_latency,
+            "throughput_batch": THROUGHPUT_BATCH,
+            "throughput_calls": n_throughput,
+            "warmup_calls": WARMUP_CALLS,
+        },
+        "machine": machine_info(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(_markdown(report))
+    fig = _chart(report)
+    fig.savefig(out / "report.png", dpi=110)
+    print(summary)
+    return summary
+
+
+def _markdown(r: dict) -> str:
+    t, s, q = r["teacher"], r["student"], r["ratio"]
+    rows = [
+        (f"accuracy ({r['split']})", lambda v: f"{100 * v:.2f}%", "acc", ".3f"),
+        (f"macro-F1 ({r['split']})", lambda v: f"{100 * v:.2f}%", "f1", ".3f"),
+        ("parameters", lambda v: f"{v / 1e6:.2f}M", "params", ".2f"),
+        ("model size (safetensors)", lambda v: f"{v / 1e6:.1f} MB", "model_bytes", ".2f"),
+        ("exported directory size", lambda v: f"{v / 1e6:.1f} MB", "dir_bytes", ".2f"),
+        ("CPU latency, batch 1 (median ms/example)", lambda v: f"{v:.2f}", "latency_ms", ".2f"),
+        (f"CPU throughput, batch {THROUGHPUT_BATCH} (examples/s)", lambda v: f"{v:.1f}", "throughput", ".2f"),
+    ]
+    table = ["| | teacher | student | student / teacher |", "|---|---:|---:|---:|"]
+    table += [f"| {label} | {fmt(t[k])} | {fmt(s[k])} | {_fmt_ratio(q[k], rfmt)} |" for label, fmt, k, rfmt in rows]
+    m, sp = r["machine"], r["speed_setup"]
+    return "\n".join(
+        [
+            "# Teacher vs student",
+            "",
+            f"**{r['summary']}**",
+            "",
+            *table,
+            "",
+            f"- Accuracy and macro-F1: the **{r['split']}** split, {r['n_examples']} examples.",
+            f"- Speed: CPU, fp32, eval mode, `torch.inference_mode()`, {m['torch_threads']} torch threads; one run "
+            f"with the two models interleaved call by call after {sp['warmup_calls']} warm-up calls each. Real "
+            f"{r['split']} examples re-batched and padded to each batch's longest: latency is the median of "
+            f"{sp['latency_calls']} batch-1 calls, throughput is examples / total time over {sp['throughput_calls']} "
+            f"batch-{sp['throughput_batch']} calls. Tokenization is not timed.",
+            f"- Sizes: the exported Hugging Face directories, teacher `{r['dirs']['teacher']}`, student "
+            f"`{r['dirs']['student']}` (MB = 10^6 bytes).",
+            f"- Machine: {m['cores']} cores, {m['processor']}; torch {m['torch']}, transformers {m['transformers']}, "
+            f"Python {m['python']}; {r['date']}.",
+            "",
+        ]
+    )
+
+
+def _chart(r: dict) -> Figure:
+    """Three bar panels: accuracy and macro-F1, throughput, model size."""
+    names = ("teacher", "student")
+    colors = [COLORS[n] for n in names]
+    fig = Figure(figsize=(13, 4.4), layout="constrained")
+    ax_acc, ax_thr, ax_size = fig.subplots(1, 3)
+    width = 0.38
+    for i, name in enumerate(names):
+        values = [100 * r[name]["acc"], 100 * r[name]["f1"]]
+        bars = ax_acc.bar([j + (i - 0.5) * width for j in range(2)], values, width, label=name, color=colors[i])
+        ax_acc.bar_label(bars, fmt="%.1f", padding=2)
+    ax_acc.set_xticks(range(2), ["accuracy", "macro-F1"])
+    ax_acc.set_ylim(0, 125)
+    ax_acc.set_yticks(range(0, 101, 20))
+    ax_acc.set_ylabel("%")
+    ax_acc.set_title(f"{r['split']} split (n={r['n_examples']})")
+    ax_acc.legend(loc="upper center", ncols=2)
+    panels = (
+        (ax_thr, "throughput", lambda v: v, "%.1f", "examples/s", f"CPU throughput, batch {THROUGHPUT_BATCH}"),
+        (ax_size, "model_bytes", lambda v: v / 1e6, "%.1f", "MB", "model size (safetensors)"),
+    )
+    for ax, key, scale, fmt, unit, title in panels:
+        bars = ax.bar(names, [scale(r[n][key]) for n in names], color=colors)
+        ax.bar_label(bars, fmt=fmt, padding=2)
+        ax.set_ylim(0, 1.15 * max(scale(r[n][key]) for n in names))
+        ax.set_ylabel(unit)
+        ax.set_title(f"{title}: student {_fmt_ratio(r['ratio'][key], '.2f')}x")
+    fig.suptitle(r["summary"], fontsize=13)
+    return fig
+
+
+def _attention_map(attn, head: int | None, n: int):
+    a = torch.as_tensor(attn).detach().float().cpu()
+    if a.dim() == 3:
+        a = a.mean(0) if head is None else a[head]  # (h, T, T) -> (T, T)
+    if a.dim() != 2 or a.shape[0] < n:
+        raise ValueError(f"attention_figure: expected (h, T, T) or (T, T) with T >= {n} tokens, got {tuple(a.shape)}")
+    return a[:n, :n].numpy()  # (n, n)
+
+
+def attention_figure(
+    attn_t,
+    attn_s,
+    tokens_t: list[str],
+    tokens_s: list[str] | None = None,
+    *,
+    head: int | None = None,
+    title: str = "attention",
+) -> Figure:
+    """Teacher and student attention of one example and one layer side by side, on one colour scale.
+
+    `attn_*` are (h, T, T) probabilities (averaged over heads unless `head` is given) or (T, T); positions beyond the
+    tokens (padding) are cropped. `tokens_s` defaults to `tokens_t` (shared tokenizer).
+    """
+    tokens_s = tokens_t if tokens_s is None else tokens_s
+    map_t = _attention_map(attn_t, head, len(tokens_t))
+    map_s = _attention_map(attn_s, head, len(tokens_s))
+    vmax = float(max(map_t.max(), map_s.max()))
+    longest = max(len(tokens_t), len(tokens_s))
+    side = min(12.0, max(4.0, 0.22 * longest + 1.5))
+    fontsize = max(4.0, min(9.0, 300 / longest))
+    fig = Figure(figsize=(2 * side, side + 0.6), layout="constrained")
+    which = "mean over heads" if head is None else f"head {head}"
+    for ax, name, amap, tokens in zip(fig.subplots(1, 2), ("teacher", "student"), (map_t, map_s), (tokens_t, tokens_s)):
+        ax.imshow(amap, cmap="viridis", vmin=0.0, vmax=vmax)
+        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=fontsize)
+        ax.set_yticks(range(len(tokens)), tokens, fontsize=fontsize)
+        ax.set_xlabel("key")
+        ax.set_ylabel("query")
+        ax.set_title(f"{name} ({which})")
+    fig.suptitle(f"{title} (colour scale 0 to {vmax:.2f})")
+    return fig

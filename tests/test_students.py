@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertForSequenceClassification
+
+from helper.config import InitFromConfig, StudentConfig
+from helper.errors import UserError
+from helper.students import build_student
+from tests.conftest import tiny_bert_config
+
+LABELS = ["neg", "pos"]
+
+
+@pytest.fixture
+def teacher():
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_bert_config(num_hidden_layers=4)).eval()
+
+
+def test_cut_from_teacher_copies_the_named_layers(teacher):
+    student = build_student(StudentConfig(init_from_teacher=InitFromConfig(layers=[3, 0])), teacher, "t", LABELS)
+    assert student.config.num_hidden_layers == 2 and len(student.bert.encoder.layer) == 2
+    for s_idx, t_idx in ((0, 3), (1, 0)):
+        s_state = student.bert.encoder.layer[s_idx].state_dict()
+        t_state = teacher.bert.encoder.layer[t_idx].state_dict()
+        assert all(torch.equal(s_state[k], t_state[k]) for k in t_state)
+    assert torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+    # a copy, not shared storage: training the student cannot touch the teacher
+    assert student.bert.encoder.layer[0].output.dense.weight is not teacher.bert.encoder.layer[3].output.dense.weight
+    assert teacher.config.num_hidden_layers == 4
+    student.eval()
+    assert student(input_ids=torch.randint(0, 100, (2, 7))).logits.shape == (2, 2)
+
+
+def test_cut_without_embeddings_reinitialises_them(teacher):
+    cfg = StudentConfig(init_from_teacher=InitFromConfig(layers=[1], embeddings=False))
+    student = build_student(cfg, teacher, "t", LABELS)
+    emb_s, emb_t = student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight
+    assert emb_s.shape == emb_t.shape and not torch.equal(emb_s, emb_t)
+
+
+def test_random_init_student_from_config(teacher):
+    cfg = StudentConfig(config={"num_hidden_layers": 1, "hidden_size": 16, "num_attention_heads": 2})
+    student = build_student(cfg, teacher, "t", LABELS)
+    assert (student.config.num_hidden_layers, student.config.hidden_size) == (1, 16)
+    assert student.config.vocab_size == teacher.config.vocab_size
+
+
+def test_student_by_name(tiny_model_dir, teacher):
+    student = build_student(StudentConfig(name=tiny_model_dir), teacher, "t", LABELS)
+    assert student.config.id2label == {0: "neg", 1: "pos"}
+
+
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        (StudentConfig(), "exactly one of name, config, init_from_teacher"),
+        (StudentConfig(name="x", config={"hidden_size": 8}), "exactly one of"),
+        (StudentConfig(init_from_teacher=InitFromConfig(layers=[1, 4])), r"layers: \[4\] out of range .* 4 layers"),
+        (StudentConfig(config={"hiden_size": 8}), r"student.config.hiden_size: not a field"),
+        (StudentConfig(config={"hidden_size": 30}), "not a multiple of num_attention_heads"),
+        (StudentConfig(name="/no/such/model"), "cannot load model '/no/such/model'"),
+    ],
+)
+def test_bad_student_is_one_line(teacher, cfg, match):
+    with pytest.raises(UserError, match=match) as err:
+        build_student(cfg, teacher, "t", LABELS)
+    assert "\n" not in str(err.value)
