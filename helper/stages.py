@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import lightning.pytorch as pl
+
 from bert.features import ModelDims
 from data.datamodule import ClfDataModule
 from helper.adaptors import build_adaptors
@@ -21,6 +23,7 @@ def same_tokenizer(tok_a, tok_b) -> bool:
 
 def run_distillation(cfg: DistillationRunConfig, distiller_cls: type[BaseDistiller], stage: str) -> dict:
     """Distil `cfg.teacher` into the student; export it to `<run dir>/student` and write the report."""
+    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # a random-init student and projections too
     tok_t = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
     tok_s = load_tokenizer(cfg.student.tokenizer) if cfg.student.tokenizer else tok_t
     two_tokenizers = not same_tokenizer(tok_t, tok_s)
@@ -28,12 +31,20 @@ def run_distillation(cfg: DistillationRunConfig, distiller_cls: type[BaseDistill
     dm.setup("fit")
     teacher = load_classifier(cfg.teacher.name, dm.label_names, cfg.teacher.attn_implementation)
     student = build_student(cfg.student, teacher, cfg.teacher.name, dm.label_names)
-    adaptors = build_adaptors(
-        cfg.distill.adaptors,
-        ModelDims.of(teacher.config),
-        ModelDims.of(student.config),
-        temperature=cfg.distill.temperature,
-    )
+    if two_tokenizers and len(tok_s) > student.config.vocab_size:
+        raise UserError(
+            f"student.tokenizer: {cfg.student.tokenizer} has {len(tok_s)} tokens but the student's embeddings only "
+            f"{student.config.vocab_size}; give the student a matching vocab_size"
+        )
+    try:
+        adaptors = build_adaptors(
+            cfg.distill.adaptors,
+            ModelDims.of(teacher.config),
+            ModelDims.of(student.config),
+            temperature=cfg.distill.temperature,
+        )
+    except UserError as err:
+        raise UserError(f"distill.{err}") from None
     token_level = [a.key for a in adaptors if not a.sentence_level]
     if two_tokenizers and token_level:
         raise UserError(
@@ -49,6 +60,7 @@ def run_distillation(cfg: DistillationRunConfig, distiller_cls: type[BaseDistill
         cfg.optim,
         cache_teacher=cfg.distill.cache_teacher,
         tokenizer=tok_t,
+        student_tokenizer=tok_s if two_tokenizers else None,
         attention_plot_dir=out / "attention",
         **extra,
     )
@@ -68,7 +80,13 @@ def run_distillation(cfg: DistillationRunConfig, distiller_cls: type[BaseDistill
             split = "test" if dm.has_test else "validation"
             loader = dm.test_dataloader() if dm.has_test else dm.val_dataloader()
             metrics["summary"] = write_report(
-                teacher, student, resolve_model_path(cfg.teacher.name), student_dir, loader, split, out,
+                teacher,
+                student,
+                resolve_model_path(cfg.teacher.name),
+                student_dir,
+                loader,
+                split,
+                out,
                 n_latency=cfg.distill.report_batches,
             )
     return metrics

@@ -146,10 +146,13 @@ def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple
         mode="max",
         save_last=True,
         save_top_k=1,
-        save_on_exception=True,
         enable_version_counter=False,
     )
-    callbacks = [best, LearningRateMonitor(logging_interval="step"), *(extra_callbacks or [])]
+    # On a crash or Ctrl-C, the weights so far go to last.ckpt (never to best.ckpt, which holds validated weights).
+    on_crash = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="last", every_n_epochs=0, save_on_exception=True, enable_version_counter=False
+    )
+    callbacks = [best, on_crash, LearningRateMonitor(logging_interval="step"), *(extra_callbacks or [])]
     if tcfg.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=tcfg.monitor, mode="max", patience=tcfg.early_stopping_patience))
     trainer = pl.Trainer(

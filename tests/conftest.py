@@ -106,3 +106,27 @@ def run_overrides(out_dir, clf_csv: dict[str, str], **extra) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def other_tokenizer_dir(tmp_path_factory) -> str:
+    """A BERT tokenizer with its own 52-token vocabulary (the clf_csv words and digits): a student tokenizer that
+    differs from the MiniLM one."""
+    from transformers import BertTokenizer
+
+    words = sorted({w for text in POSITIVE + NEGATIVE for w in text.split()})
+    digits = [str(d) for d in range(10)] + [f"##{d}" for d in range(10)]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *digits]
+    out = tmp_path_factory.mktemp("other_tokenizer")
+    BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def single_thread():
+    """One intra-op thread for the whole suite: on a shared 2-core machine, two threads make every op on tiny models
+    ~100x slower (each op waits for the descheduled second thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

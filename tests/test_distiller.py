@@ -1,0 +1,229 @@
+"""The distillation Lightning modules on tiny models: what trains, the frozen teacher, its logit cache, heatmaps."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from transformers import AutoTokenizer, BertForSequenceClassification
+
+from bert.features import ModelDims
+from data.datamodule import ClfDataModule, Collator
+from helper.adaptors import build_adaptors
+from helper.config import DataConfig, InitFromConfig, OptimConfig, StudentConfig
+from helper.distiller import BaseDistiller, InterDistiller, PredDistiller, head_parameters
+from helper.errors import UserError
+from helper.finetuner import model_inputs
+from helper.students import build_student
+from tests.conftest import tiny_bert_config
+
+LABELS = ["neg", "pos"]
+
+
+def data_module(clf_csv, tokenizer, student_tokenizer=None) -> ClfDataModule:
+    cfg = DataConfig(
+        source="csv", train=clf_csv["train"], validation=clf_csv["validation"], batch_size=8, max_length=16,
+        cache_dir=None,
+    )  # fmt: skip
+    dm = ClfDataModule(cfg, tokenizer, student_tokenizer)
+    dm.setup("fit")
+    return dm
+
+
+@pytest.fixture(scope="module")
+def dm(clf_csv, tokenizer) -> ClfDataModule:
+    return data_module(clf_csv, tokenizer)
+
+
+def make(cls: type[BaseDistiller], adaptors: list, **kwargs) -> BaseDistiller:
+    """A 3-layer teacher and a student cut from its layers 0 and 2, both hidden 32."""
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=3)).eval()
+    student = build_student(StudentConfig(init_from_teacher=InitFromConfig(layers=[0, 2])), teacher, "t", LABELS)
+    built = build_adaptors(adaptors, ModelDims.of(teacher.config), ModelDims.of(student.config))
+    return cls(teacher, student, built, OptimConfig(lr=1e-3, warmup_ratio=0.0), **kwargs)
+
+
+def fit(distiller: BaseDistiller, dm: ClfDataModule, **kwargs) -> pl.Trainer:
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, **kwargs,
+    )  # fmt: skip
+    trainer.fit(distiller, datamodule=dm)
+    return trainer
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+
+
+CASES = {
+    "base": (BaseDistiller, ["AttnMiniLM", "ValMiniLM", "LogitMSE"], {}),
+    "inter": (InterDistiller, ["AttnMiniLM", "ValMiniLM", "HidnTinyBERT"], {}),
+    "pred": (PredDistiller, ["LogitMSE", {"name": "HardCE", "weight": 0.5}], {}),
+    "pred_train_encoder": (PredDistiller, ["LogitKL"], {"train_encoder": True}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fast_dev_run_trains_what_each_distiller_should(case, dm):
+    cls, adaptors, kwargs = CASES[case]
+    distiller = make(cls, adaptors, **kwargs)
+    teacher, student = distiller.teacher, distiller.student
+    before_t, before_s = snapshot(teacher), snapshot(student)
+    trainer = fit(distiller, dm, fast_dev_run=True)
+
+    assert "train/loss" in trainer.callback_metrics and "teacher/val/acc" in trainer.callback_metrics
+    # the teacher: frozen, in eval mode, outside the optimiser and the module's state
+    assert not changed(before_t, teacher) and not teacher.training
+    optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in teacher.parameters()}
+    assert not [k for k in distiller.state_dict() if k.startswith("teacher")]
+
+    head = {n for n, _ in head_parameters(student)}
+    assert {"classifier.weight", "bert.pooler.dense.weight"} <= head
+    moved = changed(before_s, student)
+    encoder = {n for n in before_s if n.startswith("bert.encoder.")}
+    if cls is InterDistiller:
+        assert not moved & head and moved & encoder
+    elif cls is PredDistiller and not kwargs:
+        assert moved == head  # encoder and embeddings bit-identical
+    else:
+        assert {id(p) for p in student.parameters()} <= optimised
+        assert "classifier.weight" in moved and moved & encoder and "bert.embeddings.word_embeddings.weight" in moved
+
+
+def test_wrong_stage_adaptor_is_one_line_user_error():
+    with pytest.raises(UserError, match=r"LogitMSE cannot train in InterDistiller") as err:
+        make(InterDistiller, ["AttnMiniLM", "LogitMSE"])
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match=r"AttnMiniLM cannot train in PredDistiller") as err:
+        make(PredDistiller, ["AttnMiniLM"])
+    assert "\n" not in str(err.value)
+
+
+class EpochLog(pl.Callback):
+    """Per epoch: cumulative cache hits/misses, the teacher's training forwards, the order of training examples."""
+
+    def __init__(self, teacher: torch.nn.Module):
+        self.hits, self.misses, self.calls, self.order = [], [], [], []
+        self._calls = 0
+        teacher.register_forward_hook(self._count)
+        self._trainer: pl.Trainer | None = None
+
+    def _count(self, *_):
+        if self._trainer is not None and self._trainer.training:
+            self._calls += 1
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._trainer, self._calls = trainer, 0
+        self.order.append([])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.order[-1] += batch["idx"].tolist()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.hits.append(pl_module.cache_hits)
+        self.misses.append(pl_module.cache_misses)
+        self.calls.append(self._calls)
+
+
+def test_teacher_logits_are_cached_per_example_from_the_second_epoch(dm, tokenizer):
+    distiller = make(PredDistiller, ["LogitMSE"])
+    assert distiller.cache_teacher
+    log = EpochLog(distiller.teacher)
+    fit(distiller, dm, max_epochs=2, limit_val_batches=0, callbacks=[log])
+
+    n = len(dm.datasets["train"])
+    assert log.misses == [n, n] and log.hits == [0, n]  # cumulative: epoch 1 all misses, epoch 2 all hits
+    assert log.calls[0] > 0 and log.calls[1] == 0
+    assert sorted(log.order[0]) == list(range(n)) and log.order[0] != log.order[1] != list(range(n))  # shuffled
+    train = dm.datasets["train"]
+    fresh = distiller.teacher(**model_inputs(Collator(tokenizer.pad_token_id)([train[i] for i in range(n)]))).logits
+    torch.testing.assert_close(distiller.teacher_cache, fresh.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_teacher_cache_stays_float32_under_bf16_true(dm):
+    distiller = make(PredDistiller, ["LogitMSE"])
+    fit(distiller, dm, fast_dev_run=True, precision="bf16-true")
+    assert distiller.teacher_cache.dtype == torch.float32
+    assert next(distiller.teacher.parameters()).dtype == torch.bfloat16  # placed like the student
+
+
+def test_hard_labels_alone_never_run_the_teacher(dm):
+    distiller = make(PredDistiller, ["HardCE"])
+    calls = []
+    distiller.teacher.register_forward_hook(lambda *_: calls.append(1))
+    feats_t = distiller.teacher_features(next(iter(dm.train_dataloader())))
+    assert feats_t.logits is None and not calls
+
+
+def test_cache_is_off_when_the_teacher_gives_more_than_logits():
+    assert not make(BaseDistiller, ["AttnMiniLM", "LogitMSE"]).cache_teacher
+    assert not make(PredDistiller, ["LogitMSE"], cache_teacher=False).cache_teacher
+
+
+@pytest.mark.parametrize("adaptor", ["AttnMiniLM", "LogitMSE"])
+def test_teacher_tensors_can_meet_student_tensors_in_backward(adaptor, dm):
+    cls = InterDistiller if adaptor == "AttnMiniLM" else PredDistiller
+    distiller = make(cls, [adaptor])
+    batch = next(iter(dm.train_dataloader()))
+    feats_t = distiller.teacher_features(batch)
+    _, feats_s = distiller.rec_s(**distiller.student_inputs(batch))
+    distiller.adaptors[0](feats_t, feats_s).backward()
+    assert all(p.grad is None for p in distiller.teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in distiller.student.parameters())
+
+
+def test_inference_mode_teacher_tensors_would_break_backward(dm):
+    """Why the teacher runs under no_grad and not inference_mode: AttnMiniLM multiplies by the teacher's attention,
+    which autograd would have to save, and inference tensors cannot be saved for backward."""
+    distiller = make(InterDistiller, ["AttnMiniLM"])
+    batch = next(iter(dm.train_dataloader()))
+    with torch.inference_mode():
+        feats_inf = distiller.rec_t(**model_inputs(batch))[1]
+    _, feats_s = distiller.rec_s(**distiller.student_inputs(batch))
+    with pytest.raises(RuntimeError, match="[Ii]nference tensors"):
+        distiller.adaptors[0](feats_inf, feats_s).backward()
+
+
+def test_two_tokenizers_with_sentence_level_adaptors(clf_csv, tokenizer, other_tokenizer_dir):
+    tok_s = AutoTokenizer.from_pretrained(other_tokenizer_dir)
+    dm = data_module(clf_csv, tokenizer, tok_s)
+    seen = []
+
+    class Spy(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(batch)
+
+    distiller = make(BaseDistiller, ["LogitKL", "HidnPKD"], tokenizer=tokenizer, student_tokenizer=tok_s)
+    fit(distiller, dm, fast_dev_run=True, callbacks=[Spy()])
+    batch = seen[0]
+    assert batch["student"]["input_ids"].max() < len(tok_s)
+    assert batch["student"]["input_ids"].shape != batch["input_ids"].shape
+
+
+def test_attention_heatmap_never_stops_training(tmp_path, clf_csv, tokenizer, other_tokenizer_dir, recwarn):
+    tok_s = AutoTokenizer.from_pretrained(other_tokenizer_dir)
+    dm = data_module(clf_csv, tokenizer, tok_s)
+    batch = next(iter(dm.val_dataloader()))
+    distiller = make(PredDistiller, ["LogitMSE"], tokenizer=tokenizer, student_tokenizer=tok_s)
+    distiller.attention_plot_dir = tmp_path
+    distiller._plot_batch = {"student": {k: v[:1] for k, v in batch["student"].items()}}
+    distiller._plot_batch.update({k: v[:1] for k, v in batch.items() if k != "student"})
+    distiller.plot_attention()  # teacher and student sequences of different lengths, each with its own tokens
+    distiller.tokenizer = distiller.student_tokenizer = None
+    distiller.plot_attention()  # no tokenizer: ids as labels
+    assert len(list(tmp_path.glob("*.png"))) == 1  # the same epoch/step file, written twice
+
+    distiller._plot_batch["attention_mask"] = torch.zeros_like(distiller._plot_batch["attention_mask"])
+    distiller.plot_attention()  # nothing to draw
+
+    distiller._plot_batch["input_ids"] = distiller._plot_batch["input_ids"][:, :0]  # broken: the hook must only warn
+    distiller._plot_batch["attention_mask"] = torch.ones(1, 3, dtype=torch.long)
+    fit(distiller, dm, max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+    assert any("attention heatmap skipped" in str(w.message) for w in recwarn)

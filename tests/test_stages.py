@@ -1,0 +1,236 @@
+"""The three distillation scripts end to end on tiny models: hand-off, exports, checkpoints, resume, DDP, bad input."""
+
+from __future__ import annotations
+
+import csv
+import runpy
+import subprocess
+import sys
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
+import distillation_ms
+import distillation_ts_1st
+import distillation_ts_2nd
+from helper import stages
+from helper.config import DistillationRunConfig, load_config
+from helper.distiller import head_parameters
+from helper.errors import UserError
+from tests.conftest import ROOT, run_overrides
+
+SCRIPTS = {"ms": distillation_ms, "ts_1st": distillation_ts_1st, "ts_2nd": distillation_ts_2nd}
+
+
+def overrides(tmp_path, clf_csv, teacher: str, script: str, **extra) -> list[str]:
+    """`run_overrides` plus: the teacher, no report, and (unless the student is given) a 1-layer student cut from
+    layer 1 of the 2-layer teacher."""
+    base = {"teacher.name": teacher, "distill.report": False}
+    if script != "ts_2nd" and not {"student.name", "student.config"} & set(extra):
+        base["student.init_from_teacher.layers"] = "[1]"
+    return run_overrides(tmp_path, clf_csv, **{**base, **extra})
+
+
+def run(script: str, tmp_path, clf_csv, teacher: str, **extra) -> dict:
+    cfg = load_config(
+        DistillationRunConfig,
+        ROOT / "configs" / f"distillation_{script}.yaml",
+        overrides(tmp_path, clf_csv, teacher, script, **extra),
+    )
+    return SCRIPTS[script].main(cfg)
+
+
+def spy(monkeypatch, name: str) -> list:
+    """Record what `stages.<name>` returns during the run."""
+    real, seen = getattr(stages, name), []
+
+    def wrapper(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(stages, name, wrapper)
+    return seen
+
+
+def at_build_trainer(monkeypatch, fn=lambda: None, callbacks: list | None = None) -> None:
+    """Call `fn()` when the run builds its Trainer (student and adaptors are built, not yet trained); add callbacks."""
+    real = stages.build_trainer
+
+    def wrapper(cfg, stage):
+        fn()
+        return real(cfg, stage, callbacks)
+
+    monkeypatch.setattr(stages, "build_trainer", wrapper)
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def hf_state(model_dir) -> dict[str, torch.Tensor]:
+    return load_file(f"{model_dir}/model.safetensors")
+
+
+def test_two_step_hands_off_through_an_hf_directory(tmp_path, clf_csv, tiny_model_dir, monkeypatch):
+    teacher = hf_state(tiny_model_dir)
+    run("ts_1st", tmp_path, clf_csv, tiny_model_dir)
+    stage1 = tmp_path / "distill_ts_1st" / "student"
+    state1 = hf_state(stage1)
+    # the prediction layer is the teacher's, untouched; the kept layer (teacher layer 1) was trained
+    assert all(torch.equal(state1[k], teacher[k]) for k in ("classifier.weight", "bert.pooler.dense.weight"))
+    t_layer1 = {k.replace("layer.1.", "layer.0."): v for k, v in teacher.items() if ".layer.1." in k}
+    assert any(not torch.equal(state1[k], v) for k, v in t_layer1.items())
+    ckpt = torch.load(tmp_path / "distill_ts_1st" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["state_dict"] and not [k for k in ckpt["state_dict"] if k.startswith("teacher")]
+
+    students = spy(monkeypatch, "build_student")
+    initial = []
+    at_build_trainer(monkeypatch, lambda: initial.append(snapshot(students[0])))
+    metrics = run("ts_2nd", tmp_path, clf_csv, tiny_model_dir, **{"student.name": str(stage1)})
+    assert {"val/acc", "test/acc"} <= set(metrics)
+    assert initial[0].keys() == state1.keys() and all(torch.equal(initial[0][k], v) for k, v in state1.items())
+    state2 = hf_state(tmp_path / "distill_ts_2nd" / "student")
+    head = {n for n, _ in head_parameters(students[0])}
+    assert {k for k in state2 if not torch.equal(state2[k], state1[k])} <= head  # step 2 trains the head only
+    assert any(not torch.equal(state2[k], state1[k]) for k in head)
+
+
+def test_projections_train_but_stay_out_of_the_exported_student(tmp_path, clf_csv, tiny_model_dir, monkeypatch):
+    built = spy(monkeypatch, "build_adaptors")
+    initial = []
+    at_build_trainer(monkeypatch, lambda: initial.append(snapshot(built[0])))
+    student_config = "{hidden_size: 64, num_attention_heads: 4, intermediate_size: 37}"
+    run(
+        "ts_1st", tmp_path, clf_csv, tiny_model_dir,
+        **{"student.config": student_config, "student.init_from_teacher": "null", "distill.adaptors": "[HidnTinyBERT]"},
+    )  # fmt: skip
+    projection = built[0][0].projection
+    assert projection.in_features == 64 and projection.out_features == 32
+    assert not torch.equal(initial[0]["0.projection.weight"], projection.weight)  # trained
+
+    run_dir = tmp_path / "distill_ts_1st"
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    state = ckpt["state_dict"]
+    assert torch.equal(state["adaptors.0.projection.weight"], projection.weight)
+    assert not [k for k in state if k.startswith("teacher")]
+    # the optimiser holds exactly the trainable student parameters and the projection: not the teacher
+    trainable = [k for k in state if k.startswith("adaptors.") or k.startswith("student.")]
+    head = [k for k in trainable if k.removeprefix("student.").startswith(("classifier.", "bert.pooler."))]
+    assert sum(len(g["params"]) for g in ckpt["optimizer_states"][0]["param_groups"]) == len(trainable) - len(head)
+
+    exported = hf_state(run_dir / "student")
+    assert exported.keys() == {k.removeprefix("student.") for k in state if k.startswith("student.")}
+    assert exported["bert.embeddings.word_embeddings.weight"].shape[1] == 64
+
+
+def test_random_init_student_and_projections_follow_the_seed(tmp_path, clf_csv, tiny_model_dir, monkeypatch):
+    built_s, built_a = spy(monkeypatch, "build_student"), spy(monkeypatch, "build_adaptors")
+    initial = []
+    at_build_trainer(monkeypatch, lambda: initial.append({**snapshot(built_s[-1]), **snapshot(built_a[-1])}))
+    extra = {
+        "student.config": "{hidden_size: 64, num_attention_heads: 4, intermediate_size: 37}",
+        "student.init_from_teacher": "null",
+        "distill.adaptors": "[HidnTinyBERT]",
+        "trainer.fast_dev_run": True,
+    }
+    for name in ("a", "b"):
+        torch.manual_seed(len(name) + len(initial))  # a different global RNG state before each run
+        run("ts_1st", tmp_path, clf_csv, tiny_model_dir, **extra, **{"logger.run_name": name})
+    assert all(torch.equal(initial[0][k], initial[1][k]) for k in initial[0])
+
+
+class Crash(pl.Callback):
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.at_step:
+            raise RuntimeError("simulated interruption")
+
+
+def test_resume_after_interruption(tmp_path, clf_csv, tiny_model_dir, monkeypatch):
+    extra = {"trainer.max_epochs": 3, "distill.adaptors": "[AttnMiniLM, LogitMSE]"}
+    with monkeypatch.context() as m:
+        at_build_trainer(m, callbacks=[Crash(6)])
+        with pytest.raises(RuntimeError, match="simulated interruption"):
+            run("ms", tmp_path, clf_csv, tiny_model_dir, **extra)
+    run_dir = tmp_path / "distill_ms"
+    assert not (run_dir / "student").exists()
+    run("ms", tmp_path, clf_csv, tiny_model_dir, **extra, **{"trainer.resume": "last"})
+    steps_per_epoch = 32 // 8
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3 * steps_per_epoch
+    first, second = (
+        list(csv.DictReader(open(run_dir / "csv" / v / "metrics.csv"))) for v in ("version_0", "version_1")
+    )
+    assert {r["epoch"] for r in first if r["train/loss"]} == {"0", "1"}
+    trained_again = [r for r in second if r["train/loss"]]
+    assert {r["epoch"] for r in trained_again} == {"1", "2"}
+    assert (run_dir / "student" / "model.safetensors").is_file()
+
+
+def test_two_tokenizers_with_sentence_level_adaptors(tmp_path, clf_csv, tiny_model_dir, other_tokenizer_dir):
+    metrics = run(
+        "ms", tmp_path, clf_csv, tiny_model_dir,
+        **{"student.tokenizer": other_tokenizer_dir, "distill.adaptors": "[LogitKL]"},
+    )  # fmt: skip
+    assert "val/acc" in metrics
+    out = tmp_path / "distill_ms"
+    assert AutoTokenizer.from_pretrained(out / "student").get_vocab() == (
+        AutoTokenizer.from_pretrained(other_tokenizer_dir).get_vocab()
+    )
+    assert list((out / "attention").glob("*.png"))  # the heatmap handles two tokenizations
+
+
+BAD = {
+    "pred adaptor in step 1": ("ts_1st", {"distill.adaptors": "[LogitMSE]"}, "LogitMSE cannot train in InterDistiller"),
+    "inter adaptor in step 2": ("ts_2nd", {"distill.adaptors": "[AttnMiniLM]"}, "AttnMiniLM cannot train in Pred"),
+    "unknown adaptor": ("ms", {"distill.adaptors": "[Nope]"}, r"distill.adaptors\[0\]: unknown adaptor 'Nope'"),
+    "layers out of range": ("ms", {"student.init_from_teacher.layers": "[0, 5]"}, r"layers: \[5\] out of range"),
+    "missing teacher": ("ms", {"teacher.name": "/nonexistent/teacher"}, "'/nonexistent/teacher': no such directory"),
+    "token-level adaptor, two tokenizers": ("ms", {"student.tokenizer": None}, "AttnMiniLM, ValMiniLM compare tokens"),
+    "student vocabulary too small": (
+        "ms",
+        {"student.tokenizer": None, "student.config": "{vocab_size: 10}", "student.init_from_teacher": "null"},
+        "has 52 tokens but the student's embeddings only 10",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_a_one_line_user_error(case, tmp_path, clf_csv, tiny_model_dir, other_tokenizer_dir):
+    script, extra, message = BAD[case]
+    if script == "ts_2nd":
+        extra = {**extra, "student.name": tiny_model_dir}
+    if "student.tokenizer" in extra:
+        extra = {**extra, "student.tokenizer": other_tokenizer_dir}
+    with pytest.raises(UserError, match=message) as err:
+        run(script, tmp_path, clf_csv, tiny_model_dir, **extra)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override", ["trainer.max_epoch=3", "teacher.name=/nonexistent/teacher"])
+def test_cli_bad_override_is_one_line_and_exit_2(override, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["distillation_ms.py", override])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "distillation_ms.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path, clf_csv, tiny_model_dir):
+    extra = {"trainer.devices": 2, "trainer.strategy": "ddp", "distill.adaptors": "[AttnMiniLM, LogitMSE]"}
+    args = overrides(tmp_path, clf_csv, tiny_model_dir, "ms", **extra)
+    proc = subprocess.run(
+        [sys.executable, "distillation_ms.py", "--config", "configs/distillation_ms.yaml", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+    assert (tmp_path / "distill_ms" / "student" / "model.safetensors").is_file()
+    assert "val/acc" in (tmp_path / "distill_ms" / "metrics.json").read_text()
