@@ -144,7 +144,8 @@ class DistillConfig:
     adaptors: list[Any] = field(default_factory=lambda: ["AttnMiniLM", "ValMiniLM", "LogitMSE"])
     temperature: float = 1.0  # default for adaptors that take a temperature
     train_encoder: bool = False  # stage 2 only: train the whole student, not just its head
-    cache_teacher: bool = True  # reuse teacher logits across epochs when only logits are distilled
+    cache_teacher: bool = True  # keep the teacher's features per training example: it runs once per example
+    cache_max_mb: float = 2048  # CPU memory for that cache; once full, the teacher runs for the examples left out
     report: bool = True  # teacher-vs-student report at the end
     report_batches: int = 20  # batch-1 latency calls per model in the report (throughput uses a quarter)
 

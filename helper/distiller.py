@@ -2,7 +2,7 @@
 
 The teacher is frozen, in eval mode, run under `no_grad` (not `inference_mode`: its tensors meet student tensors in the
 losses), kept out of the optimiser and out of checkpoints (it is not a registered submodule), and moved to the student's
-device and dtype.
+device and dtype. What it gives depends only on the example, so `TeacherCache` keeps it per training example.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from bert.features import Features, ModelDims, merge_requests
+from bert.features import LAYER_FEATURES, MODEL_FEATURES, Features, ModelDims, merge_requests
 from bert.recorder import FeatureRecorder
 from helper.config import OptimConfig
 from helper.errors import UserError
@@ -28,6 +28,114 @@ def head_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     base = model.base_model
     encoder_ids = {id(p) for n, p in base.named_parameters() if not n.startswith("pooler.")}
     return [(n, p) for n, p in model.named_parameters() if id(p) not in encoder_ids]
+
+
+# Axes of one example's feature tensor (batch axis removed) that run over its tokens.
+TOKEN_AXES = {
+    "attentions": (1, 2),  # (h, n, n)
+    "queries": (1,),  # (h, n, d)
+    "keys": (1,),
+    "values": (1,),
+    "hidden_states": (0,),  # (n, H)
+    "embeddings": (0,),
+    "logits": (),  # (C,)
+}
+
+
+def stored_dtype(name: str) -> torch.dtype:
+    """Logits float32; attention probabilities (in [0, 1]) float16; other token features bfloat16 (cannot overflow)."""
+    return torch.float32 if name == "logits" else torch.float16 if name == "attentions" else torch.bfloat16
+
+
+def _entries(feats: Features) -> dict[tuple[str, int | None], torch.Tensor]:
+    """Every tensor of `feats` keyed by (feature, layer); layer is None for embeddings and logits."""
+    out = {(name, i): x for name in LAYER_FEATURES for i, x in getattr(feats, name).items()}
+    out.update({(name, None): getattr(feats, name) for name in MODEL_FEATURES if getattr(feats, name) is not None})
+    return out
+
+
+class TeacherCache:
+    """Teacher features per training example, keyed by the batch's `idx` (never its position), in CPU memory.
+
+    Stored without padding (the collator pads on the right, so an example's n real tokens come first), in
+    `stored_dtype`. Rebuilt for any padding length: positions past an example's tokens are 0, like the teacher's
+    attention to padding keys; padded query rows and padded tokens are 0 too (every adaptor ignores them). Once
+    `max_mb` of tensors is held nothing more is added: the examples left out keep running through the teacher.
+    """
+
+    def __init__(self, max_mb: float):
+        self.max_bytes = int(max_mb * 2**20)
+        self.rows: dict[int, dict[tuple[str, int | None], torch.Tensor]] = {}
+        self.nbytes = 0
+        self.full = False
+        self.hits = self.misses = 0  # examples, since the start
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / max(1, self.hits + self.misses)
+
+    def features(self, batch: dict, run_teacher, dtype: torch.dtype) -> Features:
+        """Features of `batch` as the teacher gives them; `run_teacher(**inputs)` runs only for uncached examples.
+
+        Token features come back in `dtype`, logits in float32.
+        """
+        mask = batch["attention_mask"]
+        keys = batch["idx"].tolist()
+        missing = [b for b, i in enumerate(keys) if i not in self.rows]
+        self.misses += len(missing)
+        self.hits += len(keys) - len(missing)
+        fresh = {}
+        if missing:
+            sub = torch.tensor(missing, device=mask.device)
+            n = int(mask[sub].sum(1).max())  # the uncached examples' own padding length
+            feats = run_teacher(**{k: v[sub, :n] for k, v in model_inputs(batch).items()})
+            fresh = dict(zip(missing, self._split(feats)))
+            for b, row in fresh.items():
+                self._add(keys[b], row)
+        return self._assemble([fresh[b] if b in fresh else self.rows[i] for b, i in enumerate(keys)], mask, dtype)
+
+    @staticmethod
+    def _split(feats: Features) -> list[dict]:
+        """One dict per example of its unpadded tensors, copied to the CPU in `stored_dtype`."""
+        lengths = feats.attention_mask.sum(1).tolist()
+        rows = [{} for _ in lengths]
+        for (name, layer), x in _entries(feats).items():
+            x = x.to("cpu", stored_dtype(name))
+            axes = TOKEN_AXES[name]
+            for row, x_b, n in zip(rows, x, lengths):
+                cut = tuple(slice(n) if a in axes else slice(None) for a in range(x_b.dim()))
+                row[name, layer] = x_b[cut].clone()  # its own storage, not a view of the batch
+        return rows
+
+    def _add(self, key: int, row: dict) -> None:
+        size = sum(t.nbytes for t in row.values())
+        if not self.full and self.nbytes + size > self.max_bytes:
+            self.full = True
+            warnings.warn(
+                f"teacher cache full ({self.nbytes / 2**20:.0f} MB, {len(self.rows)} examples; distill.cache_max_mb "
+                "sets the limit): the teacher runs for the other examples",
+                stacklevel=1,
+            )
+        if not self.full:
+            self.rows[key] = row
+            self.nbytes += size
+
+    @staticmethod
+    def _assemble(rows: list[dict], mask: torch.Tensor, dtype: torch.dtype) -> Features:
+        """The rows padded to the batch's length T, on the mask's device."""
+        feats = Features(attention_mask=mask)
+        for (name, layer), first in rows[0].items():
+            shape = [mask.shape[1] if a in TOKEN_AXES[name] else s for a, s in enumerate(first.shape)]
+            out = first.new_zeros(len(rows), *shape)  # (B, ...) e.g. (B, h, T, T)
+            for out_b, row in zip(out, rows):
+                x = row[name, layer]
+                out_b[tuple(map(slice, x.shape))] = x
+            out = out.to(mask.device, torch.float32 if name == "logits" else dtype)
+            if layer is None:
+                setattr(feats, name, out)
+            else:
+                getattr(feats, name)[layer] = out
+        return feats
 
 
 class BaseDistiller(pl.LightningModule):
@@ -44,6 +152,7 @@ class BaseDistiller(pl.LightningModule):
         optim: OptimConfig,
         *,
         cache_teacher: bool = True,
+        cache_max_mb: float = 2048,
         tokenizer=None,
         student_tokenizer=None,
         attention_plot_dir: str | Path | None = None,
@@ -65,10 +174,7 @@ class BaseDistiller(pl.LightningModule):
         request_s = merge_requests(*(a.request()[1] for a in adaptors))
         self.rec_t = FeatureRecorder(teacher, request_t)
         self.rec_s = FeatureRecorder(student, request_s)
-        # Teacher logits depend only on the example: with nothing else requested they are computed once per example.
-        self.cache_teacher = cache_teacher and set(request_t) <= {"logits"}
-        self.teacher_cache: torch.Tensor | None = None  # (N, C), NaN where not yet computed
-        self.cache_hits = self.cache_misses = 0
+        self.teacher_cache = TeacherCache(cache_max_mb) if cache_teacher and request_t else None
         num_labels = student.config.num_labels
         self.val_metrics = clf_metrics(num_labels, "val/")
         self.test_metrics = clf_metrics(num_labels, "test/")
@@ -102,31 +208,14 @@ class BaseDistiller(pl.LightningModule):
         self._place_teacher()
 
     def teacher_features(self, batch: dict) -> Features:
-        """Teacher features of `batch` (teacher inputs); logits come from the per-example cache when it is on."""
+        """Teacher features of `batch` (teacher inputs), through the per-example cache when it is on."""
         with torch.no_grad():
             if not self.rec_t.request:  # e.g. HardCE alone: nothing to read from the teacher
                 return Features(attention_mask=batch["attention_mask"])
-            if not self.cache_teacher:
+            if self.teacher_cache is None:
                 return self.rec_t(**model_inputs(batch))[1]
-            idx = batch["idx"]
-            need = int(idx.max()) + 1
-            if self.teacher_cache is None or len(self.teacher_cache) < need:
-                shape = (need, self.student.config.num_labels)
-                grown = torch.full(shape, float("nan"), dtype=torch.float32, device=self.device)  # bf16-true default
-                if self.teacher_cache is not None:
-                    grown[: len(self.teacher_cache)] = self.teacher_cache
-                self.teacher_cache = grown  # (N, C)
-            cached = self.teacher_cache[idx]  # (B, C)
-            missing = cached.isnan().any(dim=1)
-            n_missing = int(missing.sum())
-            self.cache_misses += n_missing
-            self.cache_hits += len(idx) - n_missing
-            if n_missing:
-                sub = {k: v[missing] for k, v in model_inputs(batch).items()}
-                logits = self.rec_t(**sub)[1].logits.float()
-                self.teacher_cache[idx[missing]] = logits
-                cached = self.teacher_cache[idx]
-            return Features(attention_mask=batch["attention_mask"], logits=cached)
+            dtype = next(self.teacher.parameters()).dtype
+            return self.teacher_cache.features(batch, lambda **inputs: self.rec_t(**inputs)[1], dtype)
 
     # -- steps ------------------------------------------------------------------------------------------------------
     def student_inputs(self, batch: dict) -> dict:
@@ -142,8 +231,8 @@ class BaseDistiller(pl.LightningModule):
             self.log(f"train/{adaptor.key}", loss, batch_size=len(labels))
             total = total + adaptor.weight * loss
         self.log("train/loss", total, prog_bar=True, batch_size=len(labels))
-        if self.cache_teacher:
-            self.log("train/teacher_cache_hit_rate", self.cache_hits / max(1, self.cache_hits + self.cache_misses))
+        if self.teacher_cache is not None:
+            self.log("train/teacher_cache_hit_rate", self.teacher_cache.hit_rate)
         return total
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -1,4 +1,4 @@
-"""The distillation Lightning modules on tiny models: what trains, the frozen teacher, its logit cache, heatmaps."""
+"""The distillation Lightning modules on tiny models: what trains, the frozen teacher, its feature cache, heatmaps."""
 
 from __future__ import annotations
 
@@ -127,14 +127,16 @@ class EpochLog(pl.Callback):
         self.order[-1] += batch["idx"].tolist()
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self.hits.append(pl_module.cache_hits)
-        self.misses.append(pl_module.cache_misses)
+        self.hits.append(pl_module.teacher_cache.hits)
+        self.misses.append(pl_module.teacher_cache.misses)
         self.calls.append(self._calls)
 
 
-def test_teacher_logits_are_cached_per_example_from_the_second_epoch(dm, tokenizer):
-    distiller = make(PredDistiller, ["LogitMSE"])
-    assert distiller.cache_teacher
+@pytest.mark.parametrize(
+    ("cls", "adaptors"), [(PredDistiller, ["LogitMSE"]), (BaseDistiller, ["AttnMiniLM", "ValMiniLM", "LogitMSE"])]
+)
+def test_teacher_features_are_cached_per_example_from_the_second_epoch(cls, adaptors, dm, tokenizer):
+    distiller = make(cls, adaptors)
     log = EpochLog(distiller.teacher)
     fit(distiller, dm, max_epochs=2, limit_val_batches=0, callbacks=[log])
 
@@ -144,13 +146,14 @@ def test_teacher_logits_are_cached_per_example_from_the_second_epoch(dm, tokeniz
     assert sorted(log.order[0]) == list(range(n)) and log.order[0] != log.order[1] != list(range(n))  # shuffled
     train = dm.datasets["train"]
     fresh = distiller.teacher(**model_inputs(Collator(tokenizer.pad_token_id)([train[i] for i in range(n)]))).logits
-    torch.testing.assert_close(distiller.teacher_cache, fresh.detach(), rtol=1e-5, atol=1e-5)
+    cached = torch.stack([distiller.teacher_cache.rows[i]["logits", None] for i in range(n)])  # (N, C)
+    torch.testing.assert_close(cached, fresh.detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_teacher_cache_stays_float32_under_bf16_true(dm):
     distiller = make(PredDistiller, ["LogitMSE"])
     fit(distiller, dm, fast_dev_run=True, precision="bf16-true")
-    assert distiller.teacher_cache.dtype == torch.float32
+    assert {row["logits", None].dtype for row in distiller.teacher_cache.rows.values()} == {torch.float32}
     assert next(distiller.teacher.parameters()).dtype == torch.bfloat16  # placed like the student
 
 
@@ -162,9 +165,10 @@ def test_hard_labels_alone_never_run_the_teacher(dm):
     assert feats_t.logits is None and not calls
 
 
-def test_cache_is_off_when_the_teacher_gives_more_than_logits():
-    assert not make(BaseDistiller, ["AttnMiniLM", "LogitMSE"]).cache_teacher
-    assert not make(PredDistiller, ["LogitMSE"], cache_teacher=False).cache_teacher
+def test_cache_is_off_when_asked_or_when_the_teacher_gives_nothing():
+    assert make(BaseDistiller, ["AttnMiniLM", "LogitMSE"]).teacher_cache is not None
+    assert make(PredDistiller, ["LogitMSE"], cache_teacher=False).teacher_cache is None
+    assert make(PredDistiller, ["HardCE"]).teacher_cache is None
 
 
 @pytest.mark.parametrize("adaptor", ["AttnMiniLM", "LogitMSE"])
@@ -227,3 +231,70 @@ def test_attention_heatmap_never_stops_training(tmp_path, clf_csv, tokenizer, ot
     distiller._plot_batch["attention_mask"] = torch.ones(1, 3, dtype=torch.long)
     fit(distiller, dm, max_epochs=1, limit_train_batches=1, limit_val_batches=1)
     assert any("attention heatmap skipped" in str(w.message) for w in recwarn)
+
+
+# Every feature the recorder gives, through the adaptors that read it.
+EVERY_FEATURE = [
+    "AttnMiniLM", "ValMiniLM", "QQMiniLMv2", "KKMiniLMv2", "AttnTinyBERT", "HidnTinyBERT", "EmbdTinyBERT", "HidnPKD",
+    "CosHidden", "LogitKL",
+]  # fmt: skip
+
+
+def regrouped(train, tokenizer, extra: int) -> list[dict]:
+    """Training batches formed differently from the data module's (5 examples, longest first), padded `extra` more."""
+    order = sorted(range(len(train)), key=lambda i: -len(train[i]["input_ids"]))
+    batches = [Collator(tokenizer.pad_token_id)([train[i] for i in order[j : j + 5]]) for j in range(0, len(train), 5)]
+    for batch in batches:
+        for key, value in (("input_ids", tokenizer.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
+            batch[key] = torch.nn.functional.pad(batch[key], (0, extra), value=value)  # (B, T + extra)
+    return batches
+
+
+def test_cached_features_give_the_losses_of_fresh_ones_for_any_padding(dm, tokenizer):
+    distiller = make(BaseDistiller, EVERY_FEATURE)
+    calls = []
+    distiller.teacher.register_forward_hook(lambda *_: calls.append(1))
+    for batch in dm.train_dataloader():
+        distiller.teacher_features(batch)
+    cache, n = distiller.teacher_cache, len(dm.datasets["train"])
+    assert (cache.hits, cache.misses, len(cache.rows)) == (0, n, n)
+    row = cache.rows[0]
+    assert row["attentions", 2].dtype == torch.float16 and row["values", 2].dtype == torch.bfloat16
+    assert row["logits", None].dtype == torch.float32
+    length = len(dm.datasets["train"][0]["input_ids"])
+    assert row["attentions", 2].shape == (4, length, length) and row["hidden_states", 0].shape == (length, 32)
+
+    before = len(calls)
+    for batch in regrouped(dm.datasets["train"], tokenizer, extra=3):
+        cached = distiller.teacher_features(batch)
+        assert len(calls) == before  # no teacher forward on a full hit
+        fresh = distiller.rec_t(**model_inputs(batch))[1]
+        before = len(calls)
+        _, feats_s = distiller.rec_s(**distiller.student_inputs(batch))
+        for adaptor in distiller.adaptors:
+            expected = adaptor(fresh, feats_s, batch["labels"])
+            torch.testing.assert_close(adaptor(cached, feats_s, batch["labels"]), expected, rtol=2e-2, atol=1e-3)
+        pad_keys = ~batch["attention_mask"].bool()[:, None, None, :]  # (B, 1, 1, T)
+        for layer, attn in cached.attentions.items():
+            assert attn.shape == fresh.attentions[layer].shape and attn.dtype == torch.float32
+            assert not attn.masked_select(pad_keys).any() and not fresh.attentions[layer].masked_select(pad_keys).any()
+    assert cache.hits == n
+
+
+def test_cache_respects_its_memory_bound_and_the_teacher_covers_the_rest(dm):
+    full = make(BaseDistiller, ["AttnMiniLM", "LogitMSE"])
+    for batch in dm.train_dataloader():
+        full.teacher_features(batch)
+    n = len(dm.datasets["train"])
+    budget_mb = full.teacher_cache.nbytes * 0.4 / 2**20  # about 40% of the examples
+
+    distiller = make(BaseDistiller, ["AttnMiniLM", "LogitMSE"], cache_max_mb=budget_mb)
+    log = EpochLog(distiller.teacher)
+    with pytest.warns(UserWarning, match="teacher cache full"):
+        fit(distiller, dm, max_epochs=2, limit_val_batches=0, callbacks=[log])
+    cache = distiller.teacher_cache
+    assert cache.full and 0 < len(cache.rows) < n and cache.nbytes <= cache.max_bytes
+    assert log.hits == [0, len(cache.rows)] and log.misses == [n, 2 * n - len(cache.rows)]
+    assert log.calls[1] > 0  # the examples left out still run through the teacher
+    for i, row in cache.rows.items():  # what is kept is the teacher's own output
+        torch.testing.assert_close(row["logits", None], full.teacher_cache.rows[i]["logits", None])

