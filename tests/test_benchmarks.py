@@ -19,7 +19,7 @@ def test_overhead_times_all_variants(tmp_path):
     bench_overhead.main(argv)
     res = json.loads(out.read_text())
     student = res["students"]["1-layer [1]"]
-    assert set(student["median_s"]) == {"lightning", "module", "hand", "hand-sdpa"}
+    assert set(student["median_s"]) == {"lightning", "module", "hand", "hand-sdpa", "module-cache"}
     assert all(t > 0 for t in student["median_s"].values())
     assert {"lightning/hand", "module/hand", "lightning/hand-sdpa"} <= set(student["time_ratio"])
     assert "memory_met" not in res["targets"]
