@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Iterable
@@ -15,10 +14,8 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from helper.config import LoggerConfig, OptimConfig, TrainerConfig, save_config
+from helper.config import LoggerConfig, OptimConfig, TrainerConfig, save_config, to_dict
 from helper.errors import UserError
-
-log = logging.getLogger(__name__)
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
@@ -112,8 +109,6 @@ def build_loggers(cfg: LoggerConfig, out: Path, stage: str, config_obj) -> list:
 
 
 def _flat(cfg) -> dict:
-    from helper.config import to_dict
-
     flat: dict = {}
 
     def walk(prefix: str, node):
