@@ -3,9 +3,8 @@
 The stages are the `$(PY) script.py` lines of the Makefile's `demo` recipe, run in order with their default configs
 plus: logger.output_dir=<tmp dir> (runs/ is left alone), data.cache_dir=<tmp dir>/cache (a cold tokenizer cache, as on
 a fresh machine) and, after fine-tuning, teacher.name=<tmp dir>/<finetune run>/model. `make setup` (pip) is not timed.
-Memory: ru_maxrss of each stage's process from os.wait4, i.e. the peak RSS of its largest process. Within a stage, the
-progress-bar output is time-stamped to split it into start-up (until the first "Epoch 0"), each epoch (training and
-its validation) and the end (final validation and test, export, report).
+Memory: ru_maxrss of each stage's process from os.wait4, i.e. the peak RSS of its largest process. Each stage's output
+goes to <dir>/<script>.log.
 
 Run: .venv/bin/python benchmarks/bench_demo.py [--keep DIR] [--smoke]
 """
@@ -30,7 +29,6 @@ from helper.config import FinetuneConfig, load_config  # noqa: E402
 from helper.report import machine_info  # noqa: E402
 
 TARGET_S = 15 * 60
-EPOCH = re.compile(r"^(Epoch \d+)")
 
 
 def demo_scripts(makefile: Path = ROOT / "Makefile") -> list[str]:
@@ -70,37 +68,15 @@ def overrides(script: str, out: Path, teacher_dir: Path, smoke: dict | None) -> 
 
 
 def run_stage(cmd: list[str], log_path: Path, env: dict) -> dict:
-    """Run one stage; its wall time, peak RSS, exit code and the time-stamped epoch phases of its output."""
+    """Run one stage, its output to `log_path`; its wall time, peak RSS and exit code."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    first_epoch: dict[str, float] = {}
-    last_seen = 0.0
-    tail = b""
     with log_path.open("wb") as log:
-        for chunk in iter(lambda: proc.stdout.read1(65536), b""):
-            now = time.perf_counter() - start
-            log.write(chunk)
-            parts = re.split(rb"[\r\n]", tail + chunk)
-            tail = parts.pop()
-            for line in parts:
-                m = EPOCH.match(line.decode(errors="replace").strip())
-                if m:
-                    first_epoch.setdefault(m.group(1), now)
-                    last_seen = now
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    marks = sorted(first_epoch.items(), key=lambda kv: kv[1])
-    phases = {"start-up": marks[0][1]} if marks else {}
-    for (name, t), nxt in zip(marks, [m[1] for m in marks[1:]] + [last_seen]):
-        phases[name] = nxt - t
-    if marks:
-        phases["after the last epoch"] = wall - last_seen
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
     return {
-        "wall_s": round(wall, 1),
+        "wall_s": round(time.perf_counter() - start, 1),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-        "returncode": proc.returncode,
-        "phases_s": {k: round(v, 1) for k, v in phases.items()},
+        "returncode": os.waitstatus_to_exitcode(status),
         "log": str(log_path),
     }
 
@@ -134,9 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"$ {' '.join(cmd)}", flush=True)
             stages[script] = {"command": " ".join(cmd[1:]), **run_stage(cmd, out / f"{script}.log", env)}
             s = stages[script]
-            print(
-                f"  {s['wall_s']:.0f} s, peak RSS {s['peak_rss_mb']:.0f} MiB, exit {s['returncode']}: {s['phases_s']}"
-            )
+            print(f"  {s['wall_s']:.0f} s, peak RSS {s['peak_rss_mb']:.0f} MiB, exit {s['returncode']}")
             if s["returncode"]:
                 print((out / f"{script}.log").read_text(errors="replace")[-3000:])
                 raise SystemExit(f"{script} failed (exit {s['returncode']}); log: {s['log']}")

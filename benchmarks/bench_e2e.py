@@ -17,8 +17,8 @@ ones; hidden dropout (0.1) stays.
 Reported: examples/s of epoch 1 and epoch 2 (training only: no validation during training), dev accuracy after
 2 epochs (same evaluation code for both). Epoch 1 of ours fills the teacher cache; from epoch 2 the teacher is skipped.
 
-Full run (about 10 minutes on 2 cores):  .venv/bin/python benchmarks/bench_e2e.py
-Smoke run:                               .venv/bin/python benchmarks/bench_e2e.py --limit 256 --out /tmp/e2e.json
+Full run (about 10 minutes per seed on 2 cores):  .venv/bin/python benchmarks/bench_e2e.py --seeds 0 1 2
+Smoke run:  .venv/bin/python benchmarks/bench_e2e.py --limit 256 --out /tmp/e2e.json
 On a machine shared with other jobs add `--threads 1`: two torch threads then keep waiting for each other.
 TextBrewer is a benchmark-only dependency:
   .venv/bin/pip install textbrewer==0.2.1 tensorboardX --no-deps
@@ -32,6 +32,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -102,30 +103,33 @@ def models(path: str, labels: list[str], attn: str) -> tuple[torch.nn.Module, to
     return teacher, student
 
 
-class EpochTimer(pl.Callback):
-    """Wall-clock seconds of each training epoch."""
+class TimedFit(pl.Callback):
+    """Trains `module` on `dm` without validation, checkpoints, logger or progress bar, timing every epoch.
 
-    def __init__(self):
-        self.seconds: list[float] = []
+    Each `fit(epochs)` goes on from the last epoch (optimiser and schedule are rebuilt, which does not change the
+    time), so bench_stage2.py can alternate epochs of two runs.
+    """
+
+    def __init__(self, module: pl.LightningModule, dm: ClfDataModule):
+        self.module, self.dm, self.seconds = module, dm, []
+        pl.seed_everything(dm.cfg.seed, verbose=False)
+        self.trainer = pl.Trainer(
+            accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+            callbacks=[self],
+        )  # fmt: skip
+
+    def fit(self, epochs: int) -> list[float]:
+        """Seconds of each of `epochs` more epochs."""
+        self.trainer.fit_loop.max_epochs = self.trainer.current_epoch + epochs
+        self.trainer.fit(self.module, datamodule=self.dm)
+        return self.seconds[-epochs:]
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.seconds.append(time.perf_counter() - self._start)
-
-
-def fit(module: pl.LightningModule, dm: ClfDataModule) -> list[float]:
-    """Train `EPOCHS` epochs without validation, checkpoints, logger or progress bar; seconds per epoch."""
-    pl.seed_everything(dm.cfg.seed, verbose=False)
-    timer = EpochTimer()
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=EPOCHS, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        callbacks=[timer],
-    )  # fmt: skip
-    trainer.fit(module, datamodule=dm)
-    return timer.seconds
 
 
 @torch.no_grad()
@@ -158,7 +162,7 @@ def run_ours(path: str, dm: ClfDataModule) -> dict:
     specs = [{"name": "LogitKL", "temperature": TEMPERATURE, "weight": 1 / TEMPERATURE**2}, "AttnMiniLM"]
     adaptors = build_adaptors(specs, ModelDims.of(teacher.config), ModelDims.of(student.config))
     distiller = BaseDistiller(teacher, student, adaptors, OPTIM, cache_teacher=True)
-    seconds = fit(distiller, dm)
+    seconds = TimedFit(distiller, dm).fit(EPOCHS)
     cache = distiller.teacher_cache
     lengths = [len(b["attention_mask"][0]) for b in dm.train_dataloader()]
     return {
@@ -238,7 +242,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, default=None, help="train and dev examples (smoke run); default: all")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "e2e.json")
     parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
-    parser.add_argument("--seed", type=int, default=0, help="data order, dropout (default: %(default)s)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="one pair of runs per seed (data order, dropout); default: 0"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -250,37 +256,45 @@ def main(argv: list[str] | None = None) -> dict:
     transformers.logging.set_verbosity_error()
     path, note = teacher_source()
     tokenizer = load_tokenizer(path)
-    dm = data_module(tokenizer, args.limit, args.seed)
-    n = len(dm.datasets["train"])
     load_before = os.getloadavg()[0]
-    runs = {"ours": run_ours(path, dm), "peer": run_peer(path, dm, tokenizer.pad_token_id)}
-    for run in runs.values():
-        run["examples_per_s"] = [n / s for s in run["epoch_s"]]
-    ours, peer = runs["ours"], runs["peer"]
-    speedup = [a / b for a, b in zip(ours["examples_per_s"], peer["examples_per_s"])]
+    per_seed = {}
+    print(f"{'seed':<5} {'':<5} {'ex/s epoch 1':>13} {'ex/s epoch 2':>13} {'dev acc':>8} {'tokens/row':>11}")
+    for seed in args.seeds:
+        dm = data_module(tokenizer, args.limit, seed)
+        n = len(dm.datasets["train"])
+        runs = {"ours": run_ours(path, dm), "peer": run_peer(path, dm, tokenizer.pad_token_id)}
+        for name, run in runs.items():
+            run["examples_per_s"] = [n / s for s in run["epoch_s"]]
+            (e1, e2), acc, tokens = run["examples_per_s"], run["dev_acc"], run["padded_tokens_per_row"]
+            print(f"{seed:<5} {name:<5} {e1:>13.1f} {e2:>13.1f} {acc:>8.4f} {tokens:>11.1f}")
+        ours, peer = runs["ours"], runs["peer"]
+        runs["speedup_ours_over_peer"] = [a / b for a, b in zip(ours["examples_per_s"], peer["examples_per_s"])]
+        runs["dev_acc_diff_points"] = 100 * (ours["dev_acc"] - peer["dev_acc"])
+        per_seed[seed] = runs
 
-    print(f"{'':<6} {'ex/s epoch 1':>13} {'ex/s epoch 2':>13} {'dev acc':>8} {'tokens/row':>11}")
-    for name, run in runs.items():
-        e1, e2 = run["examples_per_s"]
-        print(f"{name:<6} {e1:>13.1f} {e2:>13.1f} {run['dev_acc']:>8.4f} {run['padded_tokens_per_row']:>11.1f}")
-    diff = 100 * (ours["dev_acc"] - peer["dev_acc"])
-    print(f"ours/peer speed: epoch 1 {speedup[0]:.2f}x, epoch 2 {speedup[1]:.2f}x (target >= 3x from epoch 2)")
-    print(f"dev accuracy, ours - peer: {diff:+.2f} points (target: within 0.5)")
+    speedup = [statistics.median(r["speedup_ours_over_peer"][e] for r in per_seed.values()) for e in range(EPOCHS)]
+    diffs = [r["dev_acc_diff_points"] for r in per_seed.values()]
+    mean_diff = statistics.mean(diffs)
+    print(f"ours/peer speed (median over seeds): epoch 1 {speedup[0]:.2f}x, epoch 2 {speedup[1]:.2f}x "
+          "(target >= 3x from epoch 2)")  # fmt: skip
+    print(f"dev accuracy, ours - peer, points: {', '.join(f'{d:+.2f}' for d in diffs)}; mean {mean_diff:+.2f} "
+          "(target: within 0.5)")  # fmt: skip
 
     result = {
         "what": "SST-2 KD, 2 epochs each: ours (BaseDistiller, length-grouped dynamic padding, sdpa + recorder, "
         "teacher cache) vs TextBrewer 0.2.1 GeneralDistiller (padding 64, eager output_attentions); Hinton KD T=4 + "
-        "last-layer attention CE; examples/s over training epochs, dev accuracy after 2 epochs",
+        "last-layer attention CE; examples/s over training epochs, dev accuracy after 2 epochs; one pair per seed",
         "teacher": note,
         "student": f"2 layers cut from the teacher's layers {STUDENT_LAYERS}, attention dropout off",
         "train_examples": n,
         "dev_examples": len(dm.datasets["validation"]),
         "batch_size": BATCH,
         "optim": f"adamw lr {OPTIM.lr}, linear, warmup {OPTIM.warmup_ratio}",
-        "seed": args.seed,
-        "runs": {k: {m: rounded(v) for m, v in run.items()} for k, run in runs.items()},
+        "seeds": args.seeds,
+        "runs": {str(seed): rounded(runs) for seed, runs in per_seed.items()},
         "speedup_ours_over_peer": [round(s, 2) for s in speedup],
-        "dev_acc_diff_points": round(diff, 2),
+        "dev_acc_diff_points": [round(d, 2) for d in diffs],
+        "dev_acc_diff_points_mean": round(mean_diff, 2),
         "command": " ".join(["python", "benchmarks/bench_e2e.py", *(argv if argv is not None else sys.argv[1:])]),
         "textbrewer": importlib.metadata.version("textbrewer"),
         **environment(load_before),

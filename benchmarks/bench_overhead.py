@@ -355,26 +355,52 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+def _reset_peak() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where that is refused."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 class PeakRSS:
-    """Peak RSS from now on: resets the kernel's high-water mark, or falls back to ru_maxrss (never reset)."""
+    """Peak RSS over the training steps: VmHWM, reset now and again after the first step (ru_maxrss, never reset, where
+    the kernel refuses: growth is then a lower bound)."""
 
     def __init__(self):
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.method = "VmHWM after /proc/self/clear_refs reset"
-        except OSError:
-            self.method = "ru_maxrss (not resettable: growth is a lower bound)"
+        self.resettable = _reset_peak()
         self.base_kb = _status_kb("VmRSS")
+        self.first_peak_kb = 0
+        self.steady_base_kb: int | None = None
 
-    def growth_mb(self) -> tuple[float, float]:
-        """(peak RSS - RSS at reset, peak RSS) in MiB."""
-        peak = _status_kb("VmHWM") if self.method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF)[2]
-        return (peak - self.base_kb) / 1024, peak / 1024
+    def _peak_kb(self) -> int:
+        return _status_kb("VmHWM") if self.resettable else resource.getrusage(resource.RUSAGE_SELF)[2]
+
+    def after_first_step(self) -> None:
+        """The first step allocates the optimiser state (and whatever is created lazily); later steps only reuse."""
+        self.first_peak_kb = self._peak_kb()
+        if self.resettable and _reset_peak():
+            self.steady_base_kb = _status_kb("VmRSS")
+
+    def result(self) -> dict:
+        """growth: peak RSS over all steps - RSS before them; steady: peak over steps 2.. - RSS after step 1 (MiB)."""
+        last = self._peak_kb()
+        peak = max(last, self.first_peak_kb)
+        out = {"growth_mb": round((peak - self.base_kb) / 1024, 1), "peak_mb": round(peak / 1024, 1)}
+        if self.steady_base_kb is not None:
+            out["steady_growth_mb"] = round((last - self.steady_base_kb) / 1024, 1)
+        out["method"] = "VmHWM reset by /proc/self/clear_refs" if self.resettable else "ru_maxrss (lower bound)"
+        return out
 
 
 class MemoryProbe(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self.peak = PeakRSS()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            self.peak.after_first_step()
 
 
 def child_memory(variant: str, path: str, layers: list[int], steps: int) -> dict:
@@ -384,14 +410,14 @@ def child_memory(variant: str, path: str, layers: list[int], steps: int) -> dict
     if variant == "lightning":
         probe = MemoryProbe()
         lightning_trainer(steps, [probe]).fit(make_distiller(path, layers), train_dataloaders=loader(batches, steps))
-        peak = probe.peak
-    else:
-        loop = make_loop(variant, path, layers, steps)
-        peak = PeakRSS()
-        for i in range(steps):
-            loop.step(batches[i % len(batches)])
-    growth, total = peak.growth_mb()
-    return {"growth_mb": round(growth, 1), "peak_mb": round(total, 1), "method": peak.method}
+        return probe.peak.result()
+    loop = make_loop(variant, path, layers, steps)
+    peak = PeakRSS()
+    for i in range(steps):
+        loop.step(batches[i % len(batches)])
+        if i == 0:
+            peak.after_first_step()
+    return peak.result()
 
 
 def measure_memory(path: str, layers: list[int], steps: int, threads: int, repeats: int) -> dict:
@@ -406,20 +432,16 @@ def measure_memory(path: str, layers: list[int], steps: int, threads: int, repea
             if proc.returncode:
                 raise RuntimeError(f"memory child {variant} failed:\n{proc.stderr[-3000:]}")
             runs[variant].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    keys = [k for k in ("growth_mb", "steady_growth_mb", "peak_mb") if k in runs["hand"][0]]
     per_variant = {
-        v: {
-            "growth_mb": statistics.median(r["growth_mb"] for r in rs),
-            "peak_mb": statistics.median(r["peak_mb"] for r in rs),
-            "growth_mb_runs": [r["growth_mb"] for r in rs],
-        }
+        v: {k: statistics.median(r[k] for r in rs) for k in keys} | {"growth_mb_runs": [r["growth_mb"] for r in rs]}
         for v, rs in runs.items()
     }
-    growth = {v: p["growth_mb"] for v, p in per_variant.items()}
-    return {
-        "method": runs["hand"][0]["method"],
-        "per_variant": per_variant,
-        "growth_ratio": {f"{v}/{b}": round(growth[v] / growth[b], 3) for b in BASELINES for v in OURS},
-    }
+    out = {"method": runs["hand"][0]["method"], "steps": steps, "repeats": repeats, "per_variant": per_variant}
+    for key in keys[:2]:
+        mb = {v: p[key] for v, p in per_variant.items()}
+        out[key.replace("_mb", "_ratio")] = {f"{v}/{b}": round(mb[v] / mb[b], 3) for b in BASELINES for v in OURS}
+    return out
 
 
 # -- main -------------------------------------------------------------------------------------------------------------
@@ -490,17 +512,18 @@ def main(argv: list[str] | None = None) -> dict:
 def print_rows(name: str, res: dict) -> None:
     print(f"\n{name}: loss check {res['loss_check']}")
     mem = res.get("memory", {}).get("per_variant")
-    print(f"{'variant':<10} {'median s':>9} {'min s':>7} {'/hand':>7} {'/hand-sdpa':>10}", end="")
-    print(f" {'RSS growth MiB':>15} {'/hand':>7} {'/hand-sdpa':>10}" if mem else "")
+    print(f"{'variant':<12} {'median s':>9} {'min s':>7} {'/hand':>7} {'/hand-sdpa':>10}", end="")
+    print(f" {'RSS growth MiB':>15} {'/hand':>7} {'/hand-sdpa':>10} {'steady MiB':>11}" if mem else "")
     for v in VARIANTS:
         t = res["median_s"]
         print(
-            f"{v:<10} {t[v]:>9.3f} {res['min_s'][v]:>7.3f} {t[v] / t['hand']:>7.3f} {t[v] / t['hand-sdpa']:>10.3f}",
+            f"{v:<12} {t[v]:>9.3f} {res['min_s'][v]:>7.3f} {t[v] / t['hand']:>7.3f} {t[v] / t['hand-sdpa']:>10.3f}",
             end="",
         )
         if mem and v in mem:
             g = {k: m["growth_mb"] for k, m in mem.items()}
-            print(f" {g[v]:>15.1f} {g[v] / g['hand']:>7.3f} {g[v] / g['hand-sdpa']:>10.3f}", end="")
+            steady = mem[v].get("steady_growth_mb", float("nan"))
+            print(f" {g[v]:>15.1f} {g[v] / g['hand']:>7.3f} {g[v] / g['hand-sdpa']:>10.3f} {steady:>11.1f}", end="")
         print()
 
 

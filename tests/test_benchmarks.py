@@ -44,10 +44,11 @@ def test_hand_loop_computes_the_distiller_loss(tmp_path):
 @pytest.mark.parametrize("variant", ["lightning", "hand"])
 def test_overhead_memory_child(tmp_path, capsys, variant):
     path = bench_overhead.tiny_model_dir(tmp_path)
-    argv = ["--child", variant, "--teacher", path, "--students", "1", "--memory-steps", "1", "--threads", "1"]
+    argv = ["--child", variant, "--teacher", path, "--students", "1", "--memory-steps", "2", "--threads", "1"]
     bench_overhead.main(argv)
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["growth_mb"] >= 0 and res["peak_mb"] > res["growth_mb"]
+    assert res.get("steady_growth_mb", 0) >= 0  # absent where the kernel refuses to reset the peak
 
 
 def test_inference_runs_cpu_and_reports_cuda(tmp_path):
@@ -98,6 +99,7 @@ def test_e2e_benchmark(tmp_path, shared_data):
     bench_e2e.main(["--limit", "32", "--out", str(out)])
     res = json.loads(out.read_text())
     assert len(res["speedup_ours_over_peer"]) == 2 and res["train_examples"] == 32
+    assert len(res["dev_acc_diff_points"]) == 1
 
 
 @pytest.mark.slow
@@ -105,7 +107,7 @@ def test_stage2_benchmark(tmp_path, shared_data):
     from benchmarks import bench_stage2
 
     out = tmp_path / "stage2.json"
-    bench_stage2.main(["--limit", "32", "--out", str(out)])
+    bench_stage2.main(["--limit", "32", "--rounds", "1", "--out", str(out)])
     res = json.loads(out.read_text())
     assert set(res["pairs"]) == {"head", "encoder"}
-    assert all(p["epoch2_ratio"] > 0 for p in res["pairs"].values())
+    assert all(p["ratio"] > 0 for p in res["pairs"].values())

@@ -52,3 +52,23 @@ def test_resume_needs_an_existing_checkpoint(tmp_path):
         resolve_resume("last", tmp_path)
     (tmp_path / "last.ckpt").write_bytes(b"x")
     assert resolve_resume("last", tmp_path) == str(tmp_path / "last.ckpt")
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_adam_uses_the_fused_kernel_and_matches_the_reference(name):
+    torch.manual_seed(0)
+    ref, fused = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    fused.load_state_dict(ref.state_dict())
+    cfg = OptimConfig(name=name, lr=0.1, weight_decay=0.1)
+    opt = build_optimizer(fused.named_parameters(), cfg)
+    assert opt.defaults["fused"] is True
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    opt_ref = cls([{"params": [ref.weight], "weight_decay": 0.1}, {"params": [ref.bias], "weight_decay": 0.0}], lr=0.1)
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        for model, o in ((ref, opt_ref), (fused, opt)):
+            o.zero_grad()
+            model(x).square().sum().backward()
+            o.step()
+    torch.testing.assert_close(fused.weight, ref.weight)
+    torch.testing.assert_close(fused.bias, ref.bias)
