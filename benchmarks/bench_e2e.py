@@ -157,11 +157,49 @@ def environment(load_before: float) -> dict:
 
 
 # -- the two contenders -----------------------------------------------------------------------------------------------
+def our_adaptors(teacher: torch.nn.Module, student: torch.nn.Module) -> torch.nn.ModuleList:
+    specs = [{"name": "LogitKL", "temperature": TEMPERATURE, "weight": 1 / TEMPERATURE**2}, "AttnMiniLM"]
+    return build_adaptors(specs, ModelDims.of(teacher.config), ModelDims.of(student.config))
+
+
+def gradient_check(path: str, dm: ClfDataModule) -> float:
+    """Largest gap between the student's gradients under our losses and under TextBrewer's, on one training batch with
+    dropout off, relative to each tensor's largest gradient. The losses differ by the teacher's entropies (constants),
+    so the gap is float noise when both do the same work. Key biases are left out: softmax ignores them, so their
+    true gradient is 0 and what is there is noise of 1e-10."""
+    from textbrewer.losses import att_ce_loss, kd_ce_loss
+
+    batch = next(iter(dm.train_dataloader()))
+    inputs = model_inputs(batch)
+    grads = {}
+    for attn in ("sdpa", "eager"):
+        teacher, student = models(path, dm.label_names, attn)
+        if attn == "sdpa":  # ours: what BaseDistiller.training_step computes
+            adaptors = our_adaptors(teacher, student)
+            distiller = BaseDistiller(teacher, student, adaptors, OPTIM, cache_teacher=False)
+            student.eval()  # the distiller put it in train mode
+            feats_t, (_, feats_s) = distiller.teacher_features(batch), distiller.rec_s(**inputs)
+            loss = sum(a.weight * a(feats_t, feats_s, batch["labels"]) for a in adaptors)
+        else:  # TextBrewer's kd_ce_loss + att_ce_loss on what peer_adaptor hands it
+            student.eval()
+            with torch.no_grad():
+                out_t = peer_adaptor(inputs, teacher(**inputs, output_attentions=True))
+            out_s = peer_adaptor(inputs, student(**inputs, output_attentions=True))
+            loss = kd_ce_loss(out_s["logits"], out_t["logits"], TEMPERATURE)
+            loss = loss + att_ce_loss(out_s["attention"][-1], out_t["attention"][-1], inputs["attention_mask"])
+        loss.backward()
+        grads[attn] = {n: p.grad for n, p in student.named_parameters() if p.grad is not None}
+    gaps = [
+        float((g - grads["eager"][n]).abs().max() / grads["eager"][n].abs().max().clamp_min(1e-30))
+        for n, g in grads["sdpa"].items()
+        if not n.endswith("key.bias")
+    ]
+    return max(gaps)
+
+
 def run_ours(path: str, dm: ClfDataModule) -> dict:
     teacher, student = models(path, dm.label_names, "sdpa")
-    specs = [{"name": "LogitKL", "temperature": TEMPERATURE, "weight": 1 / TEMPERATURE**2}, "AttnMiniLM"]
-    adaptors = build_adaptors(specs, ModelDims.of(teacher.config), ModelDims.of(student.config))
-    distiller = BaseDistiller(teacher, student, adaptors, OPTIM, cache_teacher=True)
+    distiller = BaseDistiller(teacher, student, our_adaptors(teacher, student), OPTIM, cache_teacher=True)
     seconds = TimedFit(distiller, dm).fit(EPOCHS)
     cache = distiller.teacher_cache
     lengths = [len(b["attention_mask"][0]) for b in dm.train_dataloader()]
@@ -260,6 +298,8 @@ def main(argv: list[str] | None = None) -> dict:
     transformers.logging.set_verbosity_error()
     path, note = teacher_source()
     tokenizer = load_tokenizer(path)
+    grad_gap = gradient_check(path, data_module(tokenizer, args.limit, args.seeds[0]))
+    print(f"same work: student gradients, ours vs TextBrewer's losses, max relative gap {grad_gap:.1e}")
     load_before = os.getloadavg()[0]
     per_seed = {}
     print(f"{'seed':<5} {'':<5} {'ex/s epoch 1':>13} {'ex/s epoch 2':>13} {'dev acc':>8} {'tokens/row':>11}")
@@ -294,6 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
         "dev_examples": len(dm.datasets["validation"]),
         "batch_size": BATCH,
         "optim": f"adamw lr {OPTIM.lr}, linear, warmup {OPTIM.warmup_ratio}",
+        "gradient_check_max_relative_gap": float(f"{grad_gap:.2e}"),
         "seeds": args.seeds,
         "ours_batches": args.ours_batches,
         "runs": {str(seed): rounded(runs) for seed, runs in per_seed.items()},

@@ -13,10 +13,8 @@ Run: .venv/bin/python benchmarks/bench_recorder.py [--steps N]
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +26,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.bench_e2e import environment  # noqa: E402
 from bert.recorder import FeatureRecorder  # noqa: E402
 
 SST2 = ROOT.parent / "shared" / "data" / "sst2" / "stsa.binary.train"
@@ -131,14 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
             "ratio_record_vs_plain": round(vs_plain, 3),
             "ratio_record_vs_eager": round(vs_eager, 3),
         }
-    result |= {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} torch threads",
-        "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "date": datetime.date.today().isoformat(),
-    }
+    result |= environment(load_before)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -100,6 +100,7 @@ def test_e2e_benchmark(tmp_path, shared_data):
     res = json.loads(out.read_text())
     assert len(res["speedup_ours_over_peer"]) == 2 and res["train_examples"] == 32
     assert len(res["dev_acc_diff_points"]) == 1
+    assert res["gradient_check_max_relative_gap"] < 1e-3  # our losses and TextBrewer's do the same work
 
 
 @pytest.mark.slow
