@@ -197,22 +197,23 @@ def gradient_check(path: str, dm: ClfDataModule) -> float:
     return max(gaps)
 
 
-def run_ours(path: str, dm: ClfDataModule) -> dict:
+def run_ours(path: str, dm: ClfDataModule, cache: bool = True) -> dict:
     teacher, student = models(path, dm.label_names, "sdpa")
-    distiller = BaseDistiller(teacher, student, our_adaptors(teacher, student), OPTIM, cache_teacher=True)
+    distiller = BaseDistiller(teacher, student, our_adaptors(teacher, student), OPTIM, cache_teacher=cache)
     seconds = TimedFit(distiller, dm).fit(EPOCHS)
-    cache = distiller.teacher_cache
     lengths = [len(b["attention_mask"][0]) for b in dm.train_dataloader()]
-    return {
+    result = {
         "epoch_s": seconds,
         "dev_acc": dev_accuracy(student, dm),
         "padded_tokens_per_row": sum(lengths) / len(lengths),
-        "teacher_cache": {
-            "hit_rate_epoch2": cache.hits / len(dm.datasets["train"]),  # epoch 1 cannot hit: each example once
-            "examples": len(cache.rows),
-            "mb": round(cache.nbytes / 2**20, 1),
-        },
     }
+    if (tc := distiller.teacher_cache) is not None:
+        result["teacher_cache"] = {
+            "hit_rate_epoch2": tc.hits / len(dm.datasets["train"]),  # epoch 1 cannot hit: each example once
+            "examples": len(tc.rows),
+            "mb": round(tc.nbytes / 2**20, 1),
+        }
+    return result
 
 
 class FixedPad:
@@ -287,6 +288,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--ours-batches", choices=["grouped", "random"], default="grouped",
         help="ours: length-grouped batches (default) or random ones, both padded to their longest (an ablation)",
     )  # fmt: skip
+    parser.add_argument(
+        "--ours-cache", choices=["on", "off"], default="on", help="ours: the teacher cache (default: on; off: ablation)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -306,7 +310,8 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in args.seeds:
         dm = data_module(tokenizer, args.limit, seed, group_by_length=args.ours_batches == "grouped")
         n = len(dm.datasets["train"])
-        runs = {"ours": run_ours(path, dm), "peer": run_peer(path, dm, tokenizer.pad_token_id)}
+        ours = run_ours(path, dm, cache=args.ours_cache == "on")
+        runs = {"ours": ours, "peer": run_peer(path, dm, tokenizer.pad_token_id)}
         for name, run in runs.items():
             run["examples_per_s"] = [n / s for s in run["epoch_s"]]
             (e1, e2), acc, tokens = run["examples_per_s"], run["dev_acc"], run["padded_tokens_per_row"]
@@ -337,6 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
         "gradient_check_max_relative_gap": float(f"{grad_gap:.2e}"),
         "seeds": args.seeds,
         "ours_batches": args.ours_batches,
+        "ours_cache": args.ours_cache,
         "runs": {str(seed): rounded(runs) for seed, runs in per_seed.items()},
         "speedup_ours_over_peer": [round(s, 2) for s in speedup],
         "dev_acc_diff_points": [round(d, 2) for d in diffs],

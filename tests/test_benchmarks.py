@@ -91,13 +91,15 @@ def test_recorder_benchmark(tmp_path):
 
 
 @pytest.mark.slow
-def test_e2e_benchmark(tmp_path, shared_data):
+@pytest.mark.parametrize("cache", ["on", "off"])
+def test_e2e_benchmark(tmp_path, shared_data, cache):
     pytest.importorskip("textbrewer")
     from benchmarks import bench_e2e
 
     out = tmp_path / "e2e.json"
-    bench_e2e.main(["--limit", "32", "--out", str(out)])
+    bench_e2e.main(["--limit", "32", "--ours-cache", cache, "--out", str(out)])
     res = json.loads(out.read_text())
+    assert ("teacher_cache" in res["runs"]["0"]["ours"]) == (cache == "on")
     assert len(res["speedup_ours_over_peer"]) == 2 and res["train_examples"] == 32
     assert len(res["dev_acc_diff_points"]) == 1
     assert res["gradient_check_max_relative_gap"] < 1e-3  # our losses and TextBrewer's do the same work
