@@ -12,7 +12,6 @@ Run: .venv/bin/python benchmarks/bench_demo.py [--keep DIR] [--smoke]
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import re
@@ -24,9 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.bench_overhead import loadavg, quiet, sst2_examples, tiny_model_dir  # noqa: E402
+from benchmarks.bench_overhead import loadavg, quiet, save_result, sst2_examples, tiny_model_dir  # noqa: E402
 from helper.config import FinetuneConfig, load_config  # noqa: E402
-from helper.report import machine_info  # noqa: E402
 
 TARGET_S = 15 * 60
 
@@ -124,13 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
             "target_s": TARGET_S,
             "target_met": total <= TARGET_S,
             "results": read_results(out),
-            "machine": machine_info(),
-            "loadavg_1min_before_after": [load_before, loadavg()],
-            "date": datetime.date.today().isoformat(),
         }
     print(f"total {total:.0f} s (target {TARGET_S} s), peak RSS {result['peak_rss_mb']:.0f} MiB")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save_result(args.out, result, load_before)
     return result
 
 

@@ -27,11 +27,7 @@ TextBrewer is a benchmark-only dependency:
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.metadata
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -46,6 +42,7 @@ from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.bench_overhead import loadavg, save_result  # noqa: E402
 from bert.features import ModelDims  # noqa: E402
 from data.datamodule import ClfDataModule, Collator  # noqa: E402
 from helper.adaptors import build_adaptors  # noqa: E402
@@ -142,18 +139,6 @@ def dev_accuracy(model: torch.nn.Module, dm: ClfDataModule) -> float:
         total += len(batch["labels"])
     model.train(was_training)
     return right / total
-
-
-def environment(load_before: float) -> dict:
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "lightning": pl.__version__,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{torch.get_num_threads()} torch threads",
-        "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "date": datetime.date.today().isoformat(),
-    }
 
 
 # -- the two contenders -----------------------------------------------------------------------------------------------
@@ -304,14 +289,13 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = load_tokenizer(path)
     grad_gap = gradient_check(path, data_module(tokenizer, args.limit, args.seeds[0]))
     print(f"same work: student gradients, ours vs TextBrewer's losses, max relative gap {grad_gap:.1e}")
-    load_before = os.getloadavg()[0]
+    load_before = loadavg()
     per_seed = {}
     print(f"{'seed':<5} {'':<5} {'ex/s epoch 1':>13} {'ex/s epoch 2':>13} {'dev acc':>8} {'tokens/row':>11}")
     for seed in args.seeds:
         dm = data_module(tokenizer, args.limit, seed, group_by_length=args.ours_batches == "grouped")
         n = len(dm.datasets["train"])
-        ours = run_ours(path, dm, cache=args.ours_cache == "on")
-        runs = {"ours": ours, "peer": run_peer(path, dm, tokenizer.pad_token_id)}
+        runs = {"ours": run_ours(path, dm, args.ours_cache == "on"), "peer": run_peer(path, dm, tokenizer.pad_token_id)}
         for name, run in runs.items():
             run["examples_per_s"] = [n / s for s in run["epoch_s"]]
             (e1, e2), acc, tokens = run["examples_per_s"], run["dev_acc"], run["padded_tokens_per_row"]
@@ -349,10 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
         "dev_acc_diff_points_mean": round(mean_diff, 2),
         "command": " ".join(["python", "benchmarks/bench_e2e.py", *(argv if argv is not None else sys.argv[1:])]),
         "textbrewer": importlib.metadata.version("textbrewer"),
-        **environment(load_before),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save_result(args.out, result, load_before)
     return result
 
 

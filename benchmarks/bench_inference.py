@@ -17,8 +17,6 @@ Run: .venv/bin/python benchmarks/bench_inference.py [--latency-calls N] [--throu
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import statistics
 import sys
 import tempfile
@@ -32,9 +30,15 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.bench_overhead import default_teacher, loadavg, quiet, sst2_examples, tiny_model_dir  # noqa: E402
+from benchmarks.bench_overhead import (  # noqa: E402
+    default_teacher,
+    loadavg,
+    quiet,
+    save_result,
+    sst2_examples,
+    tiny_model_dir,
+)
 from helper.config import StudentConfig  # noqa: E402
-from helper.report import machine_info  # noqa: E402
 from helper.students import cut_student  # noqa: E402
 
 CPU_VARIANTS = ("cpu-fp32", "cpu-bf16", "cpu-compile")
@@ -181,14 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{variant:<12} student speed-up: {res['speedup']['latency']}x latency, {res['speedup']['throughput']}x "
             "throughput"
         )
-    result |= {
-        "machine": machine_info(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "loadavg_1min_before_after": [load_before, loadavg()],
-        "date": datetime.date.today().isoformat(),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save_result(args.out, result, load_before)
     return result
 
 

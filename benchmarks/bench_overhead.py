@@ -119,6 +119,18 @@ def loadavg() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def save_result(out: Path, result: dict, load_before: float) -> None:
+    """Write `result` to `out` as JSON, with the machine, the 1-minute load before and after the run, and the date."""
+    result |= {
+        "machine": machine_info() | {"lightning": pl.__version__, "platform": platform.platform()},
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "loadavg_1min_before_after": [round(load_before, 2), loadavg()],
+        "date": datetime.date.today().isoformat(),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
 # -- models and data --------------------------------------------------------------------------------------------------
 def make_batches(tokenizer, n_batches: int, batch: int, seq: int) -> list[dict[str, torch.Tensor]]:
     """`n_batches` fixed batches of real SST-2 train sentences, each padded to `seq` tokens."""
@@ -498,14 +510,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.memory_steps:
         worst_mem = max(r["memory"]["growth_ratio"]["lightning/hand"] for r in result["students"].values())
         result["targets"]["memory_met"] = worst_mem <= 1.10
-    result |= {
-        "machine": machine_info(),
-        "loadavg_1min_before_after": [load_before, loadavg()],
-        "date": datetime.date.today().isoformat(),
-        "platform": platform.platform(),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save_result(args.out, result, load_before)
     return result
 
 

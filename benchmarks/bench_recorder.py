@@ -13,8 +13,6 @@ Run: .venv/bin/python benchmarks/bench_recorder.py [--steps N]
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -26,7 +24,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.bench_e2e import environment  # noqa: E402
+from benchmarks.bench_overhead import loadavg, save_result  # noqa: E402
 from bert.recorder import FeatureRecorder  # noqa: E402
 
 SST2 = ROOT.parent / "shared" / "data" / "sst2" / "stsa.binary.train"
@@ -100,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     inputs = batch(AutoTokenizer.from_pretrained(path))
     runs = [(s, v) for s in ("train", "teacher") for v in ("record", "plain", "eager")]
     steps = {run: make_step(run[1], run[0], path, inputs) for run in runs}
-    load_before = os.getloadavg()[0]
+    load_before = loadavg()
     for _ in range(args.warmup):
         for run in runs:
             steps[run]()
@@ -130,9 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
             "ratio_record_vs_plain": round(vs_plain, 3),
             "ratio_record_vs_eager": round(vs_eager, 3),
         }
-    result |= environment(load_before)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save_result(args.out, result, load_before)
     return result
 
 

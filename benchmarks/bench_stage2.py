@@ -19,8 +19,6 @@ Smoke run:  .venv/bin/python benchmarks/bench_stage2.py --limit 256 --out /tmp/s
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -28,19 +26,18 @@ from pathlib import Path
 import torch
 import transformers
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_e2e import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_e2e import (  # noqa: E402
     OPTIM,
     ROOT,
     THREADS_HELP,
     TimedFit,
     data_module,
-    environment,
     models,
     rounded,
     teacher_source,
 )
-
+from benchmarks.bench_overhead import loadavg, save_result  # noqa: E402
 from bert.features import ModelDims  # noqa: E402
 from helper.adaptors import build_adaptors  # noqa: E402
 from helper.checkpoint import load_tokenizer  # noqa: E402
@@ -86,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     path, note = teacher_source()
     dm = data_module(load_tokenizer(path), args.limit, seed=0)
     n = len(dm.datasets["train"])
-    load_before = os.getloadavg()[0]
+    load_before = loadavg()
     result = {
         "what": "step-2 distillation (PredDistiller, LogitMSE, teacher cache on) vs the student alone on hard labels, "
         "same parameters trained; seconds per training epoch; ratio of the medians of the epochs after the first",
@@ -116,9 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
             "examples_per_s_later": {name: round(n / s, 1) for name, s in later.items()},
         }
     print("target: ratio <= 1.10 (epochs after the first, medians)")
-    result |= environment(load_before)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save_result(args.out, result, load_before)
     return result
 
 
