@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from helper.config import DistillationRunConfig, parse_cli
-from helper.distiller import BaseDistiller
-from helper.errors import run_cli
-from helper.stages import run_distillation
+from helper.config import DistillationRunConfig, run_cli
 
 
 def main(cfg: DistillationRunConfig) -> dict:
-    return run_distillation(cfg, BaseDistiller, "distill_ms")
+    from helper.stages import run_distillation  # heavy imports only once the config is checked
+
+    return run_distillation(cfg, "distill_ms")
 
 
 if __name__ == "__main__":
-    run_cli(lambda: main(parse_cli(DistillationRunConfig, "configs/distillation_ms.yaml")))
+    run_cli(DistillationRunConfig, "distillation_ms.yaml", main)

@@ -1,16 +1,15 @@
-"""Two-step distillation, step 1: intermediate layers (default [AttnMiniLM, ValMiniLM]); writes an HF student."""
+"""Two-step distillation, step 1: intermediate-layer adaptors (default [AttnMiniLM, ValMiniLM]); head frozen."""
 
 from __future__ import annotations
 
-from helper.config import DistillationRunConfig, parse_cli
-from helper.distiller import InterDistiller
-from helper.errors import run_cli
-from helper.stages import run_distillation
+from helper.config import DistillationRunConfig, run_cli
 
 
 def main(cfg: DistillationRunConfig) -> dict:
-    return run_distillation(cfg, InterDistiller, "distill_ts_1st")
+    from helper.stages import run_distillation  # heavy imports only once the config is checked
+
+    return run_distillation(cfg, "distill_ts_1st")
 
 
 if __name__ == "__main__":
-    run_cli(lambda: main(parse_cli(DistillationRunConfig, "configs/distillation_ts_1st.yaml")))
+    run_cli(DistillationRunConfig, "distillation_ts_1st.yaml", main)

@@ -1,16 +1,15 @@
-"""Two-step distillation, step 2: prediction layer (default [LogitMSE]) on the student written by step 1."""
+"""Two-step distillation, step 2: prediction-layer adaptors (default [LogitMSE]) on step 1's student."""
 
 from __future__ import annotations
 
-from helper.config import DistillationRunConfig, parse_cli
-from helper.distiller import PredDistiller
-from helper.errors import run_cli
-from helper.stages import run_distillation
+from helper.config import DistillationRunConfig, run_cli
 
 
 def main(cfg: DistillationRunConfig) -> dict:
-    return run_distillation(cfg, PredDistiller, "distill_ts_2nd")
+    from helper.stages import run_distillation  # heavy imports only once the config is checked
+
+    return run_distillation(cfg, "distill_ts_2nd")
 
 
 if __name__ == "__main__":
-    run_cli(lambda: main(parse_cli(DistillationRunConfig, "configs/distillation_ts_2nd.yaml")))
+    run_cli(DistillationRunConfig, "distillation_ts_2nd.yaml", main)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from helper.errors import UserError
+from bert.errors import UserError
 
 
 @dataclass(frozen=True)

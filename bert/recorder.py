@@ -15,7 +15,7 @@ from transformers.utils import ModelOutput
 
 from bert.families import get_family
 from bert.features import FEATURES, MODEL_FEATURES, Features, ModelDims
-from helper.errors import UserError
+from bert.errors import UserError
 
 
 class FeatureRecorder:

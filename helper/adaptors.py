@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bert.features import FeatureRequest, Features, ModelDims
-from helper.errors import UserError
+from bert.errors import UserError
 
 LAYER_MAPS = ("last", "uniform", "skip")
 

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from helper.config import DEFAULT_TEACHER
-from helper.errors import UserError
+from bert.errors import UserError
 
 
 def resolve_model_path(name: str) -> str:

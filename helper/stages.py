@@ -11,8 +11,8 @@ from data.datamodule import ClfDataModule
 from helper.adaptors import build_adaptors
 from helper.checkpoint import export_hf, load_classifier, load_tokenizer, resolve_model_path
 from helper.config import DistillationRunConfig
-from helper.distiller import BaseDistiller, PredDistiller
-from helper.errors import UserError
+from helper.distiller import BaseDistiller, InterDistiller, PredDistiller
+from bert.errors import UserError
 from helper.students import build_student
 from helper.training import best_checkpoint, build_trainer, load_best
 
@@ -21,7 +21,14 @@ def same_tokenizer(tok_a, tok_b) -> bool:
     return type(tok_a) is type(tok_b) and tok_a.get_vocab() == tok_b.get_vocab()
 
 
-def run_distillation(cfg: DistillationRunConfig, distiller_cls: type[BaseDistiller], stage: str) -> dict:
+STAGES: dict[str, type[BaseDistiller]] = {
+    "distill_ms": BaseDistiller,
+    "distill_ts_1st": InterDistiller,
+    "distill_ts_2nd": PredDistiller,
+}
+
+
+def run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
     """Distil `cfg.teacher` into the student; export it to `<run dir>/student` and write the report."""
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # a random-init student and projections too
     tok_t = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
@@ -51,6 +58,7 @@ def run_distillation(cfg: DistillationRunConfig, distiller_cls: type[BaseDistill
             f"distill.adaptors: {', '.join(token_level)} compare tokens, but teacher and student tokenize differently "
             f"(student.tokenizer={cfg.student.tokenizer}); only sentence-level adaptors (logits, [CLS]) are allowed"
         )
+    distiller_cls = STAGES[stage]
     trainer, out, resume = build_trainer(cfg, stage)
     extra = {"train_encoder": cfg.distill.train_encoder} if issubclass(distiller_cls, PredDistiller) else {}
     distiller = distiller_cls(
@@ -89,4 +97,24 @@ def run_distillation(cfg: DistillationRunConfig, distiller_cls: type[BaseDistill
                 out,
                 n_latency=cfg.distill.report_batches,
             )
+    return metrics
+
+
+def run_finetune(cfg) -> dict:
+    from helper.finetuner import ClfFinetune
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
+    dm = ClfDataModule(cfg.data, tokenizer)
+    dm.setup("fit")
+    model = load_classifier(cfg.model.name, dm.label_names, cfg.model.attn_implementation, cfg.model.dropout)
+    module = ClfFinetune(model, cfg.optim)
+    trainer, out, resume = build_trainer(cfg, "finetune")
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    load_best(module, best_checkpoint(trainer))
+    metrics = trainer.test(module, datamodule=dm, verbose=False)[0] if dm.has_test else {}
+    metrics.update({k: float(v) for k, v in trainer.validate(module, datamodule=dm, verbose=False)[0].items()})
+    if trainer.is_global_zero:
+        export_hf(module.model, tokenizer, out / "model")
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(f"teacher: {', '.join(f'{k} {v:.4f}' for k, v in sorted(metrics.items()))} -> {out / 'model'}")
     return metrics

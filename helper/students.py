@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification
 from bert.families import get_family
 from helper.checkpoint import load_classifier
 from helper.config import StudentConfig
-from helper.errors import UserError
+from bert.errors import UserError
 
 
 def build_student(cfg: StudentConfig, teacher: nn.Module, teacher_name: str, label_names: list[str]) -> nn.Module:

@@ -15,7 +15,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from helper.config import LoggerConfig, OptimConfig, TrainerConfig, save_config, to_dict
-from helper.errors import UserError
+from bert.errors import UserError
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 

@@ -10,7 +10,7 @@ import torch
 import helper.adaptors as adaptors_mod
 from bert.features import Features, ModelDims, merge_requests
 from helper.adaptors import ADAPTORS, Adaptor, adaptor_settings, build_adaptors, register_adaptor, resolve_layer_map
-from helper.errors import UserError
+from bert.errors import UserError
 
 MASKS = {
     "full": [[1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]],

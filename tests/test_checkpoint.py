@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from helper.checkpoint import export_hf, load_classifier, resolve_model_path
-from helper.errors import UserError
+from bert.errors import UserError
 
 
 def test_default_teacher_resolves_to_the_installed_package(minilm_path):

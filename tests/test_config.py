@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from helper.config import FinetuneConfig, load_config, parse_cli, save_config
-from helper.errors import UserError
+from bert.errors import UserError
 from tests.conftest import ROOT
 
 

@@ -18,7 +18,7 @@ from data import datamodule, sources
 from data.datamodule import ClfDataModule
 from data.sources import load_data
 from helper.config import DataConfig
-from helper.errors import UserError
+from bert.errors import UserError
 
 TRAIN = [("a good film", "pos"), ("a bad film", "neg"), ("great", "pos"), ("awful, boring and long", "neg")]
 VAL = [("fine film", "pos"), ("dull", "neg")]

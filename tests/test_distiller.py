@@ -12,7 +12,7 @@ from data.datamodule import ClfDataModule, Collator
 from helper.adaptors import build_adaptors
 from helper.config import DataConfig, InitFromConfig, OptimConfig, StudentConfig
 from helper.distiller import BaseDistiller, InterDistiller, PredDistiller, head_parameters
-from helper.errors import UserError
+from bert.errors import UserError
 from helper.finetuner import model_inputs
 from helper.students import build_student
 from tests.conftest import tiny_bert_config

@@ -8,7 +8,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import finetune
 from helper.config import FinetuneConfig, load_config
-from helper.errors import UserError
+from bert.errors import UserError
 from tests.conftest import ROOT, run_overrides
 
 

@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from bert.families import FAMILIES, Family, get_family
 from bert.features import FEATURES, LAYER_FEATURES
 from bert.recorder import FeatureRecorder, _additive
-from helper.errors import UserError
+from bert.errors import UserError
 from update_transformers import attention_dropout_key, padded_batch, split_heads, tiny_model
 
 ALL = {name: range(2) for name in FEATURES}

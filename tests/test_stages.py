@@ -19,7 +19,7 @@ import distillation_ts_2nd
 from helper import stages
 from helper.config import DistillationRunConfig, load_config
 from helper.distiller import head_parameters
-from helper.errors import UserError
+from bert.errors import UserError
 from tests.conftest import ROOT, run_overrides
 
 SCRIPTS = {"ms": distillation_ms, "ts_1st": distillation_ts_1st, "ts_2nd": distillation_ts_2nd}

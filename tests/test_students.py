@@ -5,7 +5,7 @@ import torch
 from transformers import BertForSequenceClassification
 
 from helper.config import InitFromConfig, StudentConfig
-from helper.errors import UserError
+from bert.errors import UserError
 from helper.students import build_student
 from tests.conftest import tiny_bert_config
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helper.config import OptimConfig
-from helper.errors import UserError
+from bert.errors import UserError
 from helper.training import build_optimizer, build_scheduler, resolve_resume
 
 
