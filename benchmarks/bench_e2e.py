@@ -43,13 +43,13 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.bench_overhead import loadavg, save_result  # noqa: E402
+from bert.families import model_inputs  # noqa: E402
 from bert.features import ModelDims  # noqa: E402
 from data.datamodule import ClfDataModule, Collator  # noqa: E402
 from helper.adaptors import build_adaptors  # noqa: E402
 from helper.checkpoint import load_classifier, load_tokenizer  # noqa: E402
 from helper.config import DataConfig, OptimConfig, StudentConfig  # noqa: E402
 from helper.distiller import BaseDistiller  # noqa: E402
-from helper.finetuner import model_inputs  # noqa: E402
 from helper.students import cut_student  # noqa: E402
 from helper.training import build_optimizer, build_scheduler  # noqa: E402
 
@@ -161,7 +161,7 @@ def gradient_check(path: str, dm: ClfDataModule) -> float:
         teacher, student = models(path, dm.label_names, attn)
         if attn == "sdpa":  # ours: what BaseDistiller.training_step computes
             adaptors = our_adaptors(teacher, student)
-            distiller = BaseDistiller(teacher, student, adaptors, OPTIM, cache_teacher=False)
+            distiller = BaseDistiller(teacher, student, adaptors, optim=OPTIM, cache_teacher=False)
             student.eval()  # the distiller put it in train mode
             feats_t, (_, feats_s) = distiller.teacher_features(batch), distiller.rec_s(**inputs)
             loss = sum(a.weight * a(feats_t, feats_s, batch["labels"]) for a in adaptors)
@@ -184,7 +184,7 @@ def gradient_check(path: str, dm: ClfDataModule) -> float:
 
 def run_ours(path: str, dm: ClfDataModule, cache: bool = True) -> dict:
     teacher, student = models(path, dm.label_names, "sdpa")
-    distiller = BaseDistiller(teacher, student, our_adaptors(teacher, student), OPTIM, cache_teacher=cache)
+    distiller = BaseDistiller(teacher, student, our_adaptors(teacher, student), optim=OPTIM, cache_teacher=cache)
     seconds = TimedFit(distiller, dm).fit(EPOCHS)
     lengths = [len(b["attention_mask"][0]) for b in dm.train_dataloader()]
     result = {

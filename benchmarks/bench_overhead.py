@@ -50,8 +50,6 @@ sys.path.insert(0, str(ROOT))
 import lightning.pytorch as pl  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from bert.features import ModelDims  # noqa: E402
-from helper.adaptors import build_adaptors  # noqa: E402
 from helper.config import OptimConfig, StudentConfig  # noqa: E402
 from helper.distiller import BaseDistiller  # noqa: E402
 from helper.report import machine_info  # noqa: E402
@@ -167,8 +165,7 @@ def schedule(optimizer, total_steps: int):
 def make_distiller(path: str, layers: list[int], cache: bool = False) -> BaseDistiller:
     """The distiller with the teacher cache off (equal work: the teacher runs every step) or on."""
     teacher, student = teacher_and_student(path, layers, "sdpa")
-    adaptors = build_adaptors(ADAPTORS, ModelDims.of(teacher.config), ModelDims.of(student.config))
-    return BaseDistiller(teacher, student, adaptors, OPTIM, cache_teacher=cache)
+    return BaseDistiller(teacher, student, ADAPTORS, optim=OPTIM, cache_teacher=cache)
 
 
 def distiller_loss(distiller: BaseDistiller, batch: dict) -> torch.Tensor:

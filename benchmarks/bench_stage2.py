@@ -38,8 +38,6 @@ from benchmarks.bench_e2e import (  # noqa: E402
     teacher_source,
 )
 from benchmarks.bench_overhead import loadavg, save_result  # noqa: E402
-from bert.features import ModelDims  # noqa: E402
-from helper.adaptors import build_adaptors  # noqa: E402
 from helper.checkpoint import load_tokenizer  # noqa: E402
 from helper.distiller import PredDistiller  # noqa: E402
 from helper.finetuner import ClfFinetune  # noqa: E402
@@ -51,10 +49,9 @@ def build(path: str, labels: list[str], alone: bool, train_encoder: bool):
     """The distiller (LogitMSE, cache on) or the student alone on hard labels, training the same parameters."""
     teacher, student = models(path, labels, "sdpa")
     if alone and train_encoder:
-        return ClfFinetune(student, OPTIM)
+        return ClfFinetune(student, optim=OPTIM)
     spec = ["HardCE"] if alone else ["LogitMSE"]
-    adaptors = build_adaptors(spec, ModelDims.of(teacher.config), ModelDims.of(student.config))
-    return PredDistiller(teacher, student, adaptors, OPTIM, cache_teacher=True, train_encoder=train_encoder)
+    return PredDistiller(teacher, student, spec, optim=OPTIM, cache_teacher=True, train_encoder=train_encoder)
 
 
 def measure(path: str, dm, train_encoder: bool, rounds: int) -> dict[str, list[float]]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import nn
@@ -18,8 +22,15 @@ class Family:
     layers_path: str  # base model -> nn.ModuleList of encoder layers
     embeddings_path: str  # base model -> embeddings module
     attention_path: str  # encoder layer -> self-attention module (owner of the q/k/v Linears)
-    qkv: tuple[str, str, str]  # self-attention module -> query, key, value nn.Linear
+    # self-attention module -> query, key, value nn.Linear; or one fused Linear whose output is [q; k; v]
+    qkv: tuple[str, str, str] | tuple[str]
+    dropout_keys: tuple[str, str]  # config keys of the hidden and the attention-probability dropout
     score_bias_arg: str | None = None  # self-attention forward argument added to the scores before softmax
+
+    def set_dropout(self, config, p: float) -> None:
+        """Set hidden and attention dropout of a config of this family to `p`."""
+        for key in self.dropout_keys:
+            setattr(config, key, p)
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         layers = _submodule(model.base_model, self.layers_path, self, model)
@@ -33,10 +44,10 @@ class Family:
     def self_attention(self, model: nn.Module, layer: int) -> nn.Module:
         return _submodule(self.layers(model)[layer], self.attention_path, self, model)
 
-    def projections(self, model: nn.Module, layer: int) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
-        """The query, key and value Linears of one layer."""
+    def projections(self, model: nn.Module, layer: int) -> tuple[nn.Linear, ...]:
+        """The query, key and value Linears of one layer (one Linear when they are fused)."""
         attn = self.self_attention(model, layer)
-        mods = tuple(_submodule(attn, name, self, model) for name in self.qkv)
+        mods = tuple(_submodule(attn, name, self, model) for name in self.qkv)  # 3 Linears, or 1 fused
         for name, mod in zip(self.qkv, mods):
             if not isinstance(mod, nn.Linear):
                 raise UserError(
@@ -45,24 +56,66 @@ class Family:
                 )
         return mods
 
+    def cut(self, model: nn.Module, layers: list[int]) -> None:
+        """Keep only encoder `layers` of `model` (in that order), in place; its config says the new depth."""
+        kept = nn.ModuleList(copy.deepcopy(self.layers(model)[i]) for i in layers)  # a layer may be kept twice
+        parent, _, attr = self.layers_path.rpartition(".")
+        setattr(model.base_model.get_submodule(parent) if parent else model.base_model, attr, kept)
+        model.config.num_hidden_layers = len(layers)  # DistilBERT's n_layers through its attribute_map
+        for i, layer in enumerate(kept):  # per-layer indices (caches, masks) follow the new depth
+            for module in layer.modules():
+                if hasattr(module, "layer_idx"):
+                    module.layer_idx = i
 
+
+_BERT_DROPOUT = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+_BERT_QKV = ("query", "key", "value")
+
+# One entry per family: adding a family is one line here plus its row in update_transformers.py's check.
 FAMILIES = (
-    Family("BERT", ("bert",), "encoder.layer", "embeddings", "attention.self", ("query", "key", "value")),
-    Family("RoBERTa", ("roberta",), "encoder.layer", "embeddings", "attention.self", ("query", "key", "value")),
-    Family("ELECTRA", ("electra",), "encoder.layer", "embeddings", "attention.self", ("query", "key", "value")),
-    Family("DistilBERT", ("distilbert",), "transformer.layer", "embeddings", "attention", ("q_lin", "k_lin", "v_lin")),
-    Family("MPNet", ("mpnet",), "encoder.layer", "embeddings", "attention.attn", ("q", "k", "v"), "position_bias"),
+    Family("BERT", ("bert",), "encoder.layer", "embeddings", "attention.self", _BERT_QKV, _BERT_DROPOUT),
+    Family(
+        "RoBERTa", ("roberta", "xlm-roberta"), "encoder.layer", "embeddings", "attention.self", _BERT_QKV, _BERT_DROPOUT
+    ),
+    Family("ELECTRA", ("electra",), "encoder.layer", "embeddings", "attention.self", _BERT_QKV, _BERT_DROPOUT),
+    Family(
+        "DistilBERT",
+        ("distilbert",),
+        "transformer.layer",
+        "embeddings",
+        "attention",
+        ("q_lin", "k_lin", "v_lin"),
+        ("dropout", "attention_dropout"),
+    ),
+    Family(
+        "MPNet",
+        ("mpnet",),
+        "encoder.layer",
+        "embeddings",
+        "attention.attn",
+        ("q", "k", "v"),
+        _BERT_DROPOUT,
+        "position_bias",
+    ),
 )
 
 
-def get_family(model: nn.Module) -> Family:
-    """The family of a bare encoder or of a task wrapper around one (e.g. `BertForSequenceClassification`)."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+def family_of(config) -> Family:
+    """The family of a model config (`config.model_type`)."""
+    model_type = getattr(config, "model_type", None)
     for family in FAMILIES:
         if model_type in family.model_types:
             return family
     supported = ", ".join(f.name for f in FAMILIES)
-    raise UserError(f"unsupported model {type(model).__name__} (model_type {model_type!r}); supported: {supported}")
+    raise UserError(f"unsupported model_type {model_type!r}; supported families: {supported}")
+
+
+def get_family(model: nn.Module) -> Family:
+    """The family of a bare encoder or of a task wrapper around one (e.g. `BertForSequenceClassification`)."""
+    try:
+        return family_of(getattr(model, "config", None))
+    except UserError as err:
+        raise UserError(f"unsupported model {type(model).__name__}: {err}") from None
 
 
 def _submodule(root: nn.Module, path: str, family: Family, model: nn.Module) -> nn.Module:
@@ -73,3 +126,17 @@ def _submodule(root: nn.Module, path: str, family: Family, model: nn.Module) -> 
             f"{type(model).__name__} has no module {path!r} under {type(root).__name__}; the installed transformers "
             f"layout does not match the {family.name} entry of bert/families.py"
         ) from None
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch: Mapping, model: nn.Module | None = None) -> dict:
+    """The tokenizer outputs in `batch` that a model takes (those `model.forward` names, when `model` is given)."""
+    accepted = _forward_args(type(model)) if model is not None else MODEL_INPUTS
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch and k in accepted}
+
+
+@functools.cache
+def _forward_args(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)

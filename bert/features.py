@@ -12,6 +12,24 @@ LAYER_FEATURES = ("attentions", "queries", "keys", "values", "hidden_states")
 MODEL_FEATURES = ("embeddings", "logits")
 FEATURES = LAYER_FEATURES + MODEL_FEATURES
 
+# Axes of one example's feature tensor (batch axis removed) that run over its tokens: what padding changes.
+TOKEN_AXES = {
+    "attentions": (1, 2),  # (h, n, n)
+    "queries": (1,),  # (h, n, d)
+    "keys": (1,),
+    "values": (1,),
+    "hidden_states": (0,),  # (n, H)
+    "embeddings": (0,),
+    "logits": (),  # (C,)
+}
+
+
+def storage_dtype(name: str) -> torch.dtype:
+    """How a stored feature is kept: logits float32; attention probabilities (in [0, 1]) float16; other token
+    features bfloat16 (cannot overflow)."""
+    return torch.float32 if name == "logits" else torch.float16 if name == "attentions" else torch.bfloat16
+
+
 # What to record: feature name -> layer indices. For "embeddings" and "logits" the presence of the key is what counts.
 FeatureRequest = dict[str, frozenset[int]]
 
@@ -36,6 +54,19 @@ class Features:
     hidden_states: dict[int, torch.Tensor] = field(default_factory=dict)
     embeddings: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+
+    def entries(self) -> dict[tuple[str, int | None], torch.Tensor]:
+        """Every recorded tensor keyed by (feature, layer); layer is None for embeddings and logits."""
+        out = {(name, i): x for name in LAYER_FEATURES for i, x in getattr(self, name).items()}
+        out.update({(name, None): getattr(self, name) for name in MODEL_FEATURES if getattr(self, name) is not None})
+        return out
+
+    def put(self, name: str, layer: int | None, x: torch.Tensor) -> None:
+        """The inverse of `entries`: store `x` as feature `name` of `layer` (None for embeddings and logits)."""
+        if layer is None:
+            setattr(self, name, x)
+        else:
+            getattr(self, name)[layer] = x
 
 
 def merge_requests(*requests: FeatureRequest) -> FeatureRequest:

@@ -13,9 +13,11 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
+from bert.errors import UserError
 from bert.families import get_family
 from bert.features import FEATURES, MODEL_FEATURES, Features, ModelDims
-from bert.errors import UserError
+
+QKV = ("queries", "keys", "values")
 
 
 class FeatureRecorder:
@@ -35,7 +37,11 @@ class FeatureRecorder:
         wanted = self._wanted
         for i in sorted(wanted("queries") | wanted("keys") | wanted("values") | wanted("attentions")):
             needs_qk = i in wanted("attentions")
-            for name, linear in zip(("queries", "keys", "values"), self.family.projections(model, i)):
+            projections = self.family.projections(model, i)
+            if len(projections) == 1:  # one fused Linear: its output is [q; k; v]
+                self._handles.append(projections[0].register_forward_hook(self._keep_fused(i)))
+                continue
+            for name, linear in zip(QKV, projections):
                 if i in wanted(name) or (needs_qk and name != "values"):
                     self._handles.append(linear.register_forward_hook(self._keep_output(name, i)))
         for i in sorted(wanted("attentions")):
@@ -77,6 +83,14 @@ class FeatureRecorder:
         def hook(module, args, output):
             if self._active:
                 self._store[name, layer] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    def _keep_fused(self, layer: int):
+        def hook(module, args, output):
+            if self._active:
+                for name, x in zip(QKV, output.chunk(3, dim=-1)):  # (B, T, 3H) -> 3 x (B, T, H)
+                    self._store[name, layer] = x
 
         return hook
 

@@ -15,9 +15,9 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from data.sources import SPLITS, fingerprint, load_data, stratified_split
-from data.config import DataConfig
 from bert.errors import UserError
+from data.config import DataConfig
+from data.sources import SPLITS, fingerprint, load_data, stratified_split
 
 BUCKET_BATCHES = 50  # group_by_length sorts chunks of this many batches by length
 

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from data.config import DataConfig
 from bert.errors import UserError
+from data.config import DataConfig
 
 SPLITS = ("train", "validation", "test")
 RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"

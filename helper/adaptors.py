@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bert.features import FeatureRequest, Features, ModelDims
 from bert.errors import UserError
+from bert.features import FeatureRequest, Features, ModelDims
 
 LAYER_MAPS = ("last", "uniform", "skip")
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from helper.config import DEFAULT_TEACHER
 from bert.errors import UserError
+from bert.families import family_of
+from helper.config import DEFAULT_TEACHER
 
 
 def resolve_model_path(name: str) -> str:
@@ -55,10 +56,11 @@ def load_classifier(
     dropout: float | None = None,
 ):
     """`AutoModelForSequenceClassification` with the label names written into its config."""
-    check_labels(load_model_config(name), label_names, name)
+    config = load_model_config(name)
+    check_labels(config, label_names, name)
     kwargs: dict = {}
     if dropout is not None:
-        kwargs.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+        kwargs.update(dict.fromkeys(family_of(config).dropout_keys, dropout))
     model = _load(
         "model",
         AutoModelForSequenceClassification.from_pretrained,

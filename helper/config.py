@@ -9,8 +9,8 @@ import dataclasses
 import sys
 import types
 import typing
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -260,7 +260,7 @@ ROOT = Path(__file__).resolve().parents[1]  # configs/ is found from here, whate
 
 
 def parse_cli(cls: type, config_file: str, argv: list[str] | None = None) -> Any:
-    """`script.py [--config PATH] [section.key=value ...]` -> a `cls` instance; the default file is configs/<config_file>."""
+    """`script.py [--config PATH] [section.key=value ...]` -> a `cls` instance (default file: configs/<config_file>)."""
     import argparse
 
     default = ROOT / "configs" / config_file

@@ -7,20 +7,27 @@ device and dtype. What it gives depends only on the example, so `TeacherCache` k
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from bert.features import LAYER_FEATURES, MODEL_FEATURES, Features, ModelDims, merge_requests
-from bert.recorder import FeatureRecorder
-from helper.config import OptimConfig
 from bert.errors import UserError
-from helper.finetuner import model_inputs
-from helper.training import clf_metrics, configure_optimizers
+from bert.families import model_inputs
+from bert.features import Features, ModelDims, merge_requests
+from bert.recorder import FeatureRecorder
+from helper.adaptors import build_adaptors
+from helper.config import DistillationRunConfig, DistillConfig, OptimConfig
+from helper.teacher_cache import TeacherCache
+from helper.training import clf_metrics, configure_optimizers, export_module
+
+_OPTIM_KEYS = tuple(f.name for f in dataclasses.fields(OptimConfig))
+_DISTILL_KEYS = tuple(f.name for f in dataclasses.fields(DistillConfig) if f.name != "adaptors")
 
 
 def head_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -30,116 +37,27 @@ def head_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if id(p) not in encoder_ids]
 
 
-# Axes of one example's feature tensor (batch axis removed) that run over its tokens.
-TOKEN_AXES = {
-    "attentions": (1, 2),  # (h, n, n)
-    "queries": (1,),  # (h, n, d)
-    "keys": (1,),
-    "values": (1,),
-    "hidden_states": (0,),  # (n, H)
-    "embeddings": (0,),
-    "logits": (),  # (C,)
-}
-
-
-def stored_dtype(name: str) -> torch.dtype:
-    """Logits float32; attention probabilities (in [0, 1]) float16; other token features bfloat16 (cannot overflow)."""
-    return torch.float32 if name == "logits" else torch.float16 if name == "attentions" else torch.bfloat16
-
-
-def _entries(feats: Features) -> dict[tuple[str, int | None], torch.Tensor]:
-    """Every tensor of `feats` keyed by (feature, layer); layer is None for embeddings and logits."""
-    out = {(name, i): x for name in LAYER_FEATURES for i, x in getattr(feats, name).items()}
-    out.update({(name, None): getattr(feats, name) for name in MODEL_FEATURES if getattr(feats, name) is not None})
-    return out
-
-
-class TeacherCache:
-    """Teacher features per training example, keyed by the batch's `idx` (never its position), in CPU memory.
-
-    Stored without padding (the collator pads on the right, so an example's n real tokens come first), in
-    `stored_dtype`. Rebuilt for any padding length: positions past an example's tokens are 0, like the teacher's
-    attention to padding keys; padded query rows and padded tokens are 0 too (every adaptor ignores them). Once
-    `max_mb` of tensors is held nothing more is added: the examples left out keep running through the teacher.
-    """
-
-    def __init__(self, max_mb: float):
-        self.max_bytes = int(max_mb * 2**20)
-        self.rows: dict[int, dict[tuple[str, int | None], torch.Tensor]] = {}
-        self.nbytes = 0
-        self.full = False
-        self.hits = self.misses = 0  # examples, since the start
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / max(1, self.hits + self.misses)
-
-    def features(self, batch: dict, run_teacher, dtype: torch.dtype) -> Features:
-        """Features of `batch` as the teacher gives them; `run_teacher(**inputs)` runs only for uncached examples.
-
-        Token features come back in `dtype`, logits in float32.
-        """
-        mask = batch["attention_mask"]
-        keys = batch["idx"].tolist()
-        missing = [b for b, i in enumerate(keys) if i not in self.rows]
-        self.misses += len(missing)
-        self.hits += len(keys) - len(missing)
-        fresh = {}
-        if missing:
-            sub = torch.tensor(missing, device=mask.device)
-            n = int(mask[sub].sum(1).max())  # the uncached examples' own padding length
-            feats = run_teacher(**{k: v[sub, :n] for k, v in model_inputs(batch).items()})
-            fresh = dict(zip(missing, self._split(feats)))
-            for b, row in fresh.items():
-                self._add(keys[b], row)
-        return self._assemble([fresh[b] if b in fresh else self.rows[i] for b, i in enumerate(keys)], mask, dtype)
-
-    @staticmethod
-    def _split(feats: Features) -> list[dict]:
-        """One dict per example of its unpadded tensors, copied to the CPU in `stored_dtype`."""
-        lengths = feats.attention_mask.sum(1).tolist()
-        rows = [{} for _ in lengths]
-        for (name, layer), x in _entries(feats).items():
-            x = x.to("cpu", stored_dtype(name))
-            axes = TOKEN_AXES[name]
-            for row, x_b, n in zip(rows, x, lengths):
-                cut = tuple(slice(n) if a in axes else slice(None) for a in range(x_b.dim()))
-                row[name, layer] = x_b[cut].clone()  # its own storage, not a view of the batch
-        return rows
-
-    def _add(self, key: int, row: dict) -> None:
-        size = sum(t.nbytes for t in row.values())
-        if not self.full and self.nbytes + size > self.max_bytes:
-            self.full = True
-            warnings.warn(
-                f"teacher cache full ({self.nbytes / 2**20:.0f} MB, {len(self.rows)} examples; distill.cache_max_mb "
-                "sets the limit): the teacher runs for the other examples",
-                stacklevel=1,
-            )
-        if not self.full:
-            self.rows[key] = row
-            self.nbytes += size
-
-    @staticmethod
-    def _assemble(rows: list[dict], mask: torch.Tensor, dtype: torch.dtype) -> Features:
-        """The rows padded to the batch's length T, on the mask's device."""
-        feats = Features(attention_mask=mask)
-        for (name, layer), first in rows[0].items():
-            shape = [mask.shape[1] if a in TOKEN_AXES[name] else s for a, s in enumerate(first.shape)]
-            out = first.new_zeros(len(rows), *shape)  # (B, ...) e.g. (B, h, T, T)
-            for out_b, row in zip(out, rows):
-                x = row[name, layer]
-                out_b[tuple(map(slice, x.shape))] = x
-            out = out.to(mask.device, torch.float32 if name == "logits" else dtype)
-            if layer is None:
-                setattr(feats, name, out)
-            else:
-                getattr(feats, name)[layer] = out
-        return feats
+def settings(owner: str, optim: OptimConfig | None, distill: DistillConfig | None, kwargs: dict[str, Any]):
+    """`optim` and `distill` (defaults: the distillation stages' own) with keyword settings applied on top."""
+    defaults = DistillationRunConfig()
+    unknown = [k for k in kwargs if k not in _OPTIM_KEYS + _DISTILL_KEYS]
+    if unknown:
+        raise UserError(f"{owner}: unknown setting {unknown[0]!r} (choices: {', '.join(_OPTIM_KEYS + _DISTILL_KEYS)})")
+    optim = dataclasses.replace(optim or defaults.optim, **{k: v for k, v in kwargs.items() if k in _OPTIM_KEYS})
+    distill = dataclasses.replace(
+        distill or defaults.distill, **{k: v for k, v in kwargs.items() if k in _DISTILL_KEYS}
+    )
+    return optim, distill
 
 
 class BaseDistiller(pl.LightningModule):
-    """Mix-step distillation: every configured adaptor trains at once; `sum(weight * loss)` is minimised."""
+    """Mix-step distillation: every adaptor trains at once; `sum(weight * loss)` is minimised.
+
+    `adaptors`: names or mappings as in `distill.adaptors` (built against both models' sizes), or a built
+    `nn.ModuleList`; default `distill.adaptors`. `dm`: the `ClfDataModule` (its tokenizers tell whether teacher and
+    student read the same tokens, and are exported with the student). `optim`/`distill` are the config sections;
+    keyword settings (`lr=3e-5`, `temperature=4`, `cache_teacher=False`, ...) override single fields of either.
+    """
 
     stages: ClassVar[tuple[str, ...]] = ("inter", "pred")
     export_best: ClassVar[bool] = True  # export the best checkpoint on the validation metric (else the last)
@@ -148,16 +66,26 @@ class BaseDistiller(pl.LightningModule):
         self,
         teacher: nn.Module,
         student: nn.Module,
-        adaptors: nn.ModuleList,
-        optim: OptimConfig,
+        adaptors: list | nn.ModuleList | None = None,
+        dm=None,
         *,
-        cache_teacher: bool = True,
-        cache_max_mb: float = 2048,
-        tokenizer=None,
-        student_tokenizer=None,
-        attention_plot_dir: str | Path | None = None,
+        optim: OptimConfig | None = None,
+        distill: DistillConfig | None = None,
+        **kwargs,
     ):
         super().__init__()
+        self.optim, self.distill = settings(type(self).__name__, optim, distill, kwargs)
+        self.__dict__["dm"] = dm  # not a module: kept out of the state dict and hyperparameters
+        if not isinstance(adaptors, nn.ModuleList):
+            try:
+                adaptors = build_adaptors(
+                    self.distill.adaptors if adaptors is None else adaptors,
+                    ModelDims.of(teacher.config),
+                    ModelDims.of(student.config),
+                    temperature=self.distill.temperature,
+                )
+            except UserError as err:
+                raise UserError(f"distill.{err}") from None
         wrong = [a.key for a in adaptors if a.stage not in self.stages]
         if wrong:
             raise UserError(
@@ -166,24 +94,26 @@ class BaseDistiller(pl.LightningModule):
             )
         if not len(adaptors):
             raise UserError(f"distill.adaptors: {type(self).__name__} needs at least one adaptor")
+        token_level = [a.key for a in adaptors if not a.sentence_level]
+        if token_level and getattr(dm, "student_tokenizer", None) is not None:
+            raise UserError(
+                f"distill.adaptors: {', '.join(token_level)} compare tokens, but teacher and student tokenize "
+                "differently; only sentence-level adaptors (logits, [CLS]) are allowed"
+            )
         self.__dict__["teacher"] = teacher.eval().requires_grad_(False)  # unregistered: no optimiser, no checkpoint
         self.student = student.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes
         self.adaptors = adaptors
-        self.optim = optim
         request_t = merge_requests(*(a.request()[0] for a in adaptors))
         request_s = merge_requests(*(a.request()[1] for a in adaptors))
         self.rec_t = FeatureRecorder(teacher, request_t)
         self.rec_s = FeatureRecorder(student, request_s)
-        self.teacher_cache = TeacherCache(cache_max_mb) if cache_teacher and request_t else None
+        use_cache = self.distill.cache_teacher and bool(request_t)
+        self.teacher_cache = TeacherCache(self.distill.cache_max_mb) if use_cache else None
         num_labels = student.config.num_labels
         self.val_metrics = clf_metrics(num_labels, "val/")
         self.test_metrics = clf_metrics(num_labels, "test/")
         self.teacher_val_metrics = clf_metrics(num_labels, "teacher/val/")
         self._teacher_evaluated = False
-        self.tokenizer = tokenizer  # only to label the attention heatmaps
-        self.student_tokenizer = student_tokenizer  # when it differs from the teacher's
-        self.attention_plot_dir = Path(attention_plot_dir) if attention_plot_dir else None
-        self._plot_batch: dict | None = None
         self.configure_trainable()
 
     # -- what trains ------------------------------------------------------------------------------------------------
@@ -192,6 +122,9 @@ class BaseDistiller(pl.LightningModule):
 
     def trainable_parameters(self):
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        return configure_optimizers(self, self.trainable_parameters(), self.optim)
 
     # -- teacher ----------------------------------------------------------------------------------------------------
     def _place_teacher(self) -> None:
@@ -212,6 +145,13 @@ class BaseDistiller(pl.LightningModule):
         with torch.no_grad():
             if not self.rec_t.request:  # e.g. HardCE alone: nothing to read from the teacher
                 return Features(attention_mask=batch["attention_mask"])
+            if self.teacher_cache is not None and "idx" not in batch:
+                warnings.warn(
+                    "teacher cache off: the batches carry no `idx` (example index), so examples cannot be told apart; "
+                    "ClfDataModule's collator adds it",
+                    stacklevel=1,
+                )
+                self.teacher_cache = None
             if self.teacher_cache is None:
                 return self.rec_t(**model_inputs(batch))[1]
             dtype = next(self.teacher.parameters()).dtype
@@ -219,7 +159,7 @@ class BaseDistiller(pl.LightningModule):
 
     # -- steps ------------------------------------------------------------------------------------------------------
     def student_inputs(self, batch: dict) -> dict:
-        return model_inputs(batch.get("student", batch))
+        return model_inputs(batch.get("student", batch), self.student)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         feats_t = self.teacher_features(batch)
@@ -240,58 +180,30 @@ class BaseDistiller(pl.LightningModule):
         logits_s = self.student(**self.student_inputs(batch)).logits
         self.val_metrics.update(logits_s, labels)
         self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(labels))
+        loss = F.cross_entropy(logits_s.float(), labels)
+        self.log("val/loss", loss, batch_size=len(labels))
+        self.log("val_loss", loss, batch_size=len(labels))
         if not self._teacher_evaluated:
-            self.teacher_val_metrics.update(self.teacher(**model_inputs(batch)).logits, labels)
+            self.teacher_val_metrics.update(self.teacher(**model_inputs(batch, self.teacher)).logits, labels)
             self.log_dict(self.teacher_val_metrics, batch_size=len(labels))
-        if batch_idx == 0 and self._plot_batch is None:
-            self._plot_batch = {k: v[:1] for k, v in batch.items() if isinstance(v, torch.Tensor)}
-            if "student" in batch:
-                self._plot_batch["student"] = {k: v[:1] for k, v in batch["student"].items()}
 
     def on_validation_epoch_end(self) -> None:
-        # Every rank takes the same branches; the teacher's metrics are reduced by Lightning like the student's.
-        if self.trainer.sanity_checking:
-            return
-        self._teacher_evaluated = True
-        if self._plot_batch is not None and self.trainer.is_global_zero:
-            try:
-                self.plot_attention()
-            except Exception as err:  # a diagnostic image must never stop training
-                warnings.warn(f"attention heatmap skipped: {type(err).__name__}: {err}", stacklevel=1)
+        # Every rank takes the same branch; the teacher's metrics are reduced by Lightning like the student's.
+        if not self.trainer.sanity_checking:
+            self._teacher_evaluated = True
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.test_metrics.update(self.student(**self.student_inputs(batch)).logits, batch["labels"])
         self.log_dict(self.test_metrics, batch_size=len(batch["labels"]))
 
-    # -- attention heatmaps -----------------------------------------------------------------------------------------
-    def plot_attention(self) -> None:
-        """Teacher and student last-layer attention for a fixed validation example, as an image (wandb and PNG)."""
-        from helper.report import attention_figure
-
-        batch = self._plot_batch
-        tok_s = self.tokenizer if self.student_tokenizer is None else self.student_tokenizer
-        parts = ((self.teacher, batch, self.tokenizer), (self.student, batch.get("student", batch), tok_s))
-        maps, tokens = [], []
-        with torch.no_grad():
-            for model, inputs, tok in parts:
-                n = int(inputs["attention_mask"][0].sum())
-                if n == 0:
-                    return
-                last = ModelDims.of(model.config).num_layers - 1
-                with FeatureRecorder(model, {"attentions": [last]}) as rec:
-                    maps.append(rec(**model_inputs(inputs))[1].attentions[last][0].float().cpu())  # (h, T, T)
-                ids = inputs["input_ids"][0, :n].tolist()
-                tokens.append(tok.convert_ids_to_tokens(ids) if tok is not None else [str(i) for i in ids])
-        fig = attention_figure(maps[0], maps[1], tokens[0], tokens[1], title=f"epoch {self.current_epoch}")
-        if self.attention_plot_dir is not None:
-            self.attention_plot_dir.mkdir(parents=True, exist_ok=True)
-            fig.savefig(self.attention_plot_dir / f"epoch{self.current_epoch:02d}_step{self.global_step}.png", dpi=80)
-        for logger in self.loggers:
-            if hasattr(logger, "log_image"):
-                logger.log_image(key="attention", images=[fig], step=self.global_step)
-
-    def configure_optimizers(self):
-        return configure_optimizers(self, self.trainable_parameters(), self.optim)
+    # -- export -----------------------------------------------------------------------------------------------------
+    def export(self, out_dir: str | Path, tokenizer=None) -> Path:
+        """Write the student as a Hugging Face directory (safetensors + tokenizer), atomically: the best checkpoint's
+        weights when the run has one (`export_best`), else the current ones. The tokenizer defaults to the data
+        module's student tokenizer."""
+        if tokenizer is None and self.dm is not None:
+            tokenizer = self.dm.student_tokenizer or self.dm.tokenizer
+        return export_module(self, self.student, tokenizer, out_dir)
 
 
 class InterDistiller(BaseDistiller):
@@ -308,17 +220,14 @@ class InterDistiller(BaseDistiller):
 class PredDistiller(BaseDistiller):
     """Two-step distillation, step 2: prediction-layer adaptors (plus `HardCE` if listed).
 
-    By default only the classifier head trains; `train_encoder=True` trains everything.
+    By default only the classifier head trains; `distill.train_encoder` (keyword `train_encoder=True`) trains
+    everything.
     """
 
     stages = ("pred",)
 
-    def __init__(self, *args, train_encoder: bool = False, **kwargs):
-        self.train_encoder = train_encoder
-        super().__init__(*args, **kwargs)
-
     def configure_trainable(self) -> None:
-        if not self.train_encoder:
+        if not self.distill.train_encoder:
             head = {id(p) for _, p in head_parameters(self.student)}
             for p in self.student.parameters():
                 p.requires_grad_(id(p) in head)

@@ -2,42 +2,58 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import lightning.pytorch as pl
 import torch
+from torch.nn import functional as F
 
+from bert.errors import UserError
+from bert.families import model_inputs
 from helper.config import OptimConfig
-from helper.training import clf_metrics, configure_optimizers
+from helper.training import clf_metrics, configure_optimizers, export_module
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def model_inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+_OPTIM_KEYS = tuple(f.name for f in dataclasses.fields(OptimConfig))
 
 
 class ClfFinetune(pl.LightningModule):
-    """Cross-entropy fine-tuning with accuracy and macro-F1 on validation and test."""
+    """Cross-entropy fine-tuning with accuracy and macro-F1 on validation and test; `val_loss` is logged too.
 
-    def __init__(self, model: torch.nn.Module, optim: OptimConfig):
+    `dm` (optional) gives the tokenizer that `export` writes; `optim` the optimiser section, keyword settings
+    (`lr=2e-5`, ...) override single fields of it.
+    """
+
+    export_best = True  # export the best checkpoint on the validation metric
+
+    def __init__(self, model: torch.nn.Module, dm=None, *, optim: OptimConfig | None = None, **kwargs):
         super().__init__()
+        unknown = [k for k in kwargs if k not in _OPTIM_KEYS]
+        if unknown:
+            raise UserError(f"ClfFinetune: unknown setting {unknown[0]!r} (choices: {', '.join(_OPTIM_KEYS)})")
+        self.optim = dataclasses.replace(optim or OptimConfig(), **kwargs)
+        self.__dict__["dm"] = dm
         self.model = model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes
-        self.optim = optim
         num_labels = model.config.num_labels
         self.val_metrics = clf_metrics(num_labels, "val/")
         self.test_metrics = clf_metrics(num_labels, "test/")
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.model(**model_inputs(batch)).logits
+        return self.model(**model_inputs(batch, self.model)).logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(batch)
-        loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        loss = F.cross_entropy(logits, batch["labels"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.val_metrics.update(self(batch), batch["labels"])
-        self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(batch["labels"]))
+        logits, labels = self(batch), batch["labels"]
+        self.val_metrics.update(logits, labels)
+        self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(labels))
+        loss = F.cross_entropy(logits.float(), labels)
+        self.log("val/loss", loss, batch_size=len(labels))
+        self.log("val_loss", loss, batch_size=len(labels))
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.test_metrics.update(self(batch), batch["labels"])
@@ -45,3 +61,10 @@ class ClfFinetune(pl.LightningModule):
 
     def configure_optimizers(self):
         return configure_optimizers(self, self.model.named_parameters(), self.optim)
+
+    def export(self, out_dir: str | Path, tokenizer=None) -> Path:
+        """The model as a Hugging Face directory (best checkpoint's weights when there is one), with the data module's
+        tokenizer unless `tokenizer` is given."""
+        if tokenizer is None and self.dm is not None:
+            tokenizer = self.dm.tokenizer
+        return export_module(self, self.model, tokenizer, out_dir)

@@ -1,12 +1,8 @@
-"""Teacher-vs-student report of a distillation run: accuracy, size and CPU speed as report.md, .json and .png.
-
-Also `attention_figure`, the teacher/student attention heatmaps the distiller logs at each validation.
-"""
+"""Teacher-vs-student report of a distillation run: accuracy, size and CPU speed as report.md, .json and .png."""
 
 from __future__ import annotations
 
 import datetime
-import inspect
 import json
 import os
 import platform
@@ -22,19 +18,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from bert.errors import UserError
+from bert.families import model_inputs
 from helper.training import clf_metrics
 
-INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 THROUGHPUT_BATCH = 32
 WARMUP_CALLS = 2  # per model and batch size, before anything is timed
 COLORS = {"teacher": "#4C72B0", "student": "#DD8452"}
-
-
-def model_inputs(model: nn.Module, batch: dict, key: str | None = None) -> dict[str, torch.Tensor]:
-    """The tokenizer outputs of `batch[key]` (or of `batch` when it has no such key) that `model.forward` names."""
-    src = batch[key] if key is not None and key in batch else batch
-    accepted = inspect.signature(model.forward).parameters
-    return {k: src[k] for k in INPUT_KEYS if k in src and k in accepted}
 
 
 @torch.inference_mode()
@@ -45,7 +34,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict], key: str | None = None) 
     metrics = None
     n = 0
     for batch in batches:
-        inputs = {k: v.to(device) for k, v in model_inputs(model, batch, key).items()}
+        inputs = {k: v.to(device) for k, v in model_inputs(batch.get(key, batch), model).items()}
         logits = model(**inputs).logits.float().cpu()  # (B, C)
         if metrics is None:
             metrics = clf_metrics(logits.shape[-1], "")
@@ -61,7 +50,7 @@ def _unpadded_examples(models: dict[str, nn.Module], batches: Iterable[dict], ne
     out: dict[str, list[dict]] = {name: [] for name in models}
     for batch in batches:
         for name, model in models.items():
-            inputs = model_inputs(model, batch, name)
+            inputs = model_inputs(batch.get(name, batch), model)
             keep = inputs["attention_mask"].bool()  # (B, T)
             out[name] += [{k: v[i][keep[i]] for k, v in inputs.items()} for i in range(len(keep))]
         if min(len(v) for v in out.values()) >= need:
@@ -299,47 +288,4 @@ def _chart(r: dict) -> Figure:
         ax.set_ylabel(unit)
         ax.set_title(f"{title}: student {_fmt_ratio(r['ratio'][key], '.2f')}x")
     fig.suptitle(r["summary"], fontsize=13)
-    return fig
-
-
-def _attention_map(attn, head: int | None, n: int):
-    a = torch.as_tensor(attn).detach().float().cpu()
-    if a.dim() == 3:
-        a = a.mean(0) if head is None else a[head]  # (h, T, T) -> (T, T)
-    if a.dim() != 2 or a.shape[0] < n:
-        raise ValueError(f"attention_figure: expected (h, T, T) or (T, T) with T >= {n} tokens, got {tuple(a.shape)}")
-    return a[:n, :n].numpy()  # (n, n)
-
-
-def attention_figure(
-    attn_t,
-    attn_s,
-    tokens_t: list[str],
-    tokens_s: list[str] | None = None,
-    *,
-    head: int | None = None,
-    title: str = "attention",
-) -> Figure:
-    """Teacher and student attention of one example and one layer side by side, on one colour scale.
-
-    `attn_*` are (h, T, T) probabilities (averaged over heads unless `head` is given) or (T, T); positions beyond the
-    tokens (padding) are cropped. `tokens_s` defaults to `tokens_t` (shared tokenizer).
-    """
-    tokens_s = tokens_t if tokens_s is None else tokens_s
-    map_t = _attention_map(attn_t, head, len(tokens_t))
-    map_s = _attention_map(attn_s, head, len(tokens_s))
-    vmax = float(max(map_t.max(), map_s.max()))
-    longest = max(len(tokens_t), len(tokens_s))
-    side = min(12.0, max(4.0, 0.22 * longest + 1.5))
-    fontsize = max(4.0, min(9.0, 300 / longest))
-    fig = Figure(figsize=(2 * side, side + 0.6), layout="constrained")
-    which = "mean over heads" if head is None else f"head {head}"
-    for ax, name, amap, tokens in zip(fig.subplots(1, 2), ("teacher", "student"), (map_t, map_s), (tokens_t, tokens_s)):
-        ax.imshow(amap, cmap="viridis", vmin=0.0, vmax=vmax)
-        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=fontsize)
-        ax.set_yticks(range(len(tokens)), tokens, fontsize=fontsize)
-        ax.set_xlabel("key")
-        ax.set_ylabel("query")
-        ax.set_title(f"{name} ({which})")
-    fig.suptitle(f"{title} (colour scale 0 to {vmax:.2f})")
     return fig

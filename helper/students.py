@@ -7,10 +7,10 @@ import copy
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from bert.families import get_family
+from bert.errors import UserError
+from bert.families import family_of, get_family
 from helper.checkpoint import load_classifier
 from helper.config import StudentConfig
-from bert.errors import UserError
 
 
 def build_student(cfg: StudentConfig, teacher: nn.Module, teacher_name: str, label_names: list[str]) -> nn.Module:
@@ -36,7 +36,7 @@ def _student_config(base_config, cfg: StudentConfig, **overrides):
             raise UserError(f"student.config.{key}: not a field of {type(config).__name__}")
         setattr(config, key, value)
     if cfg.dropout is not None:
-        config.hidden_dropout_prob = config.attention_probs_dropout_prob = cfg.dropout
+        family_of(config).set_dropout(config, cfg.dropout)
     config._attn_implementation = cfg.attn_implementation
     return config
 
@@ -62,15 +62,9 @@ def cut_student(source: nn.Module, layers: list[int], embeddings: bool, cfg: Stu
             f"(0..{n - 1})"
         )
     student = copy.deepcopy(source)
-    kept = nn.ModuleList(copy.deepcopy(family.layers(source)[i]) for i in layers)
-    parent, _, attr = family.layers_path.rpartition(".")
-    setattr(student.base_model.get_submodule(parent) if parent else student.base_model, attr, kept)
-    student.config = _student_config(source.config, cfg, num_hidden_layers=len(layers))
+    family.cut(student, layers)
+    student.config = _student_config(student.config, cfg)
     student.base_model.config = student.config
-    for i, layer in enumerate(kept):  # keep per-layer indices consistent with the new depth
-        for module in layer.modules():
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = i
     if not embeddings:
         family.embeddings(student).apply(student._init_weights)
     return student

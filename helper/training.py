@@ -14,18 +14,16 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from helper.config import LoggerConfig, OptimConfig, TrainerConfig, save_config, to_dict
 from bert.errors import UserError
-
-NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+from helper.config import LoggerConfig, OptimConfig, TrainerConfig, save_config, to_dict
 
 
 def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW/Adam/SGD over the trainable parameters; no weight decay on biases and LayerNorm weights."""
+    """AdamW/Adam/SGD over the trainable parameters; no weight decay on vectors (biases, norm weights)."""
     decay, no_decay = [], []
-    for name, p in named_params:
+    for _, p in named_params:
         if p.requires_grad:
-            (no_decay if name.endswith(NO_DECAY) else decay).append(p)
+            (no_decay if p.dim() < 2 else decay).append(p)
     if not decay and not no_decay:
         raise UserError("optim: nothing to train (every parameter is frozen)")
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -193,6 +191,18 @@ def best_checkpoint(trainer: pl.Trainer) -> str | None:
 
 def load_best(module: pl.LightningModule, ckpt: str | None) -> None:
     """Load the weights of the best checkpoint back into `module` (no-op without one)."""
-    if ckpt:
+    if ckpt and module.__dict__.get("_loaded_checkpoint") != ckpt:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
+        module.__dict__["_loaded_checkpoint"] = ckpt
+
+
+def export_module(module: pl.LightningModule, model: torch.nn.Module, tokenizer, out_dir) -> Path:
+    """Export `model` (part of `module`) as a Hugging Face directory: with the weights of the run's best checkpoint
+    when `module.export_best` and the run has one, else as it is now."""
+    from helper.checkpoint import export_hf
+
+    trainer = module._trainer
+    if module.export_best and trainer is not None:
+        load_best(module, best_checkpoint(trainer))
+    return export_hf(model, tokenizer, out_dir)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import helper.adaptors as adaptors_mod
+from bert.errors import UserError
 from bert.features import Features, ModelDims, merge_requests
 from helper.adaptors import ADAPTORS, Adaptor, adaptor_settings, build_adaptors, register_adaptor, resolve_layer_map
-from bert.errors import UserError
 
 MASKS = {
     "full": [[1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]],

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from helper.checkpoint import export_hf, load_classifier, resolve_model_path
 from bert.errors import UserError
+from helper.checkpoint import export_hf, load_classifier, resolve_model_path
 
 
 def test_default_teacher_resolves_to_the_installed_package(minilm_path):

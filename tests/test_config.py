@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from helper.config import FinetuneConfig, load_config, parse_cli, save_config
 from bert.errors import UserError
+from helper.config import FinetuneConfig, load_config, parse_cli, save_config
 from tests.conftest import ROOT
 
 

@@ -14,11 +14,11 @@ from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from transformers import BertTokenizer
 
+from bert.errors import UserError
 from data import datamodule, sources
 from data.datamodule import ClfDataModule
 from data.sources import load_data
 from helper.config import DataConfig
-from bert.errors import UserError
 
 TRAIN = [("a good film", "pos"), ("a bad film", "neg"), ("great", "pos"), ("awful, boring and long", "neg")]
 VAL = [("fine film", "pos"), ("dull", "neg")]
@@ -206,7 +206,7 @@ def test_datamodule_batches_padding_and_idx(tmp_path, tokenizer):
     loader = dm.train_dataloader()
     seen = {}
     for epoch in range(2):
-        loader.sampler.set_epoch(epoch)
+        loader.batch_sampler.sampler.set_epoch(epoch)
         for batch in loader:
             for i, ids, mask in zip(batch["idx"].tolist(), batch["input_ids"], batch["attention_mask"]):
                 assert seen.setdefault(i, ids[mask.bool()].tolist()) == ids[mask.bool()].tolist()

@@ -7,13 +7,14 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertForSequenceClassification
 
+from bert.errors import UserError
+from bert.families import model_inputs
 from bert.features import ModelDims
 from data.datamodule import ClfDataModule, Collator
 from helper.adaptors import build_adaptors
 from helper.config import DataConfig, InitFromConfig, OptimConfig, StudentConfig
 from helper.distiller import BaseDistiller, InterDistiller, PredDistiller, head_parameters
-from bert.errors import UserError
-from helper.finetuner import model_inputs
+from helper.heatmap import AttentionHeatmap
 from helper.students import build_student
 from tests.conftest import tiny_bert_config
 
@@ -41,7 +42,7 @@ def make(cls: type[BaseDistiller], adaptors: list, **kwargs) -> BaseDistiller:
     teacher = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=3)).eval()
     student = build_student(StudentConfig(init_from_teacher=InitFromConfig(layers=[0, 2])), teacher, "t", LABELS)
     built = build_adaptors(adaptors, ModelDims.of(teacher.config), ModelDims.of(student.config))
-    return cls(teacher, student, built, OptimConfig(lr=1e-3, warmup_ratio=0.0), **kwargs)
+    return cls(teacher, student, built, optim=OptimConfig(lr=1e-3, warmup_ratio=0.0), **kwargs)
 
 
 def fit(distiller: BaseDistiller, dm: ClfDataModule, **kwargs) -> pl.Trainer:
@@ -204,7 +205,7 @@ def test_two_tokenizers_with_sentence_level_adaptors(clf_csv, tokenizer, other_t
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             seen.append(batch)
 
-    distiller = make(BaseDistiller, ["LogitKL", "HidnPKD"], tokenizer=tokenizer, student_tokenizer=tok_s)
+    distiller = make(BaseDistiller, ["LogitKL", "HidnPKD"], dm=dm)
     fit(distiller, dm, fast_dev_run=True, callbacks=[Spy()])
     batch = seen[0]
     assert batch["student"]["input_ids"].max() < len(tok_s)
@@ -214,22 +215,14 @@ def test_two_tokenizers_with_sentence_level_adaptors(clf_csv, tokenizer, other_t
 def test_attention_heatmap_never_stops_training(tmp_path, clf_csv, tokenizer, other_tokenizer_dir, recwarn):
     tok_s = AutoTokenizer.from_pretrained(other_tokenizer_dir)
     dm = data_module(clf_csv, tokenizer, tok_s)
-    batch = next(iter(dm.val_dataloader()))
-    distiller = make(PredDistiller, ["LogitMSE"], tokenizer=tokenizer, student_tokenizer=tok_s)
-    distiller.attention_plot_dir = tmp_path
-    distiller._plot_batch = {"student": {k: v[:1] for k, v in batch["student"].items()}}
-    distiller._plot_batch.update({k: v[:1] for k, v in batch.items() if k != "student"})
-    distiller.plot_attention()  # teacher and student sequences of different lengths, each with its own tokens
-    distiller.tokenizer = distiller.student_tokenizer = None
-    distiller.plot_attention()  # no tokenizer: ids as labels
-    assert len(list(tmp_path.glob("*.png"))) == 1  # the same epoch/step file, written twice
+    distiller = make(PredDistiller, ["LogitMSE"], dm=dm)
+    heatmap = AttentionHeatmap(tmp_path)
+    fit(distiller, dm, max_epochs=1, limit_train_batches=1, limit_val_batches=1, callbacks=[heatmap])
+    assert len(list(tmp_path.glob("*.png"))) == 1  # teacher and student sequences of different lengths
+    assert set(heatmap.example) >= {"input_ids", "attention_mask", "student"}
 
-    distiller._plot_batch["attention_mask"] = torch.zeros_like(distiller._plot_batch["attention_mask"])
-    distiller.plot_attention()  # nothing to draw
-
-    distiller._plot_batch["input_ids"] = distiller._plot_batch["input_ids"][:, :0]  # broken: the hook must only warn
-    distiller._plot_batch["attention_mask"] = torch.ones(1, 3, dtype=torch.long)
-    fit(distiller, dm, max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+    heatmap.example["input_ids"] = heatmap.example["input_ids"][:, :0]  # broken: the callback must only warn
+    fit(distiller, dm, max_epochs=1, limit_train_batches=1, limit_val_batches=1, callbacks=[heatmap])
     assert any("attention heatmap skipped" in str(w.message) for w in recwarn)
 
 

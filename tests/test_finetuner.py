@@ -7,8 +7,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import finetune
-from helper.config import FinetuneConfig, load_config
 from bert.errors import UserError
+from helper.config import FinetuneConfig, load_config
 from tests.conftest import ROOT, run_overrides
 
 
@@ -43,7 +43,7 @@ def test_model_trains_in_train_mode(tmp_path, clf_csv, tiny_model_dir):
     from helper.config import OptimConfig
     from helper.finetuner import ClfFinetune
 
-    module = ClfFinetune(load_classifier(tiny_model_dir, ["neg", "pos"]), OptimConfig())
+    module = ClfFinetune(load_classifier(tiny_model_dir, ["neg", "pos"]), optim=OptimConfig())
     assert module.model.training  # dropout on during training
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from bert.errors import UserError
 from bert.families import FAMILIES, Family, get_family
 from bert.features import FEATURES, LAYER_FEATURES
 from bert.recorder import FeatureRecorder, _additive
-from bert.errors import UserError
 from update_transformers import attention_dropout_key, padded_batch, split_heads, tiny_model
 
 ALL = {name: range(2) for name in FEATURES}
@@ -265,7 +267,7 @@ def test_bad_request_is_a_one_line_user_error(request_, words):
 
 
 def test_layout_mismatch_fails_loudly():
-    broken = Family("BERT", ("bert",), "encoder.layer", "embeddings", "attention.self", ("q", "key", "value"))
+    broken = dataclasses.replace(BERT, qkv=("q", "key", "value"))
     model = tiny_model(BERT)
     with pytest.raises(UserError, match=r"'q'.*BERT entry of bert/families.py"):
         broken.projections(model, 0)

@@ -9,7 +9,8 @@ from torch import nn
 from transformers import BertForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from helper.report import attention_figure, evaluate, measure_speed, write_report
+from helper.heatmap import attention_figure
+from helper.report import evaluate, measure_speed, write_report
 from tests.conftest import tiny_bert_config
 
 VOCAB = 100

@@ -16,10 +16,11 @@ from transformers import AutoTokenizer
 import distillation_ms
 import distillation_ts_1st
 import distillation_ts_2nd
+import helper.distiller as distiller_module
+from bert.errors import UserError
 from helper import stages
 from helper.config import DistillationRunConfig, load_config
 from helper.distiller import head_parameters
-from bert.errors import UserError
 from tests.conftest import ROOT, run_overrides
 
 SCRIPTS = {"ms": distillation_ms, "ts_1st": distillation_ts_1st, "ts_2nd": distillation_ts_2nd}
@@ -43,15 +44,15 @@ def run(script: str, tmp_path, clf_csv, teacher: str, **extra) -> dict:
     return SCRIPTS[script].main(cfg)
 
 
-def spy(monkeypatch, name: str) -> list:
-    """Record what `stages.<name>` returns during the run."""
-    real, seen = getattr(stages, name), []
+def spy(monkeypatch, name: str, module=stages) -> list:
+    """Record what `<module>.<name>` returns during the run."""
+    real, seen = getattr(module, name), []
 
     def wrapper(*args, **kwargs):
         seen.append(real(*args, **kwargs))
         return seen[-1]
 
-    monkeypatch.setattr(stages, name, wrapper)
+    monkeypatch.setattr(module, name, wrapper)
     return seen
 
 
@@ -59,9 +60,9 @@ def at_build_trainer(monkeypatch, fn=lambda: None, callbacks: list | None = None
     """Call `fn()` when the run builds its Trainer (student and adaptors are built, not yet trained); add callbacks."""
     real = stages.build_trainer
 
-    def wrapper(cfg, stage):
+    def wrapper(cfg, stage, extra_callbacks=None):
         fn()
-        return real(cfg, stage, callbacks)
+        return real(cfg, stage, [*(extra_callbacks or []), *(callbacks or [])])
 
     monkeypatch.setattr(stages, "build_trainer", wrapper)
 
@@ -99,7 +100,7 @@ def test_two_step_hands_off_through_an_hf_directory(tmp_path, clf_csv, tiny_mode
 
 
 def test_projections_train_but_stay_out_of_the_exported_student(tmp_path, clf_csv, tiny_model_dir, monkeypatch):
-    built = spy(monkeypatch, "build_adaptors")
+    built = spy(monkeypatch, "build_adaptors", distiller_module)
     initial = []
     at_build_trainer(monkeypatch, lambda: initial.append(snapshot(built[0])))
     student_config = "{hidden_size: 64, num_attention_heads: 4, intermediate_size: 37}"
@@ -127,7 +128,7 @@ def test_projections_train_but_stay_out_of_the_exported_student(tmp_path, clf_cs
 
 
 def test_random_init_student_and_projections_follow_the_seed(tmp_path, clf_csv, tiny_model_dir, monkeypatch):
-    built_s, built_a = spy(monkeypatch, "build_student"), spy(monkeypatch, "build_adaptors")
+    built_s, built_a = spy(monkeypatch, "build_student"), spy(monkeypatch, "build_adaptors", distiller_module)
     initial = []
     at_build_trainer(monkeypatch, lambda: initial.append({**snapshot(built_s[-1]), **snapshot(built_a[-1])}))
     extra = {
@@ -194,7 +195,7 @@ BAD = {
     "student vocabulary too small": (
         "ms",
         {"student.tokenizer": None, "student.config": "{vocab_size: 10}", "student.init_from_teacher": "null"},
-        "has 52 tokens but the student's embeddings only 10",
+        "has 52 tokens but the student's embeddings have 10 rows",
     ),
 }
 

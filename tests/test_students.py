@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import BertForSequenceClassification
 
-from helper.config import InitFromConfig, StudentConfig
 from bert.errors import UserError
+from helper.config import InitFromConfig, StudentConfig
 from helper.students import build_student
 from tests.conftest import tiny_bert_config
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helper.config import OptimConfig
 from bert.errors import UserError
+from helper.config import OptimConfig
 from helper.training import build_optimizer, build_scheduler, resolve_resume
 
 
