@@ -235,8 +235,8 @@ class DataConfig(Section):
     # "rotten_tomatoes" (embedded demo), "hf" (datasets.load_dataset), "csv"/"tsv"/"json"/"jsonl",
     # "label_text" (`LABEL text` lines, as ../shared/data/sst2), "parallel" (text file + label file per split)
     source: Literal["rotten_tomatoes", "hf", "csv", "tsv", "json", "jsonl", "label_text", "parallel"] = (
-        "rotten_tomatoes"
-    )  # where the examples come from
+        "rotten_tomatoes"  # where the examples come from
+    )
     name: str | None = None  # hf: dataset name or local directory, e.g. "glue"
     subset: str | None = None  # hf: dataset config, e.g. "sst2"
     # hf: our split -> the dataset's split, e.g. {train: train, validation: validation_matched}. Every split named must

@@ -80,8 +80,10 @@ def _devices_ok(v: Any) -> bool:
     if isinstance(v, int):
         return v == -1 or v >= 1
     if isinstance(v, list):
-        return bool(v) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in v) and (
-            len(set(v)) == len(v)
+        return (
+            bool(v)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in v)
+            and (len(set(v)) == len(v))
         )
     return TEXT.ok(v)
 
