@@ -26,6 +26,11 @@ class Family:
     qkv: tuple[str, str, str] | tuple[str]
     dropout_keys: tuple[str, str]  # config keys of the hidden and the attention-probability dropout
     score_bias_arg: str | None = None  # self-attention forward argument added to the scores before softmax
+    sdpa: bool = True  # transformers has an sdpa attention path for it (else eager is used)
+
+    def attn_implementation(self, wanted: str) -> str:
+        """`wanted` ("sdpa" or "eager"), or eager where the family has no sdpa path."""
+        return wanted if self.sdpa else "eager"
 
     def set_dropout(self, config, p: float) -> None:
         """Set hidden and attention dropout of a config of this family to `p`."""
@@ -96,6 +101,7 @@ FAMILIES = (
         ("q", "k", "v"),
         _BERT_DROPOUT,
         "position_bias",
+        sdpa=False,
     ),
 )
 

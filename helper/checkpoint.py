@@ -58,9 +58,10 @@ def load_classifier(
     """`AutoModelForSequenceClassification` with the label names written into its config."""
     config = load_model_config(name)
     check_labels(config, label_names, name)
+    family = family_of(config)
     kwargs: dict = {}
     if dropout is not None:
-        kwargs.update(dict.fromkeys(family_of(config).dropout_keys, dropout))
+        kwargs.update(dict.fromkeys(family.dropout_keys, dropout))
     model = _load(
         "model",
         AutoModelForSequenceClassification.from_pretrained,
@@ -68,7 +69,7 @@ def load_classifier(
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={n: i for i, n in enumerate(label_names)},
-        attn_implementation=attn_implementation,
+        attn_implementation=family.attn_implementation(attn_implementation),
         **kwargs,
     )
     return model

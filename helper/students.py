@@ -37,7 +37,7 @@ def _student_config(base_config, cfg: StudentConfig, **overrides):
         setattr(config, key, value)
     if cfg.dropout is not None:
         family_of(config).set_dropout(config, cfg.dropout)
-    config._attn_implementation = cfg.attn_implementation
+    config._attn_implementation = family_of(config).attn_implementation(cfg.attn_implementation)
     return config
 
 
@@ -47,7 +47,7 @@ def random_student(teacher: nn.Module, cfg: StudentConfig) -> nn.Module:
     heads, hidden = config.num_attention_heads, config.hidden_size
     if hidden % heads:
         raise UserError(f"student.config: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
-    return AutoModelForSequenceClassification.from_config(config, attn_implementation=cfg.attn_implementation)
+    return AutoModelForSequenceClassification.from_config(config, attn_implementation=config._attn_implementation)
 
 
 def cut_student(source: nn.Module, layers: list[int], embeddings: bool, cfg: StudentConfig, source_name: str):
@@ -61,10 +61,12 @@ def cut_student(source: nn.Module, layers: list[int], embeddings: bool, cfg: Stu
             f"student.init_from_teacher.layers: {bad or layers} out of range for {source_name} with {n} layers "
             f"(0..{n - 1})"
         )
-    student = copy.deepcopy(source)
-    family.cut(student, layers)
-    student.config = _student_config(student.config, cfg)
-    student.base_model.config = student.config
+    cut = copy.deepcopy(source)
+    family.cut(cut, layers)
+    # Rebuilt from its config, so that every module follows it (dropout rates), then given the cut weights.
+    config = _student_config(cut.config, cfg)
+    student = AutoModelForSequenceClassification.from_config(config, attn_implementation=config._attn_implementation)
+    student.load_state_dict(cut.state_dict())
     if not embeddings:
         family.embeddings(student).apply(student._init_weights)
     return student

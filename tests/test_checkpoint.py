@@ -61,3 +61,29 @@ def test_missing_model_is_one_line():
     with pytest.raises(UserError, match="cannot load model config '/nonexistent/dir': no such directory") as err:
         load_classifier("/nonexistent/dir", ["a", "b"])
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "keys", "sizes"),
+    [
+        ("distilbert", ("dropout", "attention_dropout"), {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 37}),
+        ("mpnet", ("hidden_dropout_prob", "attention_probs_dropout_prob"), {}),
+        ("bert", ("hidden_dropout_prob", "attention_probs_dropout_prob"), {}),
+    ],
+)
+def test_dropout_override_reaches_every_family(tmp_path, model_type, keys, sizes):
+    from transformers import AutoConfig
+
+    from helper.config import InitFromConfig, StudentConfig
+    from helper.students import build_student
+
+    sizes = sizes or {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37}
+    config = AutoConfig.for_model(model_type, vocab_size=99, max_position_embeddings=64, **sizes)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path)
+    teacher = load_classifier(str(tmp_path), ["LABEL_0", "LABEL_1"], dropout=0.3)
+    assert all(getattr(teacher.config, k) == 0.3 for k in keys)
+    cfg = StudentConfig(init_from_teacher=InitFromConfig(layers=[1]), dropout=0.2)
+    student = build_student(cfg, teacher, str(tmp_path), ["LABEL_0", "LABEL_1"])
+    assert all(getattr(student.config, k) == 0.2 for k in keys)
+    rates = {m.p for m in student.modules() if isinstance(m, torch.nn.Dropout)}
+    assert 0.2 in rates  # the modules built from the config use it

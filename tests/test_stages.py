@@ -235,3 +235,43 @@ def test_ddp_two_cpu_processes(tmp_path, clf_csv, tiny_model_dir):
     assert "Starting with 2 processes" in proc.stdout + proc.stderr
     assert (tmp_path / "distill_ms" / "student" / "model.safetensors").is_file()
     assert "val/acc" in (tmp_path / "distill_ms" / "metrics.json").read_text()
+
+
+def test_cache_max_mb_reaches_the_teacher_cache(tmp_path, clf_csv, tiny_model_dir, monkeypatch):
+    modules = []
+    real = stages.fit_and_export
+
+    def wrapper(cfg, stage, module, *args, **kwargs):
+        modules.append(module)
+        return real(cfg, stage, module, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "fit_and_export", wrapper)
+    with pytest.warns(UserWarning, match="teacher cache full"):
+        run("ms", tmp_path, clf_csv, tiny_model_dir, **{"distill.cache_max_mb": 0.001, "distill.report": "false"})
+    cache = modules[0].teacher_cache
+    assert cache.max_bytes == int(0.001 * 2**20) and cache.full and cache.nbytes <= cache.max_bytes
+
+
+def test_the_seed_reaches_the_teacher_head_initialisation(tmp_path, clf_csv, minilm_path, monkeypatch):
+    import finetune
+
+    heads = []
+    real = stages.load_classifier
+
+    class Loaded(Exception):
+        pass
+
+    def wrapper(*args, **kwargs):
+        heads.append(real(*args, **kwargs).classifier.weight.detach().clone())
+        raise Loaded  # the head is initialised: nothing more to run
+
+    monkeypatch.setattr(stages, "load_classifier", wrapper)
+    for seed in (1, 1, 2):
+        cfg = load_config(
+            type(finetune.FinetuneConfig()),
+            None,
+            run_overrides(tmp_path, clf_csv, **{"model.name": minilm_path}) + [f"trainer.seed={seed}"],
+        )
+        with pytest.raises(Loaded):
+            finetune.main(cfg)
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
