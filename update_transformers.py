@@ -35,11 +35,6 @@ def tiny_model(family: families.Family, attn_implementation: str | None = None, 
     return AutoModelForSequenceClassification.from_config(cfg, attn_implementation=attn_implementation).eval()
 
 
-def attention_dropout_key(family: families.Family) -> str:
-    """The config field holding the attention-probability dropout of the family."""
-    return "attention_dropout" if "distilbert" in family.model_types else "attention_probs_dropout_prob"
-
-
 def padded_batch(batch: int = 3, seq: int = 9) -> dict[str, torch.Tensor]:
     """Random ids with rows of 9, 6 and 2 real tokens (the rest is padding)."""
     g = torch.Generator().manual_seed(0)

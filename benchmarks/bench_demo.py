@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.bench_overhead import loadavg, quiet, save_result, sst2_examples, tiny_model_dir  # noqa: E402
+from benchmarks.common import loadavg, quiet, save_result, sst2_examples, tiny_model_dir  # noqa: E402
 from helper.config import FinetuneConfig, load_config  # noqa: E402
 
 TARGET_S = 15 * 60

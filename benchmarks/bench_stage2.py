@@ -37,7 +37,7 @@ from benchmarks.bench_e2e import (  # noqa: E402
     rounded,
     teacher_source,
 )
-from benchmarks.bench_overhead import loadavg, save_result  # noqa: E402
+from benchmarks.common import loadavg, save_result  # noqa: E402
 from helper.checkpoint import load_tokenizer  # noqa: E402
 from helper.distiller import PredDistiller  # noqa: E402
 from helper.finetuner import ClfFinetune  # noqa: E402

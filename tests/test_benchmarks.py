@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import bench_demo, bench_inference, bench_overhead
+from benchmarks import bench_demo, bench_inference, bench_overhead, common
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def test_overhead_times_all_variants(tmp_path):
 
 
 def test_hand_loop_computes_the_distiller_loss(tmp_path):
-    path = bench_overhead.tiny_model_dir(tmp_path)
+    path = common.tiny_model_dir(tmp_path)
     batch = bench_overhead.make_batches(bench_overhead.AutoTokenizer.from_pretrained(path), 1, 4, 16)[0]
     batch["attention_mask"][0, 5:] = 0  # padding must be ignored the same way by both
     distiller = bench_overhead.make_distiller(path, [1])
@@ -43,7 +43,7 @@ def test_hand_loop_computes_the_distiller_loss(tmp_path):
 
 @pytest.mark.parametrize("variant", ["lightning", "hand"])
 def test_overhead_memory_child(tmp_path, capsys, variant):
-    path = bench_overhead.tiny_model_dir(tmp_path)
+    path = common.tiny_model_dir(tmp_path)
     argv = ["--child", variant, "--teacher", path, "--students", "1", "--memory-steps", "2", "--threads", "1"]
     bench_overhead.main(argv)
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

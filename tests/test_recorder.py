@@ -13,7 +13,7 @@ from bert.errors import UserError
 from bert.families import FAMILIES, Family, get_family
 from bert.features import FEATURES, LAYER_FEATURES
 from bert.recorder import FeatureRecorder, _additive
-from update_transformers import attention_dropout_key, padded_batch, split_heads, tiny_model
+from update_transformers import padded_batch, split_heads, tiny_model
 
 ALL = {name: range(2) for name in FEATURES}
 BERT = FAMILIES[0]
@@ -60,7 +60,7 @@ def test_bert_without_attention_mask(impl):
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
 def test_train_mode_attentions_are_pre_dropout(family):
-    model = tiny_model(family, **{attention_dropout_key(family): 0.5}).train()
+    model = tiny_model(family, **{family.dropout_keys[1]: 0.5}).train()
     inputs = padded_batch()
     with FeatureRecorder(model, {"attentions": [0, 1]}) as rec:
         _, feats = rec(**inputs)
