@@ -101,15 +101,15 @@ def generate(texts: Sequence[str], cfg: GenerateConfig | None = None) -> list[st
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"transfer.generate.device: {cfg.device!r} but torch sees no CUDA device (choices: auto, cpu)")
+    normal = [" ".join(t.split()) for t in texts]
+    prompts = [" ".join(w.split()[: cfg.prefix_words]) for w in normal if len(w.split()) > cfg.prefix_words]
+    if not prompts:
+        raise UserError(f"transfer.generate.prefix_words: no training sentence is longer than {cfg.prefix_words} words")
     model, tokenizer = load_lm(cfg.model)
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if start is None or tokenizer.eos_token_id is None:
         raise UserError(f"transfer.generate.model: the tokenizer of {cfg.model!r} has no eos token")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    normal = [" ".join(t.split()) for t in texts]
-    prompts = [" ".join(w.split()[: cfg.prefix_words]) for w in normal if len(w.split()) > cfg.prefix_words]
-    if not prompts:
-        raise UserError(f"transfer.generate.prefix_words: no training sentence is longer than {cfg.prefix_words} words")
     model.to(device)
     fork = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork):
