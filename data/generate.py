@@ -1,0 +1,207 @@
+"""d-heavy transfer sets: sentences sampled from a causal language model (Tang et al. 2019, "Natural Language
+Generation for Effective Knowledge Distillation", DeepLo workshop; the transfer-set idea of Tang et al. 2019,
+arXiv:1903.12136, §3.3), optionally after fine-tuning the LM on the training text.
+
+Every sample is prompted with the first `prefix_words` whitespace words of a training sentence (drawn with
+`random.Random(seed)`) after the LM's start token (bos, else eos), and continues until eos, `max_new_tokens` or the
+first line break. Outputs are stripped, whitespace-normalised, non-empty, distinct, never a training sentence, and
+free of U+FFFD (a byte-level LM cut inside a character, or emitting invalid bytes: such samples are dropped).
+Fine-tuning (plain torch: AdamW, causal-LM loss, `start + sentence + eos` per example) and sampling run under
+`torch.random.fork_rng` seeded with `seed`, so a run is reproducible on one device and the caller's RNG is untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+
+from bert.errors import UserError
+
+PROGRESS_EVERY_S = 5.0  # a progress line on stderr at most this often
+MAX_DRAWS_PER_SENTENCE = 10  # give up after count * this many samples (duplicates, empty lines)
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Settings of the LM transfer set (Tang et al. 2019, DeepLo); keys are `transfer.generate.<field>`."""
+
+    model: str = "gpt2"  # hub name or local directory of any AutoModelForCausalLM (with its tokenizer)
+    count: int = 1000  # sentences to produce
+    prefix_words: int = 2  # prompt: the first k words of a training sentence longer than k words
+    top_k: int = 0  # 0: no top-k cut
+    top_p: float = 1.0  # nucleus sampling; 1.0: off
+    temperature: float = 1.0
+    min_new_tokens: int = 1
+    max_new_tokens: int = 48
+    batch_size: int = 32  # prompts per generate call
+    finetune_epochs: int = 0  # 0: sample from the LM as it is
+    finetune_lr: float = 5e-5
+    finetune_batch_size: int = 8
+    finetune_max_length: int = 64  # tokens per training sentence, start and eos included
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    seed: int = 0
+
+    def __post_init__(self):
+        floats = {"top_p", "temperature", "finetune_lr"}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            key = f"transfer.generate.{f.name}"
+            if f.name in ("model", "device"):
+                if not isinstance(value, str) or not value.strip():
+                    raise UserError(f"{key}: {value!r} is not a non-empty string")
+            elif f.name in floats:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                if not ok or value <= 0:
+                    raise UserError(f"{key}: {value!r} is not a finite number above 0")
+            elif not isinstance(value, int) or isinstance(value, bool):
+                raise UserError(f"{key}: {value!r} is not an integer")
+        lowest = {"count": 1, "prefix_words": 1, "top_k": 0, "min_new_tokens": 0, "max_new_tokens": 1}
+        lowest.update(batch_size=1, finetune_epochs=0, finetune_batch_size=1, finetune_max_length=3)
+        for name, low in lowest.items():
+            if getattr(self, name) < low:
+                raise UserError(f"transfer.generate.{name}: {getattr(self, name)} is below {low}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise UserError(
+                    f"transfer.generate.device: {self.device!r} is not a torch device (auto, cpu, cuda, cuda:N, mps)"
+                ) from None
+        if self.top_p > 1:
+            raise UserError(f"transfer.generate.top_p: {self.top_p} is not in (0, 1]")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise UserError(
+                f"transfer.generate.min_new_tokens: {self.min_new_tokens} exceeds max_new_tokens {self.max_new_tokens}"
+            )
+
+
+def load_lm(name: str):
+    """(model, tokenizer) of a causal LM from a hub name or a directory; a UserError naming it if it does not load."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name)
+    except Exception as err:  # from_pretrained raises OSError, ValueError, HF validation errors, ...
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"transfer.generate.model: cannot load {name!r} as a causal LM ({why})") from err
+    return model, tokenizer
+
+
+def generate(texts: Sequence[str], cfg: GenerateConfig | None = None) -> list[str]:
+    """`cfg.count` new sentences from `cfg.model` (fine-tuned on `texts` first when `cfg.finetune_epochs` > 0),
+    prompted with training prefixes; fewer (with one line on stderr) if the LM keeps repeating itself."""
+    cfg = cfg or GenerateConfig()
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"transfer.generate.device: {cfg.device!r} but torch sees no CUDA device (choices: auto, cpu)")
+    normal = [" ".join(t.split()) for t in texts]
+    prompts = [" ".join(w.split()[: cfg.prefix_words]) for w in normal if len(w.split()) > cfg.prefix_words]
+    if not prompts:
+        raise UserError(f"transfer.generate.prefix_words: no training sentence is longer than {cfg.prefix_words} words")
+    model, tokenizer = load_lm(cfg.model)
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None or tokenizer.eos_token_id is None:
+        raise UserError(f"transfer.generate.model: the tokenizer of {cfg.model!r} has no eos token")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.to(device)
+    fork = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork):
+        torch.manual_seed(cfg.seed)
+        if cfg.finetune_epochs:
+            finetune(model, tokenizer, [t for t in normal if t], cfg, start, pad, device)
+        return _sample(model, tokenizer, prompts, set(normal), cfg, start, pad, device)
+
+
+def finetune(model, tokenizer, texts: list[str], cfg: GenerateConfig, start: int, pad: int, device) -> None:
+    """`cfg.finetune_epochs` epochs of causal-LM loss on `start + text + eos`, AdamW, shuffled batches."""
+    keep, eos = cfg.finetune_max_length - 2, tokenizer.eos_token_id  # room for start and eos
+    examples = [[start, *tokenizer(t, add_special_tokens=False)["input_ids"][:keep], eos] for t in texts]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.finetune_lr)
+    order = random.Random(cfg.seed)
+    progress = _Progress("fine-tune", cfg.finetune_epochs * len(examples), "sentences")
+    model.train()
+    for _ in range(cfg.finetune_epochs):
+        idx = list(range(len(examples)))
+        order.shuffle(idx)
+        for b in range(0, len(idx), cfg.finetune_batch_size):
+            batch = [examples[i] for i in idx[b : b + cfg.finetune_batch_size]]
+            width = max(map(len, batch))
+            ids = torch.tensor([e + [pad] * (width - len(e)) for e in batch], device=device)  # (B, T), right-padded
+            mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in batch], device=device)  # (B, T)
+            loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            progress.update(len(batch), f"loss {loss.item():.3f}")
+    model.eval()
+
+
+@torch.no_grad()
+def _sample(model, tokenizer, prompts, seen: set[str], cfg: GenerateConfig, start: int, pad: int, device) -> list[str]:
+    rng = random.Random(cfg.seed)
+    model.eval()
+    out: list[str] = []
+    drawn = 0
+    progress = _Progress("generate", cfg.count, "sentences")
+    while len(out) < cfg.count and drawn < cfg.count * MAX_DRAWS_PER_SENTENCE:
+        batch = [rng.choice(prompts) for _ in range(min(cfg.batch_size, 2 * (cfg.count - len(out))))]
+        drawn += len(batch)
+        encoded = [[start, *tokenizer(p, add_special_tokens=False)["input_ids"]] for p in batch]
+        width = max(map(len, encoded))
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)  # (B, T), left-padded
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)  # (B, T)
+        generated = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            temperature=cfg.temperature,
+            min_new_tokens=cfg.min_new_tokens,
+            max_new_tokens=cfg.max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+        )  # (B, T + new)
+        before = len(out)
+        for row, n in zip(generated.tolist(), map(len, encoded)):
+            new = row[width:]
+            if tokenizer.eos_token_id in new:
+                new = new[: new.index(tokenizer.eos_token_id)]
+            text = tokenizer.decode(row[width - n + 1 : width] + new, skip_special_tokens=True)
+            text = " ".join(text.split("\n", 1)[0].split())
+            if text and "\ufffd" not in text and text not in seen and len(out) < cfg.count:
+                seen.add(text)
+                out.append(text)
+        progress.update(len(out) - before)
+    if len(out) < cfg.count:
+        print(f"transfer.generate: {len(out)} of {cfg.count} sentences after {drawn} samples", file=sys.stderr)
+    return out
+
+
+class _Progress:
+    """`transfer.generate: <what> done/total <unit>, rate/s` on stderr, at most every PROGRESS_EVERY_S seconds."""
+
+    def __init__(self, what: str, total: int, unit: str):
+        self.what, self.total, self.unit = what, total, unit
+        self.done = 0
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, n: int, extra: str = ""):
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            tail = f", {extra}" if extra else ""
+            print(
+                f"transfer.generate: {self.what} {self.done}/{self.total} {self.unit}, {rate:.1f} {self.unit}/s{tail}",
+                file=sys.stderr,
+                flush=True,
+            )
