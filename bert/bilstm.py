@@ -2,7 +2,7 @@
 (arXiv:1903.12136), as a `transformers` model that `save_pretrained` / `Auto*.from_pretrained` handle.
 
 Word embeddings -> one bidirectional LSTM over the real (unpadded) tokens -> the last forward and the last backward
-state, concatenated -> ReLU MLP classifier (section 3.1 and figure 1 of the paper). The paper initialises the
+state, concatenated -> ReLU MLP classifier. The paper initialises the
 embeddings from 300-d word2vec; here they can come from a word2vec text file (`load_word2vec_text`) or, offline, from
 the teacher's own input word embeddings (`from_teacher_embeddings`, `bilstm_student`).
 
@@ -73,7 +73,7 @@ def _validated_init(cls):
 @_validated_init
 @strict
 class BiLSTMConfig(PretrainedConfig):
-    """Sizes of the BiLSTM student (Tang et al. 2019, arXiv:1903.12136, section 3.1).
+    """Sizes of the BiLSTM student (Tang et al. 2019, arXiv:1903.12136).
 
     vocab_size: embedding rows (the tokenizer's vocabulary); embedding_dim: word vector width (300 for word2vec);
     hidden_size: LSTM units per direction; num_layers: stacked BiLSTM layers (the paper uses 1); mlp_hidden: width of
@@ -94,7 +94,7 @@ class BiLSTMConfig(PretrainedConfig):
 
 
 class BiLSTMForSequenceClassification(PreTrainedModel):
-    """BiLSTM sentence classifier of Tang et al. 2019 (arXiv:1903.12136, figure 1, single-sentence model).
+    """BiLSTM sentence classifier of Tang et al. 2019 (arXiv:1903.12136; single-sentence model).
 
     `classifier` receives the sentence representation (B, 2*hidden_size): the concatenated final states of the two
     directions. A forward pre-hook on `classifier` reads these "pooled" features.
@@ -203,7 +203,7 @@ def _label_kwargs(label_names: Sequence[str] | None, teacher_config) -> dict:
 
 def from_teacher_embeddings(model: BiLSTMForSequenceClassification, teacher: nn.Module) -> None:
     """Copy the teacher's input word embeddings into `model` in place (an offline stand-in for the word2vec
-    initialisation of Tang et al. 2019, arXiv:1903.12136, section 4.2)."""
+    initialisation of Tang et al. 2019, arXiv:1903.12136)."""
     source = teacher.get_input_embeddings().weight  # (V, D)
     target = model.get_input_embeddings().weight  # (V', E)
     if source.shape[1] != target.shape[1]:
