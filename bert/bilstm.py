@@ -92,6 +92,11 @@ class BiLSTMConfig(PretrainedConfig):
     initializer_range: float = 0.02
     pad_token_id: int | None = 0
 
+    @property
+    def pooled_size(self) -> int:
+        """Width of the sentence representation the classifier reads: both directions' final states."""
+        return 2 * self.hidden_size
+
 
 class BiLSTMForSequenceClassification(PreTrainedModel):
     """BiLSTM sentence classifier of Tang et al. 2019 (arXiv:1903.12136; single-sentence model).
@@ -104,7 +109,6 @@ class BiLSTMForSequenceClassification(PreTrainedModel):
     base_model_prefix = "bilstm"
     main_input_name = "input_ids"
     _no_split_modules: list[str] = []
-    _supports_sdpa = True  # no attention at all: lets loaders that ask for sdpa (helper/checkpoint.py) load it
 
     def __init__(self, config: BiLSTMConfig):
         super().__init__(config)

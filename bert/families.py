@@ -8,9 +8,12 @@ import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
+import bert.bilstm  # noqa: F401  (registers model_type "bilstm" with the Auto classes)
 from bert.errors import UserError
+from bert.features import FEATURES
 
 
 @dataclass(frozen=True)
@@ -19,17 +22,28 @@ class Family:
 
     name: str
     model_types: tuple[str, ...]  # `config.model_type` values
-    layers_path: str  # base model -> nn.ModuleList of encoder layers
-    embeddings_path: str  # base model -> embeddings module
-    attention_path: str  # encoder layer -> self-attention module (owner of the q/k/v Linears)
+    layers_path: str | None = None  # base model -> nn.ModuleList of encoder layers; None: no attention layers
+    embeddings_path: str | None = None  # base model -> embeddings module
+    attention_path: str | None = None  # encoder layer -> self-attention module (owner of the q/k/v Linears)
     # self-attention module -> query, key, value nn.Linear; or one fused Linear whose output is [q; k; v]
-    qkv: tuple[str, str, str] | tuple[str]
-    dropout_keys: tuple[str, str]  # config keys of the hidden and the attention-probability dropout
+    qkv: tuple[str, ...] = ()
+    dropout_keys: tuple[str, ...] = ()  # config keys of the hidden and the attention-probability dropout
     score_bias_arg: str | None = None  # self-attention forward argument added to the scores before softmax
     sdpa: bool = True  # transformers has an sdpa attention path for it (else eager is used)
+    # model -> the module whose input is the sentence representation (B, H); for encoders: [CLS] of the last layer
+    pooled_path: str | None = None
 
-    def attn_implementation(self, wanted: str) -> str:
-        """`wanted` ("sdpa" or "eager"), or eager where the family has no sdpa path."""
+    @property
+    def features(self) -> tuple[str, ...]:
+        """What distillation can read from a model of this kind."""
+        if self.layers_path is not None:
+            return FEATURES
+        return ("logits", "pooled") if self.pooled_path is not None else ("logits",)
+
+    def attn_implementation(self, wanted: str) -> str | None:
+        """`wanted` ("sdpa" or "eager"); eager where the family has no sdpa path; None for a model without attention."""
+        if self.layers_path is None:
+            return None
         return wanted if self.sdpa else "eager"
 
     def set_dropout(self, config, p: float) -> None:
@@ -38,6 +52,11 @@ class Family:
             setattr(config, key, p)
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
+        if self.layers_path is None:
+            raise UserError(
+                f"{type(model).__name__} has no attention layers (a {self.name}); it offers only "
+                f"{', '.join(self.features)} to distillation"
+            )
         layers = _submodule(model.base_model, self.layers_path, self, model)
         if not isinstance(layers, nn.ModuleList):
             raise UserError(f"{type(model).__name__}.{self.layers_path} is {type(layers).__name__}, not nn.ModuleList")
@@ -106,22 +125,47 @@ FAMILIES = (
 )
 
 
+# Models without attention layers: they offer logits, and the sentence representation where `pooled_path` names it.
+MODULES = (Family("BiLSTM", ("bilstm",), dropout_keys=("dropout",), pooled_path="classifier"),)
+ANY_MODULE = Family("module", ())  # any other nn.Module returning logits: logits only
+
+
 def family_of(config) -> Family:
-    """The family of a model config (`config.model_type`)."""
+    """The kind of a model config (`config.model_type`): a transformer family, a known module, or `ANY_MODULE`."""
     model_type = getattr(config, "model_type", None)
-    for family in FAMILIES:
+    for family in FAMILIES + MODULES:
         if model_type in family.model_types:
             return family
-    supported = ", ".join(f.name for f in FAMILIES)
-    raise UserError(f"unsupported model_type {model_type!r}; supported families: {supported}")
+    return ANY_MODULE
 
 
 def get_family(model: nn.Module) -> Family:
-    """The family of a bare encoder or of a task wrapper around one (e.g. `BertForSequenceClassification`)."""
-    try:
-        return family_of(getattr(model, "config", None))
-    except UserError as err:
-        raise UserError(f"unsupported model {type(model).__name__}: {err}") from None
+    """The kind of a bare encoder, a task wrapper around one (e.g. `BertForSequenceClassification`), or a module."""
+    return family_of(getattr(model, "config", None))
+
+
+def check_features(model: nn.Module, wanted, role: str = "model") -> None:
+    """One line naming what `model` cannot give of the features in `wanted`."""
+    family = get_family(model)
+    missing = [name for name in wanted if name not in family.features]
+    if missing:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        raise UserError(
+            f"{role} {type(model).__name__} (model_type {model_type!r}) offers only {', '.join(family.features)} to "
+            f"distillation, not {', '.join(missing)}; layer features need a model of the families "
+            f"{', '.join(f.name for f in FAMILIES)}"
+        )
+
+
+def logits_of(output, model: nn.Module) -> torch.Tensor:
+    """The (B, C) logits of a model's output: its `.logits`, or the output itself when it is a tensor."""
+    logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise UserError(
+            f"{type(model).__name__} returned {type(output).__name__} without (batch, classes) logits; return a "
+            "tensor of logits or an object with a `.logits` tensor"
+        )
+    return logits
 
 
 def _submodule(root: nn.Module, path: str, family: Family, model: nn.Module) -> nn.Module:

@@ -9,7 +9,7 @@ import torch
 # Per-layer features, keyed by 0-based encoder layer index.
 LAYER_FEATURES = ("attentions", "queries", "keys", "values", "hidden_states")
 # Whole-model features.
-MODEL_FEATURES = ("embeddings", "logits")
+MODEL_FEATURES = ("embeddings", "pooled", "logits")
 FEATURES = LAYER_FEATURES + MODEL_FEATURES
 
 # Axes of one example's feature tensor (batch axis removed) that run over its tokens: what padding changes.
@@ -20,6 +20,7 @@ TOKEN_AXES = {
     "values": (1,),
     "hidden_states": (0,),  # (n, H)
     "embeddings": (0,),
+    "pooled": (),  # (H,)
     "logits": (),  # (C,)
 }
 
@@ -42,6 +43,7 @@ class Features:
     queries/keys/values: layer -> (B, h, T, d)
     hidden_states: layer -> (B, T, H) output of that encoder layer
     embeddings:    (B, T, H) embedding output (input of layer 0)
+    pooled:        (B, H) sentence representation: [CLS] of the last layer, or a module's classifier input
     logits:        (B, C)
     attention_mask: (B, T) 1 for real tokens, 0 for padding
     """
@@ -53,6 +55,7 @@ class Features:
     values: dict[int, torch.Tensor] = field(default_factory=dict)
     hidden_states: dict[int, torch.Tensor] = field(default_factory=dict)
     embeddings: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
     logits: torch.Tensor | None = None
 
     def entries(self) -> dict[tuple[str, int | None], torch.Tensor]:
@@ -90,5 +93,9 @@ class ModelDims:
 
     @classmethod
     def of(cls, config) -> ModelDims:
-        """From any BERT-family `PretrainedConfig` (DistilBERT's `n_layers`/`dim` are reached via attribute_map)."""
-        return cls(config.num_hidden_layers, config.hidden_size, config.num_attention_heads)
+        """From any BERT-family `PretrainedConfig` (DistilBERT's `n_layers`/`dim` are reached via attribute_map); a
+        model without attention layers has 0 layers and heads, and the width of its sentence representation."""
+        if config is None:
+            return cls(0, 0, 0)
+        width = getattr(config, "pooled_size", None) or getattr(config, "hidden_size", 0)
+        return cls(getattr(config, "num_hidden_layers", 0), width, getattr(config, "num_attention_heads", 0))

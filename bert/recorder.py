@@ -14,7 +14,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from bert.errors import UserError
-from bert.families import get_family
+from bert.families import check_features, get_family
 from bert.features import FEATURES, MODEL_FEATURES, Features, ModelDims
 
 QKV = ("queries", "keys", "values")
@@ -26,9 +26,10 @@ class FeatureRecorder:
     def __init__(self, model: nn.Module, request: Mapping[str, Collection[int]]):
         self.model = model
         self.family = get_family(model)
-        layers = self.family.layers(model)
+        check_features(model, request)
+        layers = self.family.layers(model) if self.family.layers_path is not None else []
         self.request = _validated(request, len(layers), type(model).__name__)
-        self._heads = ModelDims.of(model.config).num_heads
+        self._heads = ModelDims.of(getattr(model, "config", None)).num_heads
         self._store: dict[tuple[str, int], object] = {}
         self._active = False
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -53,6 +54,12 @@ class FeatureRecorder:
             self._handles.append(layers[i].register_forward_hook(self._keep_output("hidden_states", i)))
         if "embeddings" in self.request:
             self._handles.append(layers[0].register_forward_pre_hook(self._keep_layer_input, with_kwargs=True))
+        if "pooled" in self.request:
+            if layers:  # an encoder: the last layer's [CLS] vector
+                self._handles.append(layers[-1].register_forward_hook(self._keep_cls))
+            else:  # a module: the input of its classifier
+                head = model.get_submodule(self.family.pooled_path)
+                self._handles.append(head.register_forward_pre_hook(self._keep_head_input))
 
     def __call__(self, **inputs) -> tuple[ModelOutput, Features]:
         """Run `model(**inputs)` and return its output together with the requested features."""
@@ -108,6 +115,14 @@ class FeatureRecorder:
         if self._active:
             self._store["embeddings", 0] = args[0] if args else kwargs["hidden_states"]
 
+    def _keep_cls(self, module, args, output):
+        if self._active:
+            self._store["pooled", 0] = (output[0] if isinstance(output, tuple) else output)[:, 0]  # (B, H)
+
+    def _keep_head_input(self, module, args):
+        if self._active:
+            self._store["pooled", 0] = args[0]  # (B, H)
+
     def _take(self, name: str, layer: int):
         try:
             return self._store[name, layer]
@@ -148,8 +163,10 @@ class FeatureRecorder:
             feats.attentions[i] = scores.softmax(dim=-1)  # (B, h, T, T)
         if "embeddings" in self.request:
             feats.embeddings = self._take("embeddings", 0)
+        if "pooled" in self.request:
+            feats.pooled = self._take("pooled", 0)
         if "logits" in self.request:
-            feats.logits = getattr(output, "logits", None)
+            feats.logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
         return feats
 
 

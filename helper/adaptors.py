@@ -77,6 +77,12 @@ def resolve_layer_map(spec: Any, dims_t: ModelDims, dims_s: ModelDims) -> tuple[
     [[t, s], ...]: explicit pairs
     """
     n_t, n_s = dims_t.num_layers, dims_s.num_layers
+    for role, n in (("teacher", n_t), ("student", n_s)):
+        if n == 0:
+            raise UserError(
+                f"the {role} has no encoder layers (a BiLSTM or another module offers only logits and pooled "
+                "features); use sentence-level adaptors such as LogitMSE, LogitKL, PooledMSE"
+            )
     counts = f"teacher has {n_t} layers, student has {n_s}"
     if spec == "last":
         pairs = [(n_t - 1, n_s - 1)]
@@ -534,6 +540,31 @@ class HidnPKD(LayerAdaptor):
         cls_t, cls_s = F.normalize(x_t[:, 0], dim=-1), F.normalize(cls_s, dim=-1)  # (B, H_t)
         sq = torch.where(valid[:, None], (cls_s - cls_t) ** 2, 0).sum()
         return sq / (valid.sum() * cls_t.shape[-1]).clamp_min(1)
+
+
+@register_adaptor
+class PooledMSE(Adaptor):
+    """MSE between the sentence representations: the teacher's last-layer [CLS] vector and the student's own (an
+    encoder's [CLS], or a module's classifier input such as the BiLSTM's final states), the student's projected to the
+    teacher's width when they differ. Mean over examples and hidden units. Works for any student that offers `pooled`.
+
+    Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015, arXiv:1412.6550 (a hint on an intermediate
+    representation through a learned regressor); for BERT students, Sun et al. 2019, arXiv:1908.09355.
+    """
+
+    stage = "inter"
+    sentence_level = True
+
+    def __init__(self, dims_t: ModelDims, dims_s: ModelDims, **kwargs: Any) -> None:
+        super().__init__(dims_t, dims_s, **kwargs)
+        self.projection = _projection(dims_t, dims_s)
+
+    def request(self) -> tuple[FeatureRequest, FeatureRequest]:
+        return {"pooled": frozenset()}, {"pooled": frozenset()}
+
+    def forward(self, feats_t: Features, feats_s: Features, labels: Tensor | None = None) -> Tensor:
+        x_s = feats_s.pooled if self.projection is None else self.projection(feats_s.pooled)  # (B, H_t)
+        return F.mse_loss(x_s.float(), feats_t.pooled.float())
 
 
 @register_adaptor

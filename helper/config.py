@@ -194,18 +194,39 @@ class InitFromConfig(Section):
 
 
 @dataclass
-class StudentConfig(Section):
-    """Exactly one of `name`, `config`, `init_from_teacher` (checked when the student is built).
+class BiLSTMStudentConfig(Section):
+    """A BiLSTM student (Tang et al. 2019, arXiv:1903.12136) reading the teacher's tokens."""
 
-    In YAML and overrides, setting one of them drops the stage's default for the other two."""
+    SECTION = "student.bilstm"
+    RULES = {
+        "embedding_dim": Num(1, integer=True, none=True),
+        "hidden_size": AT_LEAST_1,
+        "num_layers": AT_LEAST_1,
+        "mlp_hidden": AT_LEAST_1,
+        "word_vectors": TEXT_OR_NONE,
+    }
+
+    embedding_dim: int | None = None  # word vector width; default: the teacher's (its input embeddings are copied)
+    hidden_size: int = 300  # LSTM units per direction
+    num_layers: int = 1  # stacked BiLSTM layers
+    mlp_hidden: int = 400  # width of the classifier's ReLU layer
+    word_vectors: str | None = None  # word2vec text file for the embeddings instead of the teacher's
+
+
+@dataclass
+class StudentConfig(Section):
+    """Exactly one of `name`, `config`, `init_from_teacher`, `bilstm` (checked when the student is built).
+
+    In YAML and overrides, setting one of them drops the stage's default for the others."""
 
     SECTION = "student"
-    ONE_OF = ("name", "config", "init_from_teacher")
+    ONE_OF = ("name", "config", "init_from_teacher", "bilstm")
     RULES = {"name": TEXT_OR_NONE, "tokenizer": TEXT_OR_NONE, "dropout": DROPOUT}
 
     name: str | None = None  # (a) a Hugging Face name or directory (stage 2 default: stage 1's output)
     config: dict[str, Any] | None = None  # (b) random init: these keys override the teacher's config
     init_from_teacher: InitFromConfig | None = None  # (c) cut from the teacher (or init_from_teacher.model)
+    bilstm: BiLSTMStudentConfig | None = None  # (d) a BiLSTM on the teacher's tokens (sentence-level adaptors only)
     tokenizer: str | None = None  # default: the teacher's tokenizer
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # attention kernel of the student
     dropout: float | None = None  # overrides hidden and attention dropout when set

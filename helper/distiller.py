@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bert.errors import UserError
-from bert.families import model_inputs
+from bert.families import check_features, get_family, logits_of, model_inputs
 from bert.features import Features, ModelDims, merge_requests
 from bert.recorder import FeatureRecorder
 from helper.adaptors import build_adaptors
@@ -32,7 +32,10 @@ _DISTILL_KEYS = tuple(f.name for f in dataclasses.fields(DistillConfig) if f.nam
 
 def head_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """The prediction layer: everything outside the encoder (classifier, pre-classifier), plus the pooler."""
-    base = model.base_model
+    base = getattr(model, "base_model", model)
+    if base is model:  # no separate encoder (a BiLSTM, a user's module): the head is its classifier, where named
+        path = get_family(model).pooled_path
+        return [(f"{path}.{n}", p) for n, p in model.get_submodule(path).named_parameters()] if path else []
     encoder_ids = {id(p) for n, p in base.named_parameters() if not n.startswith("pooler.")}
     return [(n, p) for n, p in model.named_parameters() if id(p) not in encoder_ids]
 
@@ -81,7 +84,7 @@ class BaseDistiller(pl.LightningModule):
                 adaptors = build_adaptors(
                     self.distill.adaptors if adaptors is None else adaptors,
                     ModelDims.of(teacher.config),
-                    ModelDims.of(student.config),
+                    ModelDims.of(getattr(student, "config", None)),
                     temperature=self.distill.temperature,
                 )
             except UserError as err:
@@ -105,11 +108,13 @@ class BaseDistiller(pl.LightningModule):
         self.adaptors = adaptors
         request_t = merge_requests(*(a.request()[0] for a in adaptors))
         request_s = merge_requests(*(a.request()[1] for a in adaptors))
+        check_features(teacher, request_t, "teacher")
+        check_features(student, request_s, "student")
         self.rec_t = FeatureRecorder(teacher, request_t)
         self.rec_s = FeatureRecorder(student, request_s)
         use_cache = self.distill.cache_teacher and bool(request_t)
         self.teacher_cache = TeacherCache(self.distill.cache_max_mb) if use_cache else None
-        num_labels = student.config.num_labels
+        num_labels = getattr(getattr(student, "config", None), "num_labels", None) or teacher.config.num_labels
         self.val_metrics = clf_metrics(num_labels, "val/")
         self.test_metrics = clf_metrics(num_labels, "test/")
         self.teacher_val_metrics = clf_metrics(num_labels, "teacher/val/")
@@ -177,14 +182,15 @@ class BaseDistiller(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         labels = batch["labels"]
-        logits_s = self.student(**self.student_inputs(batch)).logits
+        logits_s = logits_of(self.student(**self.student_inputs(batch)), self.student)
         self.val_metrics.update(logits_s, labels)
         self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(labels))
         loss = F.cross_entropy(logits_s.float(), labels)
         self.log("val/loss", loss, batch_size=len(labels))
         self.log("val_loss", loss, batch_size=len(labels))
         if not self._teacher_evaluated:
-            self.teacher_val_metrics.update(self.teacher(**model_inputs(batch, self.teacher)).logits, labels)
+            logits_t = logits_of(self.teacher(**model_inputs(batch, self.teacher)), self.teacher)
+            self.teacher_val_metrics.update(logits_t, labels)
             self.log_dict(self.teacher_val_metrics, batch_size=len(labels))
 
     def on_validation_epoch_end(self) -> None:
@@ -193,7 +199,7 @@ class BaseDistiller(pl.LightningModule):
             self._teacher_evaluated = True
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.test_metrics.update(self.student(**self.student_inputs(batch)).logits, batch["labels"])
+        self.test_metrics.update(logits_of(self.student(**self.student_inputs(batch)), self.student), batch["labels"])
         self.log_dict(self.test_metrics, batch_size=len(batch["labels"]))
 
     # -- export -----------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from bert.errors import UserError
-from bert.families import model_inputs
+from bert.families import logits_of, model_inputs
 from helper.config import OptimConfig
 from helper.training import clf_metrics, configure_optimizers, export_module
 
@@ -39,7 +39,7 @@ class ClfFinetune(pl.LightningModule):
         self.test_metrics = clf_metrics(num_labels, "test/")
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.model(**model_inputs(batch, self.model)).logits
+        return logits_of(self.model(**model_inputs(batch, self.model)), self.model)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(batch)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bert.errors import UserError
-from bert.families import model_inputs
+from bert.families import logits_of, model_inputs
 from helper.training import clf_metrics
 
 THROUGHPUT_BATCH = 32
@@ -35,7 +35,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict], key: str | None = None) 
     n = 0
     for batch in batches:
         inputs = {k: v.to(device) for k, v in model_inputs(batch.get(key, batch), model).items()}
-        logits = model(**inputs).logits.float().cpu()  # (B, C)
+        logits = logits_of(model(**inputs), model).float().cpu()  # (B, C)
         if metrics is None:
             metrics = clf_metrics(logits.shape[-1], "")
         metrics.update(logits, batch["labels"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 
 from bert.errors import UserError
+from bert.families import get_family
 from data.datamodule import ClfDataModule
 from helper.checkpoint import load_classifier, load_tokenizer, resolve_model_path
 from helper.config import DistillationRunConfig, FinetuneConfig
@@ -45,12 +46,13 @@ def run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
     dm = ClfDataModule(cfg.data, tok_t, load_tokenizer(name_s) if name_s else None)
     dm.setup("fit")
     teacher = load_classifier(cfg.teacher.name, dm.label_names, cfg.teacher.attn_implementation)
-    student = build_student(cfg.student, teacher, cfg.teacher.name, dm.label_names)
+    student = build_student(cfg.student, teacher, cfg.teacher.name, dm.label_names, tok_t)
     check_vocab(tok_t, teacher, "teacher")
     check_vocab(dm.student_tokenizer or tok_t, student, "student")
     distiller = DISTILLERS[stage](teacher, student, dm=dm, optim=cfg.optim, distill=cfg.distill)
-    heatmap = AttentionHeatmap(run_dir(cfg.logger, stage) / "attention")
-    metrics, out, student_dir = fit_and_export(cfg, stage, distiller, dm, "student", "student", [heatmap])
+    both_attend = all("attentions" in get_family(m).features for m in (teacher, student))
+    heatmap = [AttentionHeatmap(run_dir(cfg.logger, stage) / "attention")] if both_attend else []
+    metrics, out, student_dir = fit_and_export(cfg, stage, distiller, dm, "student", "student", heatmap)
     if student_dir is not None and cfg.distill.report:
         from helper.report import write_report
 

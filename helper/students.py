@@ -13,17 +13,22 @@ from helper.checkpoint import load_classifier
 from helper.config import StudentConfig
 
 
-def build_student(cfg: StudentConfig, teacher: nn.Module, teacher_name: str, label_names: list[str]) -> nn.Module:
-    chosen = [k for k in ("name", "config", "init_from_teacher") if getattr(cfg, k) is not None]
+def build_student(
+    cfg: StudentConfig, teacher: nn.Module, teacher_name: str, label_names: list[str], tokenizer=None
+) -> nn.Module:
+    """The student of `cfg`; `tokenizer` (the teacher's) is needed by a BiLSTM student only."""
+    chosen = [k for k in StudentConfig.ONE_OF if getattr(cfg, k) is not None]
     if len(chosen) != 1:
         raise UserError(
-            f"student: set exactly one of name, config, init_from_teacher (got {', '.join(chosen) or 'none'}); "
+            f"student: set exactly one of {', '.join(StudentConfig.ONE_OF)} (got {', '.join(chosen) or 'none'}); "
             "set the others to null"
         )
     if cfg.name is not None:
         return load_classifier(cfg.name, label_names, cfg.attn_implementation, cfg.dropout)
     if cfg.config is not None:
         return random_student(teacher, cfg)
+    if cfg.bilstm is not None:
+        return lstm_student(teacher, cfg, label_names, tokenizer)
     src = cfg.init_from_teacher
     source = teacher if src.model is None else load_classifier(src.model, label_names, cfg.attn_implementation)
     return cut_student(source, src.layers, src.embeddings, cfg, src.model or teacher_name)
@@ -69,4 +74,26 @@ def cut_student(source: nn.Module, layers: list[int], embeddings: bool, cfg: Stu
     student.load_state_dict(cut.state_dict())
     if not embeddings:
         family.embeddings(student).apply(student._init_weights)
+    return student
+
+
+def lstm_student(teacher: nn.Module, cfg: StudentConfig, label_names: list[str], tokenizer) -> nn.Module:
+    """A BiLSTM on the teacher's vocabulary: embeddings copied from the teacher's, or read from a word2vec file."""
+    from bert.bilstm import bilstm_student, init_from_word2vec
+
+    b = cfg.bilstm
+    sizes = {"hidden_size": b.hidden_size, "num_layers": b.num_layers, "mlp_hidden": b.mlp_hidden}
+    if cfg.dropout is not None:
+        sizes["dropout"] = cfg.dropout
+    if b.embedding_dim is not None:
+        sizes["embedding_dim"] = b.embedding_dim
+    from_teacher = b.word_vectors is None
+    if from_teacher and b.embedding_dim not in (None, teacher.config.hidden_size):
+        raise UserError(
+            f"student.bilstm.embedding_dim: {b.embedding_dim} differs from the teacher's width "
+            f"{teacher.config.hidden_size}, whose embeddings are copied; leave it unset or give word_vectors"
+        )
+    student = bilstm_student(teacher, tokenizer, label_names, teacher_embeddings=from_teacher, **sizes)
+    if not from_teacher:
+        init_from_word2vec(student, b.word_vectors, tokenizer)
     return student

@@ -30,7 +30,7 @@ def overrides(tmp_path, clf_csv, teacher: str, script: str, **extra) -> list[str
     """`run_overrides` plus: the teacher, no report, and (unless the student is given) a 1-layer student cut from
     layer 1 of the 2-layer teacher."""
     base = {"teacher.name": teacher, "distill.report": False}
-    if script != "ts_2nd" and not {"student.name", "student.config"} & set(extra):
+    if script != "ts_2nd" and not {"student.name", "student.config", "student.bilstm"} & set(extra):
         base["student.init_from_teacher.layers"] = "[1]"
     return run_overrides(tmp_path, clf_csv, **{**base, **extra})
 
@@ -275,3 +275,22 @@ def test_the_seed_reaches_the_teacher_head_initialisation(tmp_path, clf_csv, min
         with pytest.raises(Loaded):
             finetune.main(cfg)
     assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
+
+
+def test_bilstm_student_distils_exports_and_reports(tmp_path, clf_csv, tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    bilstm = "{hidden_size: 16, mlp_hidden: 8}"
+    extra = {"student.bilstm": bilstm, "distill.adaptors": "[LogitMSE, PooledMSE]", "distill.report": True}
+    metrics = run("ms", tmp_path, clf_csv, tiny_model_dir, **extra)
+    assert {"val/acc", "test/acc"} <= set(metrics) and "throughput" in metrics["summary"]
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "distill_ms" / "student")
+    assert type(student).__name__ == "BiLSTMForSequenceClassification" and student.config.hidden_size == 16
+    assert (tmp_path / "distill_ms" / "report.md").is_file()
+
+
+def test_layer_adaptor_with_a_bilstm_student_is_one_line(tmp_path, clf_csv, tiny_model_dir):
+    extra = {"student.bilstm": "{hidden_size: 16}", "distill.adaptors": "[AttnMiniLM]"}
+    with pytest.raises(UserError, match=r"AttnMiniLM.*the student has no encoder layers.*LogitMSE") as err:
+        run("ms", tmp_path, clf_csv, tiny_model_dir, **extra)
+    assert "\n" not in str(err.value)
