@@ -45,9 +45,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import SST2, loadavg, save_result  # noqa: E402
 from bert.families import model_inputs  # noqa: E402
 from bert.features import ModelDims  # noqa: E402
+from bert.loading import load_tokenizer  # noqa: E402
 from data.datamodule import ClfDataModule, Collator  # noqa: E402
 from helper.adaptors import build_adaptors  # noqa: E402
-from helper.checkpoint import load_classifier, load_tokenizer  # noqa: E402
+from helper.checkpoint import load_classifier  # noqa: E402
 from helper.config import DataConfig, OptimConfig, StudentConfig  # noqa: E402
 from helper.distiller import BaseDistiller  # noqa: E402
 from helper.students import cut_student  # noqa: E402

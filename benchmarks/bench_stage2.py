@@ -38,7 +38,7 @@ from benchmarks.bench_e2e import (  # noqa: E402
     teacher_source,
 )
 from benchmarks.common import loadavg, save_result  # noqa: E402
-from helper.checkpoint import load_tokenizer  # noqa: E402
+from bert.loading import load_tokenizer  # noqa: E402
 from helper.distiller import PredDistiller  # noqa: E402
 from helper.finetuner import ClfFinetune  # noqa: E402
 

@@ -147,7 +147,7 @@ def get_family(model: nn.Module) -> Family:
 def check_features(model: nn.Module, wanted, role: str = "model") -> None:
     """One line naming what `model` cannot give of the features in `wanted`."""
     family = get_family(model)
-    missing = [name for name in wanted if name not in family.features]
+    missing = [name for name in wanted if name in FEATURES and name not in family.features]
     if missing:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         raise UserError(

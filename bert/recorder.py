@@ -14,7 +14,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from bert.errors import UserError
-from bert.families import check_features, get_family
+from bert.families import check_features, get_family, logits_of
 from bert.features import FEATURES, MODEL_FEATURES, Features, ModelDims
 
 QKV = ("queries", "keys", "values")
@@ -166,7 +166,7 @@ class FeatureRecorder:
         if "pooled" in self.request:
             feats.pooled = self._take("pooled", 0)
         if "logits" in self.request:
-            feats.logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
+            feats.logits = logits_of(output, self.model)
         return feats
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -16,6 +18,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from bert.errors import UserError
+from bert.loading import load_tokenizer
 from data.config import DataConfig
 from data.sources import SPLITS, fingerprint, load_data, stratified_split
 
@@ -171,13 +174,37 @@ class LengthGroupedBatchSampler(BatchSampler):
 
 
 class ClfDataModule(L.LightningDataModule):
-    """Text-classification splits from `cfg.source`, tokenized once (cached) by the teacher tokenizer and, when it
-    differs, the student's. After `setup()`: label_names, id2label, label2id, num_labels, splits, has_test, datasets.
+    """Text-classification splits, tokenized once (cached) by the teacher tokenizer and, when it differs, the
+    student's. After `setup()`: label_names, id2label, label2id, num_labels, splits, has_test, datasets.
+
+    `data`: a `DataConfig`; a `datasets.DatasetDict` (or any mapping split -> `datasets.Dataset`) in memory; or a hub
+    dataset name or local directory for `datasets.load_dataset`. `tokenizer` and `student_tokenizer`: tokenizer
+    objects or names. `settings`: `DataConfig` fields to change (`batch_size=16`, `text_column="sentence"`, ...).
     """
 
-    def __init__(self, cfg: DataConfig, tokenizer, student_tokenizer=None):
+    def __init__(self, data, tokenizer, student_tokenizer=None, **settings):
         super().__init__()
-        self.cfg, self.tokenizer = cfg, tokenizer
+        self.dataset = None
+        if isinstance(data, DataConfig):
+            cfg = data
+        elif isinstance(data, str):
+            cfg = DataConfig(source="hf", name=data)
+        elif isinstance(data, Mapping):
+            cfg, self.dataset = DataConfig(source="hf"), data
+        else:
+            raise UserError(
+                f"ClfDataModule: data must be a DataConfig, a datasets.DatasetDict or a dataset name, "
+                f"not {type(data).__name__}"
+            )
+        unknown = [k for k in settings if k not in {f.name for f in dataclasses.fields(DataConfig)}]
+        if unknown:
+            choices = ", ".join(f.name for f in dataclasses.fields(DataConfig))
+            raise UserError(f"ClfDataModule: unknown setting {unknown[0]!r} (choices: {choices})")
+        self.cfg = dataclasses.replace(cfg, **settings) if settings else cfg
+        tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        if isinstance(student_tokenizer, str):
+            student_tokenizer = load_tokenizer(student_tokenizer)
+        self.tokenizer = tokenizer
         self.tok_id = tokenizer_id(tokenizer)
         self.student_tokenizer, self.tok_id_s = None, None
         if student_tokenizer is not None and tokenizer_id(student_tokenizer) != self.tok_id:
@@ -191,7 +218,7 @@ class ClfDataModule(L.LightningDataModule):
         if self.datasets:
             return
         cfg = self.cfg
-        raw = load_data(cfg)
+        raw = load_data(cfg, self.dataset)
         splits = raw.splits
         if cfg.val_from_train is not None:
             if "validation" in splits:

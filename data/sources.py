@@ -61,13 +61,14 @@ class RawData:
     label_names: list[str] | None = None  # names the source itself carries (hf ClassLabel, embedded demo)
 
 
-def load_data(cfg: DataConfig) -> RawData:
-    """Read `cfg.source`, drop unlabelled splits, map labels to ids 0..C-1; `label_names` is always set."""
+def load_data(cfg: DataConfig, dataset=None) -> RawData:
+    """Read `cfg.source` (or the in-memory `datasets.DatasetDict`-like mapping `dataset`), drop unlabelled splits, map
+    labels to ids 0..C-1; `label_names` is always set."""
     if cfg.source not in READERS:
         raise UserError(f"data.source: {cfg.source!r} is not one of {', '.join(READERS)}")
     if cfg.label_names is not None and cfg.label_names_file:
         raise UserError("data.label_names and data.label_names_file: set only one")
-    raw = READERS[cfg.source](cfg)
+    raw = read_hf(cfg, dataset) if dataset is not None else READERS[cfg.source](cfg)
     for name, split in list(raw.splits.items()):
         if len(split) == 0:
             raise UserError(f"{split.origin}: the {name} split has no examples")
@@ -180,21 +181,14 @@ def read_rotten_tomatoes(cfg: DataConfig) -> RawData:
     return RawData({s: whole.take(p) for s, p in zip(SPLITS, parts)}, label_names=["rotten", "fresh"])
 
 
-def read_hf(cfg: DataConfig) -> RawData:
-    """`datasets.load_dataset(cfg.name, cfg.subset)`: a hub dataset or a local directory of csv/json/parquet files."""
-    if not cfg.name:
-        raise UserError("data.name: required for data.source=hf (a hub dataset such as glue, or a local directory)")
-    import datasets
-
-    label = cfg.name + (f"/{cfg.subset}" if cfg.subset else "")
-    try:
-        dd = datasets.load_dataset(cfg.name, cfg.subset)
-    except Exception as err:  # load_dataset raises many types: missing dataset or config, network, format
-        cause = err
-        while cause.__cause__ is not None:  # "error while generating the dataset" hides the reason in its cause
-            cause = cause.__cause__
-        why = [(str(e).strip().splitlines() or [type(e).__name__])[0] for e in dict.fromkeys((err, cause))]
-        raise UserError(f"data.name={label}: cannot load the dataset ({': '.join(why)})") from err
+def read_hf(cfg: DataConfig, dd=None) -> RawData:
+    """`datasets.load_dataset(cfg.name, cfg.subset)`: a hub dataset or a local directory of csv/json/parquet files;
+    or `dd`, a `datasets.DatasetDict` (or a mapping split -> `Dataset`) already in memory."""
+    if dd is None:
+        if not cfg.name:
+            raise UserError("data.name: required for data.source=hf (a hub dataset such as glue, or a local directory)")
+        dd = _load_dataset(cfg)
+    label = "the in-memory dataset" if cfg.name is None else cfg.name + (f"/{cfg.subset}" if cfg.subset else "")
     mapping = cfg.hf_splits if cfg.hf_splits is not None else {s: s for s in SPLITS if s in dd}
     for ours, theirs in mapping.items():
         if ours not in SPLITS:
@@ -220,8 +214,22 @@ def read_hf(cfg: DataConfig) -> RawData:
                 Split(columns["text_column"], columns["label_column"], columns["text_pair_column"], origin, unit="row"),
                 cfg,
             )
-    feature = dd[mapping["train"]].features[cfg.label_column]
-    return RawData(splits, list(feature.names) if isinstance(feature, datasets.ClassLabel) else None)
+    feature = getattr(dd[mapping["train"]], "features", {}).get(cfg.label_column)
+    return RawData(splits, list(feature.names) if type(feature).__name__ == "ClassLabel" else None)
+
+
+def _load_dataset(cfg: DataConfig):
+    import datasets
+
+    label = cfg.name + (f"/{cfg.subset}" if cfg.subset else "")
+    try:
+        return datasets.load_dataset(cfg.name, cfg.subset)
+    except Exception as err:  # load_dataset raises many types: missing dataset or config, network, format
+        cause = err
+        while cause.__cause__ is not None:  # "error while generating the dataset" hides the reason in its cause
+            cause = cause.__cause__
+        why = [(str(e).strip().splitlines() or [type(e).__name__])[0] for e in dict.fromkeys((err, cause))]
+        raise UserError(f"data.name={label}: cannot load the dataset ({': '.join(why)})") from err
 
 
 def read_csv(cfg: DataConfig) -> RawData:

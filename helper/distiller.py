@@ -20,9 +20,11 @@ from torch.nn import functional as F
 from bert.errors import UserError
 from bert.families import check_features, get_family, logits_of, model_inputs
 from bert.features import Features, ModelDims, merge_requests
+from bert.loading import name_labels
 from bert.recorder import FeatureRecorder
 from helper.adaptors import build_adaptors
 from helper.config import DistillationRunConfig, DistillConfig, OptimConfig
+from helper.hgckpt import HF_KEY, hf_export_info
 from helper.teacher_cache import TeacherCache
 from helper.training import clf_metrics, configure_optimizers, export_module
 
@@ -131,6 +133,12 @@ class BaseDistiller(pl.LightningModule):
     def configure_optimizers(self):
         return configure_optimizers(self, self.trainable_parameters(), self.optim)
 
+    def setup(self, stage: str) -> None:
+        names = getattr(self.dm or self.trainer.datamodule, "label_names", None)
+        if names is not None:
+            name_labels(self.teacher, names, "teacher")
+            name_labels(self.student, names, "student")
+
     # -- teacher ----------------------------------------------------------------------------------------------------
     def _place_teacher(self) -> None:
         dtype = next(self.student.parameters()).dtype
@@ -203,6 +211,10 @@ class BaseDistiller(pl.LightningModule):
         self.log_dict(self.test_metrics, batch_size=len(batch["labels"]))
 
     # -- export -----------------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        tokenizer = None if self.dm is None else self.dm.student_tokenizer or self.dm.tokenizer
+        checkpoint[HF_KEY] = hf_export_info(self.student, "student.", tokenizer)
+
     def export(self, out_dir: str | Path, tokenizer=None) -> Path:
         """Write the student as a Hugging Face directory (safetensors + tokenizer), atomically: the best checkpoint's
         weights when the run has one (`export_best`), else the current ones. The tokenizer defaults to the data

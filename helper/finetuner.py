@@ -11,7 +11,9 @@ from torch.nn import functional as F
 
 from bert.errors import UserError
 from bert.families import logits_of, model_inputs
+from bert.loading import name_labels
 from helper.config import OptimConfig
+from helper.hgckpt import HF_KEY, hf_export_info
 from helper.training import clf_metrics, configure_optimizers, export_module
 
 _OPTIM_KEYS = tuple(f.name for f in dataclasses.fields(OptimConfig))
@@ -38,6 +40,11 @@ class ClfFinetune(pl.LightningModule):
         self.val_metrics = clf_metrics(num_labels, "val/")
         self.test_metrics = clf_metrics(num_labels, "test/")
 
+    def setup(self, stage: str) -> None:
+        names = getattr(self.dm or self.trainer.datamodule, "label_names", None)
+        if names is not None:
+            name_labels(self.model, names)
+
     def forward(self, batch: dict) -> torch.Tensor:
         return logits_of(self.model(**model_inputs(batch, self.model)), self.model)
 
@@ -61,6 +68,9 @@ class ClfFinetune(pl.LightningModule):
 
     def configure_optimizers(self):
         return configure_optimizers(self, self.model.named_parameters(), self.optim)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[HF_KEY] = hf_export_info(self.model, "model.", None if self.dm is None else self.dm.tokenizer)
 
     def export(self, out_dir: str | Path, tokenizer=None) -> Path:
         """The model as a Hugging Face directory (best checkpoint's weights when there is one), with the data module's

@@ -10,8 +10,9 @@ import lightning.pytorch as pl
 
 from bert.errors import UserError
 from bert.families import get_family
+from bert.loading import load_tokenizer, resolve_model_path
 from data.datamodule import ClfDataModule
-from helper.checkpoint import load_classifier, load_tokenizer, resolve_model_path
+from helper.checkpoint import load_classifier
 from helper.config import DistillationRunConfig, FinetuneConfig
 from helper.distiller import BaseDistiller, InterDistiller, PredDistiller
 from helper.finetuner import ClfFinetune

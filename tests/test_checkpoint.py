@@ -8,7 +8,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from bert.errors import UserError
-from helper.checkpoint import export_hf, load_classifier, resolve_model_path
+from bert.loading import resolve_model_path
+from helper.checkpoint import export_hf, load_classifier
 
 
 def test_default_teacher_resolves_to_the_installed_package(minilm_path):

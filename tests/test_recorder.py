@@ -234,9 +234,11 @@ def test_get_family_bare_encoder_and_wrapper():
         assert get_family(model) is BERT
         assert BERT.layers(model) is model.base_model.encoder.layer
         assert BERT.embeddings(model) is model.base_model.embeddings
-    with torch.no_grad(), FeatureRecorder(bare, {"attentions": [0], "logits": []}) as rec:
+    with torch.no_grad(), FeatureRecorder(bare, {"attentions": [0]}) as rec:
         _, feats = rec(**padded_batch())
     assert feats.logits is None and feats.attentions[0].shape == (3, 4, 9, 9)
+    with torch.no_grad(), FeatureRecorder(bare, {"logits": []}) as rec, pytest.raises(UserError, match="without"):
+        rec(**padded_batch())  # a bare encoder gives no logits
 
 
 def test_unsupported_model_is_a_one_line_user_error():

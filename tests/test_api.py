@@ -1,0 +1,150 @@
+"""The Python API as kd-clf's README uses it (only the model and data paths adapted), and any nn.Module student."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from transformers import AutoModelForSequenceClassification
+
+from bert.errors import UserError
+from data.datamodule import ClfDataModule
+from helper.distiller import BaseDistiller, InterDistiller, PredDistiller
+from helper.finetuner import ClfFinetune
+from helper.hgckpt import HgCkptIO
+
+datasets = pytest.importorskip("datasets")
+
+TRAINER = dict(
+    max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+)
+
+
+@pytest.fixture
+def dataset_dict(clf_csv):
+    """What `load_dataset(...)` returns, built from the tiny csv splits (labels neg/pos as ClassLabel ids)."""
+    dd = datasets.load_dataset("csv", data_files=clf_csv)
+    return dd.class_encode_column("label")
+
+
+def models(teacher_dir):
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    student = AutoModelForSequenceClassification.from_pretrained(teacher_dir)  # same architecture, as a start
+    return teacher, student
+
+
+def test_mix_step_as_in_kd_clf(tmp_path, dataset_dict, tiny_model_dir):
+    teacher, student = models(tiny_model_dir)
+    dm = ClfDataModule(dataset_dict, tokenizer=tiny_model_dir, batch_size=8, max_length=16, cache_dir=None)
+    distiller = BaseDistiller(teacher, student, ["AttnMiniLM", "ValMiniLM", "LogitMSE"], dm)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", mode="min")
+    trainer = Trainer(plugins=[HgCkptIO()], callbacks=[checkpoint], **TRAINER)
+    trainer.fit(distiller, dm)
+
+    assert "val_loss" in trainer.callback_metrics and "val/loss" in trainer.callback_metrics
+    best = checkpoint.best_model_path
+    hf = AutoModelForSequenceClassification.from_pretrained(best.removesuffix(".ckpt") + "_hf")
+    state = torch.load(best, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, state[f"student.{k}"]) for k, v in hf.state_dict().items())
+    assert hf.config.id2label == {0: "neg", 1: "pos"}
+
+    out = distiller.export(tmp_path / "student")
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+
+
+def test_two_step_and_finetuning_as_in_kd_clf(tmp_path, dataset_dict, tiny_model_dir):
+    teacher, student = models(tiny_model_dir)
+    dm = ClfDataModule(dataset_dict, tokenizer=tiny_model_dir, batch_size=8, max_length=16, cache_dir=None)
+    Trainer(**TRAINER, enable_checkpointing=False).fit(
+        InterDistiller(teacher, student, ["AttnMiniLM", "ValMiniLM"], dm), dm
+    )
+    head = PredDistiller(teacher, student, ["LogitMSE"], dm, lr=1e-3)
+    Trainer(**TRAINER, enable_checkpointing=False).fit(head, dm)
+    assert head.optim.lr == 1e-3 and not head.distill.train_encoder
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    finetune = ClfFinetune(model, dm)
+    trainer = Trainer(**TRAINER, enable_checkpointing=False)
+    trainer.fit(finetune, dm)
+    assert {"val/acc", "val_loss"} <= set(trainer.callback_metrics)
+
+
+def test_data_module_from_a_dataset_directory_and_a_config(tmp_path, clf_csv, tiny_model_dir, tokenizer):
+    directory = tmp_path / "ds"
+    directory.mkdir()
+    for split, path in clf_csv.items():
+        (directory / f"{split}.csv").write_text(open(path).read())
+    dm = ClfDataModule(str(directory), tokenizer, cache_dir=None)  # load_dataset(<local dir>), like a hub name
+    dm.setup()
+    assert dm.splits == ["train", "validation", "test"] and dm.label_names == ["neg", "pos"]
+    with pytest.raises(UserError, match=r"unknown setting 'batchsize' \(choices: source, .*batch_size"):
+        ClfDataModule(str(directory), tokenizer, batchsize=4)
+    with pytest.raises(UserError, match="data.batch_size: 0"):
+        ClfDataModule(str(directory), tokenizer, batch_size=0)
+    with pytest.raises(UserError, match="DataConfig, a datasets.DatasetDict or a dataset name, not int"):
+        ClfDataModule(3, tokenizer)
+
+
+class MeanPool(nn.Module):
+    """A user's own student: mean of token embeddings, then a linear layer; returns a plain tensor of logits."""
+
+    def __init__(self, vocab: int, width: int = 16, classes: int = 2):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.classifier = nn.Linear(width, classes)
+
+    def forward(self, input_ids, attention_mask):
+        mask = attention_mask[..., None].float()  # (B, T, 1)
+        return self.classifier((self.embed(input_ids) * mask).sum(1) / mask.sum(1))  # (B, C)
+
+
+def test_any_module_student_with_sentence_level_adaptors(tmp_path, dataset_dict, tiny_model_dir):
+    teacher, _ = models(tiny_model_dir)
+    dm = ClfDataModule(dataset_dict, tokenizer=tiny_model_dir, batch_size=8, max_length=16, cache_dir=None)
+    student = MeanPool(teacher.config.vocab_size)
+    before = student.classifier.weight.detach().clone()
+    distiller = BaseDistiller(teacher, student, [{"name": "LogitKL", "temperature": 2.0}, "HardCE"], dm, lr=1e-2)
+    trainer = Trainer(**TRAINER, enable_checkpointing=False)
+    trainer.fit(distiller, dm)
+    assert not torch.equal(before, student.classifier.weight) and "val/acc" in trainer.callback_metrics
+    with pytest.raises(UserError, match=r"AttnMiniLM\): the student has no encoder layers"):
+        BaseDistiller(teacher, student, ["LogitMSE", "AttnMiniLM"], dm)
+    with pytest.raises(UserError, match=r"student MeanPool .* offers only logits to distillation, not pooled"):
+        BaseDistiller(teacher, student, ["PooledMSE"], dm)
+
+
+class NoLogits(MeanPool):
+    def forward(self, input_ids, attention_mask):
+        return {"scores": super().forward(input_ids, attention_mask)}
+
+
+def test_a_module_without_logits_is_one_line(dataset_dict, tiny_model_dir):
+    teacher, _ = models(tiny_model_dir)
+    dm = ClfDataModule(dataset_dict, tokenizer=tiny_model_dir, batch_size=8, max_length=16, cache_dir=None)
+    distiller = BaseDistiller(teacher, NoLogits(teacher.config.vocab_size), ["HardCE"], dm)
+    with pytest.raises(UserError, match=r"NoLogits returned dict without \(batch, classes\) logits") as err:
+        Trainer(**TRAINER, enable_checkpointing=False, fast_dev_run=True).fit(distiller, dm)
+    assert "\n" not in str(err.value)
+
+
+def test_keyword_settings_are_checked(dataset_dict, tiny_model_dir):
+    teacher, student = models(tiny_model_dir)
+    with pytest.raises(UserError, match=r"BaseDistiller: unknown setting 'learning_rate' \(choices: name, lr"):
+        BaseDistiller(teacher, student, ["LogitMSE"], learning_rate=1e-3)
+    for bad, key in (({"lr": -1.0}, "optim.lr"), ({"temperature": float("nan")}, "distill.temperature")):
+        with pytest.raises(UserError, match=key):
+            BaseDistiller(teacher, student, ["LogitMSE"], **bad)
+
+
+def test_batches_without_idx_turn_the_cache_off_with_one_warning(dataset_dict, tiny_model_dir):
+    teacher, student = models(tiny_model_dir)
+    dm = ClfDataModule(dataset_dict, tokenizer=tiny_model_dir, batch_size=8, max_length=16, cache_dir=None)
+    dm.setup()
+    distiller = BaseDistiller(teacher, student, ["AttnMiniLM", "LogitMSE"], dm)
+    batch = next(iter(dm.train_dataloader()))
+    del batch["idx"]  # as a user's own collator gives it
+    with pytest.warns(UserWarning, match="teacher cache off"):
+        feats = distiller.teacher_features(batch)
+    assert distiller.teacher_cache is None and feats.logits.shape == (len(batch["labels"]), 2)
