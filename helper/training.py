@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from bert.errors import UserError
 from helper.config import LoggerConfig, OptimConfig, TrainerConfig, save_config, to_dict
+from helper.progress import ProgressLines
 
 
 def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -147,6 +149,9 @@ def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple
         dirpath=ckpt_dir, filename="last", every_n_epochs=0, save_on_exception=True, enable_version_counter=False
     )
     callbacks = [best, on_crash, LearningRateMonitor(logging_interval="step"), *(extra_callbacks or [])]
+    interactive = sys.stderr.isatty()
+    if not interactive:  # a log file or a pipe: plain lines instead of the bar
+        callbacks.append(ProgressLines())
     if tcfg.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=tcfg.monitor, mode="max", patience=tcfg.early_stopping_patience))
     trainer = pl.Trainer(
@@ -168,7 +173,7 @@ def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple
         logger=build_loggers(cfg.logger, out, stage, cfg),
         callbacks=callbacks,
         default_root_dir=str(out),
-        enable_progress_bar=True,
+        enable_progress_bar=interactive,
         num_sanity_val_steps=0,
     )
     return trainer, out, resume

@@ -1,0 +1,55 @@
+"""`ProgressLines`: a plain progress line every few seconds (step, loss, examples/s, ETA), for logs and pipes where
+Lightning's interactive bar shows nothing."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import lightning.pytorch as pl
+
+
+class ProgressLines(pl.Callback):
+    """Prints `epoch E/N step S/T loss L | X examples/s | ETA` to stderr at most every `every_s` seconds, and a line
+    per validation with its metrics. Used instead of the bar when stderr is not a terminal."""
+
+    def __init__(self, every_s: float = 5.0, stream=None):
+        self.every_s = every_s
+        self.stream = stream or sys.stderr
+        self._start = self._last = 0.0
+        self._examples = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = self._last = time.perf_counter()
+        self._examples = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        labels = batch.get("labels") if isinstance(batch, dict) else None
+        self._examples += len(labels) if labels is not None else 0
+        now = time.perf_counter()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        done, total = trainer.global_step, trainer.estimated_stepping_batches
+        rate = self._examples / max(now - self._start, 1e-9)
+        eta = (now - self._start) / max(done, 1) * max(total - done, 0)
+        loss = trainer.callback_metrics.get("train/loss")
+        loss_text = f" loss {float(loss):.4f}" if loss is not None else ""
+        print(
+            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} step {done}/{total}{loss_text} | "
+            f"{rate:.0f} examples/s | ETA {_clock(eta)}",
+            file=self.stream,
+            flush=True,
+        )
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val", "teacher/val"))}
+        text = ", ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items()))
+        print(f"validation after epoch {trainer.current_epoch + 1}: {text}", file=self.stream, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    minutes, s = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}"
