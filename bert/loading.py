@@ -29,7 +29,7 @@ def load_named(what: str, loader, name: str, **kwargs):
         raise UserError(f"cannot load {what} {name!r}: no such directory")
     try:
         return loader(path, **kwargs)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # any failure to load is about the user's model choice: one line, no traceback
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot load {what} {name!r}: {first}") from None
 
