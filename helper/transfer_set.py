@@ -74,7 +74,8 @@ def build_rows(cfg: TransferSetConfig, dm: ClfDataModule, tokenizer, unlabelled=
         seconds = time.perf_counter() - start
         add([a.text for a in out], [a.pair for a in out] if with_pairs else None, [-1] * len(out), [a.op for a in out])
         timings["augment"] = (len(out), seconds)
-        say(f"augment: {len(out)} sentences from {len(train)} in {seconds:.1f} s ({len(out) / max(seconds, 1e-9):.0f}/s)")
+        rate = len(out) / max(seconds, 1e-9)
+        say(f"augment: {len(out)} sentences from {len(train)} in {seconds:.1f} s ({rate:.0f}/s)")
     if t.generate is not None:
         if with_pairs:
             raise UserError("transfer.generate: the LM writes single sentences; the data has pairs (set it to null)")
