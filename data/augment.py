@@ -52,16 +52,16 @@ class AugmentConfig:
             value = getattr(self, f.name)
             if f.name.startswith("p_"):
                 if not _is_real(value) or not 0 <= value <= 1:
-                    raise UserError(f"transfer.{f.name}: {value!r} is not a probability in [0, 1]")
+                    raise UserError(f"transfer.augment.{f.name}: {value!r} is not a probability in [0, 1]")
             elif not _is_int(value):
-                raise UserError(f"transfer.{f.name}: {value!r} is not an integer")
+                raise UserError(f"transfer.augment.{f.name}: {value!r} is not an integer")
         if self.n_iter < 1:
-            raise UserError(f"transfer.n_iter: {self.n_iter} is below 1")
+            raise UserError(f"transfer.augment.n_iter: {self.n_iter} is below 1")
         if self.ngram_max < 1:
-            raise UserError(f"transfer.ngram_max: {self.ngram_max} is below 1")
+            raise UserError(f"transfer.augment.ngram_max: {self.ngram_max} is below 1")
         if self.p_mask + self.p_pos > 1:
             raise UserError(
-                f"transfer.p_mask + transfer.p_pos: {self.p_mask} + {self.p_pos} exceeds 1 "
+                f"transfer.augment.p_mask + transfer.augment.p_pos: {self.p_mask} + {self.p_pos} exceeds 1 "
                 "(one draw per word picks masking or POS replacement)"
             )
 

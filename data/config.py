@@ -230,6 +230,7 @@ class DataConfig(Section):
         "limit_eval": Num(1, integer=True, none=True),
         "seed": SEED,
         "cache_dir": TEXT_OR_NONE,
+        "transfer": TEXT_OR_NONE,
     }
 
     # "rotten_tomatoes" (embedded demo), "hf" (datasets.load_dataset), "csv"/"tsv"/"json"/"jsonl",
@@ -268,6 +269,9 @@ class DataConfig(Section):
     limit_eval: int | None = None  # same for validation and test
     seed: int = 0  # embedded-demo split, val_from_train, limit_*, training order
     cache_dir: str | None = ".cache/tokenized"  # tokenized splits on disk; None: memory only
+    # Distillation only: a parquet file written by transfer_set.py. Its rows (except `original`, which repeat the
+    # training set) join the TRAIN split, each with the teacher's stored logits; rows with no gold label get label -1.
+    transfer: str | None = None  # transfer set (transfer_set.py's parquet) appended to the train split
 
 
 SPLITS = ("train", "validation", "test")

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import chain
@@ -20,7 +21,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from bert.errors import UserError
 from bert.loading import load_tokenizer
 from data.config import DataConfig
-from data.sources import SPLITS, fingerprint, load_data, stratified_split
+from data.sources import SPLITS, Split, fingerprint, load_data, stratified_split
+from data.transfer import read_transfer
 
 BUCKET_BATCHES = 50  # group_by_length sorts chunks of this many batches by length
 
@@ -81,10 +83,20 @@ def tokenize_cached(
 
 
 class TokenizedSplit(Dataset):
-    """Examples of one split as dicts of 1-D tensors; `idx` is the position in the split."""
+    """Examples of one split as dicts of 1-D tensors; `idx` is the position in the split.
 
-    def __init__(self, enc: dict[str, torch.Tensor], labels: list[int], enc_s: dict[str, torch.Tensor] | None = None):
-        self.enc, self.enc_s = enc, enc_s
+    `teacher_logits` (N, C) float32, where given: the teacher's stored logits (transfer-set rows), NaN for rows
+    without; each item then carries its row as `teacher_logits`. Label -1: no gold label.
+    """
+
+    def __init__(
+        self,
+        enc: dict[str, torch.Tensor],
+        labels: list[int],
+        enc_s: dict[str, torch.Tensor] | None = None,
+        teacher_logits: torch.Tensor | None = None,
+    ):
+        self.enc, self.enc_s, self.teacher_logits = enc, enc_s, teacher_logits
         self.labels = torch.tensor(labels, dtype=torch.long)
         self.lengths = (enc["offsets"][1:] - enc["offsets"][:-1]).tolist()  # teacher tokens per example
 
@@ -95,7 +107,33 @@ class TokenizedSplit(Dataset):
         item = {**_example(self.enc, i), "labels": self.labels[i], "idx": i}
         if self.enc_s is not None:
             item["student"] = _example(self.enc_s, i)
+        if self.teacher_logits is not None:
+            item["teacher_logits"] = self.teacher_logits[i]
         return item
+
+    def extended(
+        self,
+        enc: dict[str, torch.Tensor],
+        labels: list[int],
+        enc_s: dict[str, torch.Tensor] | None,
+        teacher_logits: torch.Tensor,
+    ) -> TokenizedSplit:
+        """This split followed by more examples that come with the teacher's logits (a transfer set)."""
+        mine = torch.full((len(self), teacher_logits.shape[1]), float("nan"))
+        if self.teacher_logits is not None:
+            mine = self.teacher_logits
+        return TokenizedSplit(
+            _concat(self.enc, enc),
+            [*self.labels.tolist(), *labels],
+            _concat(self.enc_s, enc_s) if self.enc_s is not None else None,
+            torch.cat([mine, teacher_logits.float()]),
+        )
+
+
+def _concat(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {k: torch.cat([a[k], b[k].to(a[k].dtype)]) for k in a if k != "offsets"}
+    out["offsets"] = torch.cat([a["offsets"], b["offsets"][1:] + a["offsets"][-1]])
+    return out
 
 
 def _example(enc: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
@@ -105,7 +143,8 @@ def _example(enc: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
 
 @dataclass
 class Collator:
-    """Pads each batch to its longest example: input_ids, attention_mask, [token_type_ids], labels, idx, [student]."""
+    """Pads each batch to its longest example: input_ids, attention_mask, [token_type_ids], labels, idx, [student],
+    [teacher_logits]."""
 
     pad_id: int
     pad_id_s: int | None = None
@@ -116,6 +155,8 @@ class Collator:
         batch["idx"] = torch.tensor([it["idx"] for it in items], dtype=torch.long)  # (B,)
         if "student" in items[0]:
             batch["student"] = _pad([it["student"] for it in items], self.pad_id_s)
+        if "teacher_logits" in items[0]:  # transfer sets: stored teacher logits, NaN rows where there are none
+            batch["teacher_logits"] = torch.stack([it["teacher_logits"] for it in items])  # (B, C)
         return batch
 
 
@@ -238,6 +279,8 @@ class ClfDataModule(L.LightningDataModule):
         self.id2label = dict(enumerate(self.label_names))
         self.label2id = {name: i for i, name in self.id2label.items()}
         self.num_labels = len(self.label_names)
+        self.raw: dict[str, Split] = {}  # the examples of each split as read (after limit_*), before tokenization
+        self.transfer_rows = 0  # transfer-set rows appended to train (data.transfer)
         for name in SPLITS:
             if name not in splits:
                 continue
@@ -252,8 +295,27 @@ class ClfDataModule(L.LightningDataModule):
                     split.texts, split.pairs, self.student_tokenizer, self.tok_id_s, cfg.max_length, cfg.cache_dir
                 )
             self.datasets[name] = TokenizedSplit(enc, split.labels, enc_s)
+            self.raw[name] = split
+        if cfg.transfer:
+            self._add_transfer(cfg.transfer)
         self.splits = list(self.datasets)
         self.has_test = "test" in self.datasets
+
+    def _add_transfer(self, path: str) -> None:
+        """Append the transfer set's rows (not its `original` rows: those are the training set again) to train."""
+        cfg = self.cfg
+        rows = read_transfer(path, self.label_names, cfg.text_pair_column is not None)
+        if not rows.texts:
+            warnings.warn(f"data.transfer: {path} holds only original rows; nothing is added", stacklevel=2)
+            return
+        enc = tokenize_cached(rows.texts, rows.pairs, self.tokenizer, self.tok_id, cfg.max_length, cfg.cache_dir)
+        enc_s = None
+        if self.student_tokenizer is not None:
+            enc_s = tokenize_cached(
+                rows.texts, rows.pairs, self.student_tokenizer, self.tok_id_s, cfg.max_length, cfg.cache_dir
+            )
+        self.transfer_rows = len(rows.texts)
+        self.datasets["train"] = self.datasets["train"].extended(enc, rows.labels, enc_s, rows.logits)
 
     def _loader(self, dataset: TokenizedSplit, **kw) -> DataLoader:
         pad_s = self.student_tokenizer.pad_token_id if self.student_tokenizer is not None else None

@@ -19,8 +19,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-import torch
-
 from bert.errors import UserError
 
 PROGRESS_EVERY_S = 5.0  # a progress line on stderr at most this often
@@ -67,6 +65,8 @@ class GenerateConfig:
             if getattr(self, name) < low:
                 raise UserError(f"transfer.generate.{name}: {getattr(self, name)} is below {low}")
         if self.device != "auto":
+            import torch  # only here: reading a config must not load torch
+
             try:
                 torch.device(self.device)
             except RuntimeError:
@@ -97,6 +97,8 @@ def load_lm(name: str):
 def generate(texts: Sequence[str], cfg: GenerateConfig | None = None) -> list[str]:
     """`cfg.count` new sentences from `cfg.model` (fine-tuned on `texts` first when `cfg.finetune_epochs` > 0),
     prompted with training prefixes; fewer (with one line on stderr) if the LM keeps repeating itself."""
+    import torch
+
     cfg = cfg or GenerateConfig()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -121,6 +123,8 @@ def generate(texts: Sequence[str], cfg: GenerateConfig | None = None) -> list[st
 
 def finetune(model, tokenizer, texts: list[str], cfg: GenerateConfig, start: int, pad: int, device) -> None:
     """`cfg.finetune_epochs` epochs of causal-LM loss on `start + text + eos`, AdamW, shuffled batches."""
+    import torch
+
     keep, eos = cfg.finetune_max_length - 2, tokenizer.eos_token_id  # room for start and eos
     examples = [[start, *tokenizer(t, add_special_tokens=False)["input_ids"][:keep], eos] for t in texts]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.finetune_lr)
@@ -143,8 +147,16 @@ def finetune(model, tokenizer, texts: list[str], cfg: GenerateConfig, start: int
     model.eval()
 
 
-@torch.no_grad()
 def _sample(model, tokenizer, prompts, seen: set[str], cfg: GenerateConfig, start: int, pad: int, device) -> list[str]:
+    import torch
+
+    with torch.no_grad():
+        return _sample_loop(model, tokenizer, prompts, seen, cfg, start, pad, device)
+
+
+def _sample_loop(model, tokenizer, prompts, seen: set[str], cfg: GenerateConfig, start, pad, device) -> list[str]:
+    import torch
+
     rng = random.Random(cfg.seed)
     model.eval()
     out: list[str] = []

@@ -288,7 +288,9 @@ class LogitKL(Adaptor):
 
 @register_adaptor
 class HardCE(Adaptor):
-    """Cross-entropy of the student logits on the gold labels (mean over the batch), to mix hard and soft targets.
+    """Cross-entropy of the student logits on the gold labels (mean over the labelled rows), to mix hard and soft
+    targets. Rows with label -1 (transfer-set rows without a gold label) are skipped; a batch of only such rows gives
+    0. `teacher_labels: true` trains those rows on the teacher's argmax instead (a hard-label student on the same text).
 
     Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", NIPS 2014 Deep Learning Workshop,
     arXiv:1503.02531.
@@ -297,13 +299,24 @@ class HardCE(Adaptor):
     stage = "pred"
     sentence_level = True
 
+    def __init__(self, dims_t: ModelDims, dims_s: ModelDims, *, teacher_labels: bool = False, **kwargs: Any) -> None:
+        super().__init__(dims_t, dims_s, **kwargs)
+        if not isinstance(teacher_labels, bool):
+            raise UserError(f"teacher_labels must be true or false, got {teacher_labels!r}")
+        self.teacher_labels = teacher_labels
+
     def request(self) -> tuple[FeatureRequest, FeatureRequest]:
-        return {}, {"logits": frozenset()}
+        return ({"logits": frozenset()} if self.teacher_labels else {}), {"logits": frozenset()}
 
     def forward(self, feats_t: Features, feats_s: Features, labels: Tensor | None = None) -> Tensor:
         if labels is None:
             raise ValueError(f"{self.key}: HardCE needs labels")
-        return F.cross_entropy(feats_s.logits, labels)
+        if self.teacher_labels:
+            labels = torch.where(labels < 0, feats_t.logits.detach().argmax(-1), labels)
+        logits = feats_s.logits
+        valid = labels >= 0
+        per_row = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")  # (B,)
+        return torch.where(valid, per_row, 0).sum() / valid.sum().clamp_min(1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import yaml
 
 from bert import DEFAULT_TEACHER
 from bert.errors import UserError
+from data.augment import AugmentConfig
 from data.config import (
     AT_LEAST_1,
     DROPOUT,
@@ -40,6 +41,7 @@ from data.config import (
     Num,
     Section,
 )
+from data.generate import GenerateConfig
 
 # `--help` lists every key with the comment that ends its line here (the `# ...` after the default): keep one per field.
 
@@ -279,6 +281,34 @@ class DistillationRunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
+@dataclass
+class TransferConfig(Section):
+    """What the transfer set of Tang et al. 2019 (arXiv:1903.12136, §3.3) holds; the teacher labels every row."""
+
+    SECTION = "transfer"
+    RULES = {"unlabelled": TEXT_OR_NONE, "batch_size": AT_LEAST_1, "output": TEXT_OR_NONE}
+
+    original: bool = True  # the training examples themselves (with their gold labels)
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # d-lite augmentation; null: off
+    generate: GenerateConfig | None = None  # sentences sampled from a causal LM; null (default): off
+    # A plain text file (data.encoding), one example a line; for pair data `text<TAB>pair`. Blank lines are skipped.
+    unlabelled: str | None = None  # extra unlabelled text, one example a line
+    batch_size: int = 256  # examples per teacher forward pass while labelling
+    output: str | None = None  # the parquet file; default <run dir>/transfer.parquet
+
+    def check(self) -> None:
+        if not (self.original or self.augment or self.generate or self.unlabelled):
+            self.fail("", "nothing to include: set original, augment, generate or unlabelled")
+
+
+@dataclass
+class TransferSetConfig:
+    teacher: ModelConfig = field(default_factory=lambda: ModelConfig(name="runs/finetune/model"))  # finetune.py's
+    data: DataConfig = field(default_factory=DataConfig)  # the labelled training set the transfer set is built from
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    logger: LoggerConfig = field(default_factory=lambda: LoggerConfig(run_name="transfer_set"))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Loading
 
@@ -364,6 +394,8 @@ def _build(cls: type, raw: Any, prefix: str, source: str, base: Any = None) -> A
     except ConfigError as err:  # a value the section's own checks refuse: name the file and the real dotted place
         where = prefix + err.key if err.key else prefix.rstrip(".")
         raise UserError(f"{source}: {where}: {err.problem}") from None
+    except UserError as err:  # a section that checks itself (AugmentConfig, GenerateConfig) names its full key
+        raise UserError(f"{source}: {err}") from None
 
 
 def _coerce(tp: Any, value: Any, key: str, source: str, base: Any = None) -> Any:

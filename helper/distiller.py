@@ -25,7 +25,7 @@ from bert.recorder import FeatureRecorder
 from helper.adaptors import build_adaptors
 from helper.config import DistillationRunConfig, DistillConfig, OptimConfig
 from helper.hgckpt import HF_KEY, hf_export_info
-from helper.teacher_cache import TeacherCache
+from helper.teacher_cache import TeacherCache, with_stored_logits
 from helper.training import clf_metrics, configure_optimizers, export_module
 
 _OPTIM_KEYS = tuple(f.name for f in dataclasses.fields(OptimConfig))
@@ -154,7 +154,15 @@ class BaseDistiller(pl.LightningModule):
         self._place_teacher()
 
     def teacher_features(self, batch: dict) -> Features:
-        """Teacher features of `batch` (teacher inputs), through the per-example cache when it is on."""
+        """Teacher features of `batch` (teacher inputs), through the per-example cache when it is on.
+
+        Transfer-set rows carry the teacher's logits (`teacher_logits`): when logits are all the adaptors read from
+        the teacher, it does not run for them (cache on or off); token features need the teacher on every row."""
+        if "teacher_logits" in batch and set(self.rec_t.request) == {"logits"}:
+            return with_stored_logits(batch, self._teacher_features)
+        return self._teacher_features(batch)
+
+    def _teacher_features(self, batch: dict) -> Features:
         with torch.no_grad():
             if not self.rec_t.request:  # e.g. HardCE alone: nothing to read from the teacher
                 return Features(attention_mask=batch["attention_mask"])
@@ -184,6 +192,9 @@ class BaseDistiller(pl.LightningModule):
             self.log(f"train/{adaptor.key}", loss, batch_size=len(labels))
             total = total + adaptor.weight * loss
         self.log("train/loss", total, prog_bar=True, batch_size=len(labels))
+        if getattr(self.dm, "transfer_rows", 0):  # rows without a gold label (label -1), per epoch; HardCE skips them
+            unlabelled = (labels < 0).sum().float()
+            self.log("train/unlabelled_rows", unlabelled, on_step=False, on_epoch=True, reduce_fx="sum")
         if self.teacher_cache is not None:
             self.log("train/teacher_cache_hit_rate", self.teacher_cache.hit_rate)
         return total

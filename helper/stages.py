@@ -29,6 +29,8 @@ DISTILLERS: dict[str, type[BaseDistiller]] = {
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune `cfg.model` on `cfg.data`; export it to `<run dir>/model`."""
+    if cfg.data.transfer:
+        raise UserError("data.transfer: only the distillation stages read a transfer set (its rows have no gold label)")
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # the new classifier head too
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
     dm = ClfDataModule(cfg.data, tokenizer)

@@ -89,3 +89,22 @@ class TeacherCache:
                 out_b[tuple(map(slice, x.shape))] = x
             feats.put(name, layer, out.to(mask.device, torch.float32 if name == "logits" else dtype))
         return feats
+
+
+def with_stored_logits(batch: dict, teacher_features) -> Features:
+    """Logits-only teacher features of `batch` when some rows carry the teacher's logits already (`teacher_logits`
+    (B, C), NaN rows where not: transfer-set rows from `data.transfer`). `teacher_features(sub_batch)` (the teacher,
+    through the cache when it is on) runs only for the other rows, on their own padding length; logits in float32."""
+    stored = batch["teacher_logits"]  # (B, C)
+    have = ~stored.isnan().any(1)
+    if not bool(have.any()):
+        return teacher_features(batch)
+    mask = batch["attention_mask"]
+    logits = stored.float().clone()
+    rest = (~have).nonzero().squeeze(1)
+    if len(rest):
+        n = int(mask[rest].sum(1).max())
+        sub = {k: v[rest, :n] for k, v in model_inputs(batch).items()}
+        sub.update({k: batch[k][rest] for k in ("idx", "labels") if k in batch})
+        logits[rest] = teacher_features(sub).logits.float()
+    return Features(attention_mask=mask, logits=logits)
