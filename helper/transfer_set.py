@@ -13,10 +13,11 @@ import torch
 
 from bert.errors import UserError
 from bert.families import model_inputs
+from bert.loading import load_tokenizer, resolve_model_path
 from data.datamodule import ClfDataModule
 from data.sources import _lines, _read_text
 from data.transfer import write_transfer
-from helper.checkpoint import load_classifier, load_tokenizer, resolve_model_path
+from helper.checkpoint import load_classifier
 from helper.config import TransferSetConfig, save_config
 from helper.training import run_dir
 
