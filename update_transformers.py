@@ -80,6 +80,7 @@ def check_family(family: families.Family) -> tuple[str, str, dict[str, float]]:
     }
     diffs = {name: max(_diff(getattr(feats, name)[i], refs[name][i]) for i in range(n)) for name in LAYER_FEATURES}
     diffs["embeddings"] = _diff(feats.embeddings, hidden[0])
+    diffs["pooled"] = _diff(feats.pooled, hidden[n][:, 0])  # the last layer's [CLS] vector
     diffs["logits"] = _diff(feats.logits, plain.logits)
     diffs["outputs"] = 0.0 if torch.equal(out.logits, plain.logits) else float("inf")
     return type(model).__name__, impl, diffs

@@ -559,7 +559,8 @@ class HidnPKD(LayerAdaptor):
 class PooledMSE(Adaptor):
     """MSE between the sentence representations: the teacher's last-layer [CLS] vector and the student's own (an
     encoder's [CLS], or a module's classifier input such as the BiLSTM's final states), the student's projected to the
-    teacher's width when they differ. Mean over examples and hidden units. Works for any student that offers `pooled`.
+    teacher's width when they differ. Mean over hidden units and the examples with at least one real token in both
+    models. Works for any student that offers `pooled`.
 
     Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015, arXiv:1412.6550 (a hint on an intermediate
     representation through a learned regressor); for BERT students, Sun et al. 2019, arXiv:1908.09355.
@@ -577,7 +578,9 @@ class PooledMSE(Adaptor):
 
     def forward(self, feats_t: Features, feats_s: Features, labels: Tensor | None = None) -> Tensor:
         x_s = feats_s.pooled if self.projection is None else self.projection(feats_s.pooled)  # (B, H_t)
-        return F.mse_loss(x_s.float(), feats_t.pooled.float())
+        valid = feats_t.attention_mask.any(1) & feats_s.attention_mask.any(1)  # (B,)
+        sq = torch.where(valid[:, None], (x_s.float() - feats_t.pooled.detach().float()) ** 2, 0).sum()
+        return sq / (valid.sum() * x_s.shape[-1]).clamp_min(1)
 
 
 @register_adaptor

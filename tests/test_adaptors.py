@@ -51,6 +51,7 @@ def make_feats(
         values={i: leaf(b, h, t, d) * 1.0 for i in layers},
         hidden_states={i: leaf(b, t, n) * 1.0 for i in layers},  # (B, T, H)
         embeddings=leaf(b, t, n) * 1.0,
+        pooled=leaf(b, n) * 1.0,  # (B, H)
         logits=leaf(b, 3) * 1.0,  # (B, C)
     )
     if labels is not None:
@@ -67,6 +68,7 @@ def only_requested(feats: Features, request: dict) -> Features:
     return Features(
         attention_mask=feats.attention_mask,
         embeddings=feats.embeddings if "embeddings" in request else None,
+        pooled=feats.pooled if "pooled" in request else None,
         logits=feats.logits if "logits" in request else None,
         **layer,
     )
