@@ -276,13 +276,19 @@ class NonFiniteGuard(Callback):
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """last.ckpt every `every_n_train_steps` steps and on a crash or Ctrl-C; never after a non-finite loss (that step
-    already changed the weights: last.ckpt keeps the previous save), and never at an epoch's last batch (the
-    validation right after it saves; a checkpoint taken between the two would skip that validation on resume)."""
+    """last.ckpt every `every_n_train_steps` steps, at the end of training, and on a crash or Ctrl-C. Never after a
+    non-finite loss (that step already changed the weights: last.ckpt keeps the previous save), and never at an
+    epoch's last batch (the validation right after it saves; a checkpoint between the two would skip it on resume)."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """The final state too: `best` writes last.ckpt only when the validation metric improved."""
+        super().on_train_end(trainer, pl_module)
+        if not trainer.fast_dev_run and self._last_global_step_saved != trainer.global_step:
+            self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, NonFiniteLoss):
