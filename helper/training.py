@@ -187,7 +187,7 @@ def claim_run_dir(out: Path) -> None:
     prev = os.pread(fd, 4096, 0).decode(errors="replace").strip()
     pid, owner_host = _owner(prev) if prev else (None, host)
     running = locked is False or (pid is not None and pid != me and owner_host == host and _alive(pid))
-    if running or (prev and owner_host != host and locked is not True):
+    if running or (prev and owner_host != host):  # another machine: whether it still runs cannot be told
         os.close(fd)
         raise UserError(
             f"logger.run_name: {out} is in use by another run (pid {pid} on {owner_host}); wait for it to end or "
