@@ -48,12 +48,19 @@ def name_labels(model, label_names: list[str], role: str = "model") -> None:
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "id2label"):
         return
-    have = [config.id2label[i] for i in range(config.num_labels)]
-    if len(have) != len(label_names):
+    check_label_names(config, label_names, role)
+    if config.num_labels != len(label_names):
         raise UserError(
-            f"{role} has {len(have)} outputs but the data has {len(label_names)} labels ({', '.join(label_names)})"
+            f"{role} has {config.num_labels} outputs but the data has {len(label_names)} labels "
+            f"({', '.join(label_names)})"
         )
-    if have != list(label_names) and not all(n == f"LABEL_{i}" for i, n in enumerate(have)):
-        raise UserError(f"{role} was trained on labels {have}, but the data has labels {list(label_names)}")
     config.id2label = dict(enumerate(label_names))
     config.label2id = {n: i for i, n in enumerate(label_names)}
+
+
+def check_label_names(config, label_names: list[str], role: str) -> None:
+    """A classifier whose head was trained on other labels must not silently be used on this data; generic names
+    (`LABEL_0`, ...) mean an untrained head and pass."""
+    have = [config.id2label[i] for i in range(config.num_labels)]
+    if have != list(label_names) and not all(n == f"LABEL_{i}" for i, n in enumerate(have)):
+        raise UserError(f"{role} was trained on labels {have}, but the data has labels {list(label_names)}")

@@ -188,20 +188,58 @@ class EpochShuffle(Sampler[int]):
         return iter(torch.randperm(self.n, generator=gen).tolist())
 
 
-class LengthGroupedBatchSampler(BatchSampler):
+class ResumableBatches(BatchSampler):
+    """Batches of `sampler` whose order depends only on (seed, epoch), and that can start mid-epoch.
+
+    `start=(epoch, batches_done)` (what a checkpoint recorded, see `helper.training.ResumeState`): the first pass gives
+    that epoch's order without the batches already trained on; later passes start at their epoch's first batch. A pass
+    reads its epoch when its first batch is asked for (the body of `__iter__` is a generator), so the loader may be
+    iterated before Lightning's `set_epoch`. Plain batches here; `LengthGroupedBatchSampler` groups by length.
+    """
+
+    def __init__(self, sampler, batch_size: int, drop_last: bool, start: tuple[int, int] | None = None):
+        super().__init__(sampler, batch_size, drop_last)
+        self.start = start
+
+    def _begin(self) -> tuple[int, int]:
+        """(epoch, batches to skip) of the pass that starts now."""
+        if self.start is None:
+            return getattr(self.sampler, "epoch", 0), 0
+        (epoch, skip), self.start = self.start, None
+        if skip >= len(self):  # the recorded epoch was complete: the next one starts
+            epoch, skip = epoch + 1, 0
+        if callable(getattr(self.sampler, "set_epoch", None)):
+            self.sampler.set_epoch(epoch)  # EpochShuffle or DistributedSampler: that epoch's order
+        return epoch, skip
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        order = list(self.sampler)
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return batches
+
+    def __iter__(self):
+        epoch, skip = self._begin()
+        yield from self.batches(epoch)[skip:]
+
+
+class LengthGroupedBatchSampler(ResumableBatches):
     """Batches of similar length: the indices of `sampler` in chunks of 50 batches, each chunk sorted by length and cut
     into batches, then the batch order shuffled with (seed, epoch). Every index of `sampler` appears once.
 
     It follows the `BatchSampler` API, so under DDP Lightning swaps `sampler` for a `DistributedSampler` (shuffled,
     this rank's share): each rank then groups its own share. The epoch is read from `sampler.epoch`, which both
-    `EpochShuffle` and `DistributedSampler` get from Lightning's `set_epoch`.
+    `EpochShuffle` and `DistributedSampler` get from Lightning's `set_epoch`. `start`: see `ResumableBatches`.
     """
 
-    def __init__(self, sampler, batch_size: int, drop_last: bool, lengths: list[int], seed: int):
-        super().__init__(sampler, batch_size, drop_last)
+    def __init__(
+        self, sampler, batch_size: int, drop_last: bool, lengths: list[int], seed: int, start: tuple | None = None
+    ):
+        super().__init__(sampler, batch_size, drop_last, start)
         self.lengths, self.seed = lengths, seed
 
-    def __iter__(self):
+    def batches(self, epoch: int) -> list[list[int]]:
         order = list(self.sampler)
         size = self.batch_size * BUCKET_BATCHES
         batches = []
@@ -210,8 +248,19 @@ class LengthGroupedBatchSampler(BatchSampler):
             batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()  # only the last chunk's last batch can be short
-        random.Random(self.seed * 100_003 + getattr(self.sampler, "epoch", 0)).shuffle(batches)
-        return iter(batches)
+        random.Random(self.seed * 100_003 + epoch).shuffle(batches)
+        return batches
+
+
+def split_fingerprint(ds: TokenizedSplit) -> dict:
+    """What identifies a split's content: its number of examples and a hash of its token ids and labels."""
+    h = hashlib.sha256()
+    for enc in (ds.enc, ds.enc_s):
+        for key in sorted(enc or {}):
+            h.update(key.encode())
+            h.update(enc[key].contiguous().numpy().tobytes())
+    h.update(ds.labels.numpy().tobytes())
+    return {"examples": len(ds), "sha256": h.hexdigest()[:16]}
 
 
 class ClfDataModule(L.LightningDataModule):
@@ -324,12 +373,18 @@ class ClfDataModule(L.LightningDataModule):
         return DataLoader(dataset, collate_fn=collate, num_workers=workers, persistent_workers=workers > 0, **kw)
 
     def train_dataloader(self) -> DataLoader:
+        """Seeded, resumable batches: `train_start` (set from a checkpoint on resume) is where the first pass starts.
+
+        The loader has its own generator, so creating its iterator leaves the global torch RNG (dropout) untouched.
+        """
         ds, cfg = self.datasets["train"], self.cfg
         sampler = EpochShuffle(len(ds), cfg.seed)
+        start, self.train_start = getattr(self, "train_start", None), None
         if cfg.group_by_length:
-            batches = LengthGroupedBatchSampler(sampler, cfg.batch_size, False, ds.lengths, cfg.seed)
-            return self._loader(ds, batch_sampler=batches)
-        return self._loader(ds, batch_size=cfg.batch_size, sampler=sampler)
+            batches = LengthGroupedBatchSampler(sampler, cfg.batch_size, False, ds.lengths, cfg.seed, start)
+        else:
+            batches = ResumableBatches(sampler, cfg.batch_size, False, start)
+        return self._loader(ds, batch_sampler=batches, generator=torch.Generator().manual_seed(cfg.seed))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["validation"], batch_size=self.cfg.eval_batch_size or self.cfg.batch_size)

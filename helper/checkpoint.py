@@ -6,6 +6,7 @@ Lightning's own `.ckpt` files are already written atomically (fsspec transaction
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from transformers import AutoModelForSequenceClassification
 
 from bert.errors import UserError
 from bert.families import family_of
-from bert.loading import load_model_config, load_named
+from bert.loading import check_label_names, load_model_config, load_named
 
 
 def load_classifier(
@@ -23,14 +24,31 @@ def load_classifier(
     label_names: list[str],
     attn_implementation: str = "sdpa",
     dropout: float | None = None,
+    role: str = "model",
+    trained_head: bool = False,
 ):
-    """`AutoModelForSequenceClassification` with the label names written into its config."""
+    """`AutoModelForSequenceClassification` with the label names written into its config.
+
+    A head with generic names (`LABEL_0`, ...) sized for another number of labels is re-initialised for the data's
+    labels (one line says so), unless `trained_head` (a teacher): then it is a one-line error naming both counts.
+    """
     config = load_model_config(name)
-    check_labels(config, label_names, name)
+    check_label_names(config, label_names, f"model {name!r}")
     family = family_of(config)
     kwargs: dict = {}
     if dropout is not None:
         kwargs.update(dict.fromkeys(family.dropout_keys, dropout))
+    if config.num_labels != len(label_names):  # check_label_names passed: the head's label names are generic
+        if trained_head:
+            raise UserError(
+                f"{role}.name: {name!r} has a {config.num_labels}-label head with generic names (LABEL_0, ...), but "
+                f"the data has {len(label_names)} labels; fine-tune it on this data first (finetune.py)"
+            )
+        kwargs["ignore_mismatched_sizes"] = True
+        print(
+            f"{role}.name: {name!r} has a {config.num_labels}-label head (generic names); a new "
+            f"{len(label_names)}-label head is initialised for the data"
+        )
     model = load_named(
         "model",
         AutoModelForSequenceClassification.from_pretrained,
@@ -44,28 +62,92 @@ def load_classifier(
     return model
 
 
-def check_labels(config, label_names: list[str], name: str) -> None:
-    """A classifier whose head was trained on other labels must not silently be used on this data."""
-    have = [config.id2label[i] for i in range(config.num_labels)]
-    generic = all(n == f"LABEL_{i}" for i, n in enumerate(have))
-    if have != list(label_names) and not generic:
-        raise UserError(f"model {name!r} was trained on labels {have}, but the data has labels {list(label_names)}")
+def max_positions(config) -> int | None:
+    """The longest input the model's position embeddings take (RoBERTa-like models start positions after the pad id)."""
+    n = getattr(config, "max_position_embeddings", None)
+    if n is not None and config.model_type in ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet"):
+        n -= (config.pad_token_id or 0) + 1
+    return n
+
+
+def check_max_length(max_length: int, config, role: str, name: str) -> None:
+    limit = max_positions(config)
+    if limit is not None and max_length > limit:
+        raise UserError(
+            f"data.max_length: {max_length} is more than the {role}'s max_position_embeddings ({limit}, {name}); "
+            f"set data.max_length to at most {limit}"
+        )
+
+
+# What `save_pretrained` of a model and a tokenizer writes: an export directory holding anything else is not replaced.
+EXPORT_FILES = re.compile(
+    r"config\.json|generation_config\.json|.*\.safetensors|model\.safetensors\.index\.json|tokenizer(_config)?\.json"
+    r"|special_tokens_map\.json|added_tokens\.json|vocab\.(txt|json)|merges\.txt|spiece\.model"
+    r"|sentencepiece\.bpe\.model|chat_template\.(jinja|json)"
+)
+
+
+def _temp_dirs(out: Path) -> list[Path]:
+    """Temp directories of killed exports to `out`: `.<name>.<8 chars of mkdtemp>` and `.<name>.old`."""
+    own = re.compile(rf"\.{re.escape(out.name)}\.([a-z0-9_]{{8}}|old)")
+    return [p for p in out.parent.iterdir() if own.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_finite(model: torch.nn.Module, out: Path) -> None:
+    """Non-finite weights are never exported."""
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise UserError(
+            f"export: {len(bad)} weight tensors are not finite (first: {bad[0]}); nothing written to {out} "
+            "(lower optim.lr, or set trainer.gradient_clip_val)"
+        )
 
 
 def export_hf(model: torch.nn.Module, tokenizer, out_dir: str | Path) -> Path:
-    """Write model (safetensors) and tokenizer with `save_pretrained`, atomically: a temp dir renamed into place."""
+    """Write model (safetensors) and tokenizer with `save_pretrained`, atomically: a temp dir renamed into place.
+
+    Refuses non-finite weights, and an existing `out_dir` holding files `save_pretrained` does not write (nothing is
+    deleted that the project did not write). Leftover temp directories of killed exports to the same place are removed.
+    Files and directories are fsynced; modes are the ordinary 0644/0755.
+    """
     out = Path(out_dir)
+    check_finite(model, out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UserError(f"export: {out} exists and is not a directory; not replaced")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not (p.is_file() and EXPORT_FILES.fullmatch(p.name)))
+        if foreign:
+            raise UserError(
+                f"export: {out} holds files this project does not write ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); move them away or choose another logger.run_name"
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in _temp_dirs(out):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)  # some writers create 0600 files
+            _fsync(f)
+        _fsync(tmp)
         old = out.with_name(f".{out.name}.old")
         if out.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(out, old)
         os.replace(tmp, out)
+        _fsync(out.parent)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

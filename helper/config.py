@@ -113,6 +113,7 @@ class TrainerConfig(Section):
         "limit_val_batches": BATCHES,
         "log_every_n_steps": AT_LEAST_1,
         "resume": TEXT_OR_NONE,
+        "checkpoint_every_n_steps": Num(1, integer=True, none=True),
     }
 
     max_epochs: int = 2  # epochs to train; -1: no limit (then max_steps must be set)
@@ -133,6 +134,7 @@ class TrainerConfig(Section):
     limit_val_batches: int | float = 1.0  # fraction (float) or number (int) of validation batches
     log_every_n_steps: int = 10  # training steps between logged points
     resume: str | None = None  # "last" or a checkpoint path
+    checkpoint_every_n_steps: int | None = 100  # also write last.ckpt every this many steps; None: at validations only
     fast_dev_run: bool = False  # one training and one validation batch, no checkpoints: a smoke test
 
     def check(self) -> None:

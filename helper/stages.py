@@ -10,15 +10,23 @@ import lightning.pytorch as pl
 
 from bert.errors import UserError
 from bert.families import get_family
-from bert.loading import load_tokenizer, resolve_model_path
+from bert.loading import load_model_config, load_tokenizer, resolve_model_path
 from data.datamodule import ClfDataModule
-from helper.checkpoint import load_classifier
+from helper.checkpoint import check_max_length, load_classifier
 from helper.config import DistillationRunConfig, FinetuneConfig
 from helper.distiller import BaseDistiller, InterDistiller, PredDistiller
 from helper.finetuner import ClfFinetune
 from helper.heatmap import AttentionHeatmap
 from helper.students import build_student
-from helper.training import best_checkpoint, build_trainer, load_best, run_dir
+from helper.training import (
+    best_checkpoint,
+    build_trainer,
+    check_resume,
+    load_best,
+    prepare_run,
+    release_run_dir,
+    run_dir,
+)
 
 DISTILLERS: dict[str, type[BaseDistiller]] = {
     "distill_ms": BaseDistiller,
@@ -31,6 +39,15 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune `cfg.model` on `cfg.data`; export it to `<run dir>/model`."""
     if cfg.data.transfer:
         raise UserError("data.transfer: only the distillation stages read a transfer set (its rows have no gold label)")
+    out = prepare_run(cfg, "finetune")  # before heavy work: writable run directory, its lock
+    try:
+        return _run_finetune(cfg)
+    finally:
+        release_run_dir(out)
+
+
+def _run_finetune(cfg: FinetuneConfig) -> dict:
+    check_max_length(cfg.data.max_length, load_model_config(cfg.model.name), "model", cfg.model.name)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # the new classifier head too
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
     dm = ClfDataModule(cfg.data, tokenizer)
@@ -43,13 +60,23 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
 
 def run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
     """Distil `cfg.teacher` into the student; export it to `<run dir>/student` and write the report."""
+    out = prepare_run(cfg, stage)  # before heavy work: writable run directory, its lock
+    try:
+        return _run_distillation(cfg, stage)
+    finally:
+        release_run_dir(out)
+
+
+def _run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
+    check_max_length(cfg.data.max_length, load_model_config(cfg.teacher.name), "teacher", cfg.teacher.name)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # a random-init student and projections too
     tok_t = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
     name_s = cfg.student.tokenizer or (cfg.student.name if has_tokenizer(cfg.student.name) else None)
     dm = ClfDataModule(cfg.data, tok_t, load_tokenizer(name_s) if name_s else None)
     dm.setup("fit")
-    teacher = load_classifier(cfg.teacher.name, dm.label_names, cfg.teacher.attn_implementation)
+    teacher = load_classifier(cfg.teacher.name, dm.label_names, cfg.teacher.attn_implementation, None, "teacher", True)
     student = build_student(cfg.student, teacher, cfg.teacher.name, dm.label_names, tok_t)
+    check_max_length(cfg.data.max_length, student.config, "student", cfg.student.name or "the student")
     check_vocab(tok_t, teacher, "teacher")
     check_vocab(dm.student_tokenizer or tok_t, student, "student")
     distiller = DISTILLERS[stage](teacher, student, dm=dm, optim=cfg.optim, distill=cfg.distill)
@@ -82,7 +109,8 @@ def fit_and_export(
     Returns the metrics, the run directory and the export (None on ranks other than 0).
     """
     trainer, out, resume = build_trainer(cfg, stage, list(callbacks))
-    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    check_resume(resume, module, dm, cfg)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
     if module.export_best:
         load_best(module, best_checkpoint(trainer))  # on every rank: the metrics below are the exported weights'
     metrics = {k: float(v) for k, v in trainer.validate(module, datamodule=dm, verbose=False)[0].items()}

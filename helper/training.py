@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import atexit
+import fcntl
+import hashlib
+import json
 import math
 import os
+import random
+import signal
+import socket
 import sys
+import tempfile
+import threading
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -123,16 +134,363 @@ def _flat(cfg) -> dict:
     return flat
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# The run directory: checked before heavy work, and locked so that one run at a time writes it
+
+LOCK_NAME = ".lock"
+_HELD: dict[Path, int] = {}  # run directory -> open file descriptor holding its flock
+
+
+def _rank_zero_env() -> bool:
+    """Global rank 0 as far as the environment tells before the Trainer exists (DDP children have LOCAL_RANK set)."""
+    from lightning.fabric.utilities.rank_zero import _get_rank
+
+    return (_get_rank() or 0) == 0 and int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0))) == 0
+
+
+def _owner(text: str) -> tuple[int | None, str]:
+    try:
+        data = json.loads(text)
+        return int(data["pid"]), str(data["host"])
+    except (ValueError, KeyError, TypeError):
+        return None, "?"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_run_dir(out: Path) -> None:
+    """Lock `out` for this process: `<out>/.lock` holds an exclusive `flock` and this process's pid and host.
+
+    Another live run holding it: a one-line `UserError` naming the directory and its pid/host (the second run refuses;
+    it never waits). A lock left by a run that died (the flock is gone with its process; on this host, its pid is not
+    alive) is taken over with one warning line. Released by `release_run_dir` or at exit. Only global rank 0 locks.
+    """
+    out = Path(out).absolute()
+    if out in _HELD or not _rank_zero_env():
+        return
+    path = out / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    host, me = socket.gethostname(), os.getpid()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locked = True
+    except BlockingIOError:
+        locked = False
+    except OSError:  # a file system without flock: the recorded pid decides below
+        locked = None
+    prev = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+    pid, owner_host = _owner(prev) if prev else (None, host)
+    running = locked is False or (pid is not None and pid != me and owner_host == host and _alive(pid))
+    if running or (prev and owner_host != host):  # another machine: whether it still runs cannot be told
+        os.close(fd)
+        raise UserError(
+            f"logger.run_name: {out} is in use by another run (pid {pid} on {owner_host}); wait for it to end or "
+            f"choose another logger.run_name (if that run is gone, delete {path})"
+        )
+    if prev and pid != me:
+        print(f"warning: {out}: taking over the lock of an earlier run that has ended (pid {pid} on {owner_host})")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": me, "host": host}).encode() + b"\n", 0)
+    os.fsync(fd)
+    _HELD[out] = fd
+
+
+def release_run_dir(out: Path) -> None:
+    """Give up the lock of `out` (if this process holds it): the file stays, empty and unlocked."""
+    fd = _HELD.pop(Path(out).absolute(), None)
+    if fd is not None:
+        try:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
+        os.close(fd)
+
+
+@atexit.register
+def _release_all() -> None:
+    for out in list(_HELD):
+        release_run_dir(out)
+
+
+def check_precision(tcfg: TrainerConfig) -> None:
+    """`16-mixed` needs CUDA; with accelerator auto this is only known here (the config checks `cpu`)."""
+    if tcfg.precision != "16-mixed" or tcfg.accelerator not in ("auto", "gpu", "cuda") or torch.cuda.is_available():
+        return
+    if tcfg.accelerator == "auto" and torch.backends.mps.is_available():
+        return
+    raise UserError(
+        f"trainer.precision: '16-mixed' needs a CUDA GPU and this machine has none (trainer.accelerator "
+        f"{tcfg.accelerator}); use bf16-mixed or 32"
+    )
+
+
+def prepare_run(cfg, stage: str) -> Path:
+    """Before any heavy work: settings only the machine can check, a writable run directory, and its lock."""
+    check_precision(cfg.trainer)
+    out = run_dir(cfg.logger, stage)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise UserError(f"logger.output_dir: cannot write the run directory {out} ({err.strerror or err})") from None
+    claim_run_dir(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Callbacks: non-finite losses, Ctrl-C at a step boundary, periodic last.ckpt, what an exact resume needs
+
+
+class NonFiniteLoss(UserError):
+    """The training loss went NaN or infinite."""
+
+
+class NonFiniteGuard(Callback):
+    """Stops at the first non-finite training loss with one line: the step, the losses that went bad, the lr."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        logged = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/") and "hit_rate" not in k}
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            logged.setdefault("train/loss", loss.detach())
+        bad = {k: float(v) for k, v in logged.items() if isinstance(v, torch.Tensor) and not torch.isfinite(v).all()}
+        if not bad:
+            return
+        parts = sorted(bad, key=lambda k: k == "train/loss")  # the adaptors first, the total last
+        raise NonFiniteLoss(
+            f"training loss is not finite at step {trainer.global_step} (epoch {trainer.current_epoch}, batch "
+            f"{batch_idx}): {', '.join(f'{k} = {bad[k]}' for k in parts)}; lr {self.lr:.3g}; nothing exported "
+            "(lower optim.lr, or set trainer.gradient_clip_val)"
+        )
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """last.ckpt every `every_n_train_steps` steps, at the end of training, and on a crash or Ctrl-C. Never after a
+    non-finite loss (that step already changed the weights: last.ckpt keeps the previous save), and never at an
+    epoch's last batch (the validation right after it saves; a checkpoint between the two would skip it on resume)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """The final state too: `best` writes last.ckpt only when the validation metric improved."""
+        super().on_train_end(trainer, pl_module)
+        if not trainer.fast_dev_run and self._last_global_step_saved != trainer.global_step:
+            self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, NonFiniteLoss):
+            super().on_exception(trainer, pl_module, exception)
+
+
+class DeferredInterrupt(Callback):
+    """Ctrl-C (SIGINT) during training stops at the end of the current optimiser step, not inside it, so the saved
+    last.ckpt is a consistent point an exact resume can continue from. A second Ctrl-C stops at once. Only in a single
+    process (under DDP every rank must stop at the same step) and in the main thread."""
+
+    def __init__(self):
+        self.pending = False
+        self.previous = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit" or trainer.world_size != 1 or threading.current_thread() is not threading.main_thread():
+            return
+        self.pending = False
+        self.previous = signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+        print("\ninterrupt: stopping after this training step (Ctrl-C again to stop at once)")
+
+    def _restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        if self.pending and stepped and not progress.is_last_batch:
+            self._restore()
+            raise KeyboardInterrupt
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        pending = self.pending and self.previous is not None
+        self._restore()
+        if pending:
+            raise KeyboardInterrupt
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._restore()
+
+
+STATE_KEY = "bert_distill"  # our part of a checkpoint
+
+
+def rng_states() -> dict:
+    """Python, numpy, torch (and CUDA) RNG states, in types `torch.load(weights_only=True)` reads."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_states(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def architecture(module: torch.nn.Module) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def train_fingerprint(dm) -> dict | None:
+    from data.datamodule import split_fingerprint
+
+    datasets = getattr(dm, "datasets", None) or {}
+    return split_fingerprint(datasets["train"]) if "train" in datasets else None
+
+
+def _settings(trainer, module) -> dict:
+    optim = getattr(module, "optim", None)
+    return {
+        "optim.lr": getattr(optim, "lr", None),
+        "trainer.max_epochs": trainer.max_epochs,
+        "trainer.max_steps": trainer.max_steps,
+    }
+
+
+class ResumeState(Callback):
+    """What Lightning's checkpoint lacks for an exact resume, under `checkpoint["bert_distill"]`: the RNG states, the
+    position in the training data (epoch, batches done), fingerprints of the model architecture and of the training
+    data, and the lr and epoch/step limits. On resume the data module's sampler starts at that position and the RNG
+    states are restored when training starts (after the loaders are built); a changed `optim.lr` is applied to the
+    restored schedule."""
+
+    def __init__(self):
+        self.loaded: dict | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        fit = trainer.fit_loop
+        in_epoch = fit.epoch_progress.current.started > fit.epoch_progress.current.processed
+        arch = json.dumps(sorted(architecture(pl_module).items()))
+        checkpoint[STATE_KEY] = {
+            "rng": rng_states(),
+            "epoch": fit.epoch_progress.current.processed,
+            "batches_done": fit.epoch_loop.batch_progress.current.processed if in_epoch else 0,
+            "architecture": hashlib.sha256(arch.encode()).hexdigest()[:16],
+            "data": train_fingerprint(trainer.datamodule),
+            "settings": _settings(trainer, pl_module),
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self.loaded = checkpoint.get(STATE_KEY)
+        if self.loaded is not None and trainer.datamodule is not None:
+            trainer.datamodule.train_start = (self.loaded["epoch"], self.loaded["batches_done"])
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.loaded is None:
+            return
+        state, self.loaded = self.loaded, None
+        lr, old_lr = _settings(trainer, pl_module)["optim.lr"], state["settings"].get("optim.lr")
+        if lr is not None and old_lr is not None and lr != old_lr:
+            for config in trainer.lr_scheduler_configs:
+                sched = config.scheduler
+                if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+                    sched.base_lrs = [lr * base / old_lr for base in sched.base_lrs]
+                    for group, base, factor in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                        group["initial_lr"], group["lr"] = base, base * factor(sched.last_epoch)
+                    sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+        set_rng_states(state["rng"])  # last: nothing between here and the next training step draws from them
+
+
+def check_resume(ckpt: str | None, module: torch.nn.Module, dm, cfg) -> None:
+    """Before `fit` resumes from `ckpt`: a readable checkpoint, of the same architecture and training data (one line
+    naming what changed); a changed lr or epoch/step limit is allowed and said in one line."""
+    if ckpt is None:
+        return
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+            raise ValueError("no state_dict in it")
+    except Exception as err:  # any failure to read it is the same one-line answer
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise UserError(
+            f"trainer.resume: {ckpt} is not a readable checkpoint ({type(err).__name__}: {first})"
+        ) from None
+    have, want = architecture_of(state["state_dict"]), architecture(module)
+    if have != want:
+        missing, new = sorted(set(have) - set(want)), sorted(set(want) - set(have))
+        resized = sorted(k for k in set(have) & set(want) if have[k] != want[k])
+        what = [f"{len(missing)} tensors gone (e.g. {missing[0]})"] if missing else []
+        what += [f"{len(new)} new tensors (e.g. {new[0]})"] if new else []
+        what += (
+            [f"{len(resized)} resized (e.g. {resized[0]} {have[resized[0]]} -> {want[resized[0]]})"] if resized else []
+        )
+        raise UserError(
+            f"trainer.resume: the model architecture differs from the checkpoint's ({'; '.join(what)}); resume with "
+            "the same model settings, or start a new run"
+        )
+    ours = state.get(STATE_KEY) or {}
+    data, now = ours.get("data"), train_fingerprint(dm)
+    if data and now and data != now:
+        raise UserError(
+            f"trainer.resume: the training data differ from the checkpoint's ({data['examples']} examples, content "
+            f"{data['sha256']} then; {now['examples']}, {now['sha256']} now); resume with the same data settings"
+        )
+    now_settings = {
+        "optim.lr": getattr(getattr(module, "optim", None), "lr", None),
+        "trainer.max_epochs": cfg.trainer.max_epochs,
+        "trainer.max_steps": cfg.trainer.max_steps,
+    }
+    before = ours.get("settings") or {}
+    changed = [f"{k} {before[k]} -> {v}" for k, v in now_settings.items() if k in before and before[k] != v]
+    if changed:
+        print(f"trainer.resume: changed since the checkpoint: {', '.join(changed)} (applied from here on)")
+
+
+def architecture_of(state_dict: dict) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in state_dict.items()}
+
+
 def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple[pl.Trainer, Path, str | None]:
     """The Trainer of a stage, its run directory, and the checkpoint to resume from (or None).
 
-    `cfg` has `trainer` and `logger` sections. The resolved config is written to `<run dir>/config.yaml`.
+    `cfg` has `trainer` and `logger` sections. The run directory is locked for this process (`claim_run_dir`); the
+    resolved config is written to `<run dir>/config.yaml`.
     """
     tcfg: TrainerConfig = cfg.trainer
-    out = run_dir(cfg.logger, stage)
+    out = prepare_run(cfg, stage)
     ckpt_dir = out / "checkpoints"
     resume = resolve_resume(tcfg.resume, ckpt_dir)
-    out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     pl.seed_everything(tcfg.seed, workers=True, verbose=False)
     best = ModelCheckpoint(
@@ -144,16 +502,32 @@ def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple
         save_top_k=1,
         enable_version_counter=False,
     )
-    # On a crash or Ctrl-C, the weights so far go to last.ckpt (never to best.ckpt, which holds validated weights).
-    on_crash = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="last", every_n_epochs=0, save_on_exception=True, enable_version_counter=False
+    # last.ckpt every `checkpoint_every_n_steps` steps, and on a crash or Ctrl-C (never over best.ckpt, which holds
+    # validated weights); both best's and this one write the same last.ckpt.
+    periodic = RunCheckpoint(
+        dirpath=ckpt_dir,
+        filename="last",
+        every_n_epochs=0,
+        every_n_train_steps=tcfg.checkpoint_every_n_steps or 0,
+        save_on_exception=True,
+        enable_version_counter=False,
     )
-    callbacks = [best, on_crash, LearningRateMonitor(logging_interval="step"), *(extra_callbacks or [])]
+    callbacks = [
+        NonFiniteGuard(),
+        DeferredInterrupt(),
+        ResumeState(),
+        best,
+        periodic,
+        LearningRateMonitor(logging_interval="step"),
+        *(extra_callbacks or []),
+    ]
     interactive = sys.stderr.isatty()
     if not interactive:  # a log file or a pipe: plain lines instead of the bar
         callbacks.append(ProgressLines())
     if tcfg.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=tcfg.monitor, mode="max", patience=tcfg.early_stopping_patience))
+    # The training sampler resumes mid-epoch itself (ResumeState), which Lightning cannot see.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     trainer = pl.Trainer(
         max_epochs=tcfg.max_epochs,
         max_steps=tcfg.max_steps,

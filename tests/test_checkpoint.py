@@ -44,12 +44,54 @@ def test_export_reloads_with_plain_transformers_and_predicts_the_same(tmp_path, 
     assert id2label == {"0": "rotten", "1": "fresh"}
 
 
-def test_export_replaces_an_existing_directory(tmp_path, tiny_model_dir):
+def test_export_replaces_an_earlier_export_but_never_foreign_files(tmp_path, tiny_model_dir):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "stale.txt").write_text("old")
-    export_hf(model, None, tmp_path / "model")
-    assert not (tmp_path / "model" / "stale.txt").exists() and (tmp_path / "model" / "config.json").is_file()
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "model-00002-of-00002.safetensors").write_text("old shard")  # what an earlier export wrote: replaced
+    (out / "config.json").write_text("{}")
+    export_hf(model, None, out)
+    assert not (out / "model-00002-of-00002.safetensors").exists() and (out / "model.safetensors").is_file()
+    (out / "notes.txt").write_text("mine")  # not ours: the export refuses and deletes nothing
+    with pytest.raises(
+        UserError, match=r"export: .*model holds files this project does not write \(notes.txt\)"
+    ) as err:
+        export_hf(model, None, out)
+    assert "\n" not in str(err.value) and (out / "notes.txt").read_text() == "mine"
+    assert (out / "model.safetensors").is_file()
+
+
+def test_export_cleans_its_own_stale_temp_dirs_only_and_uses_ordinary_modes(tmp_path, tiny_model_dir):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    killed = [tmp_path / ".model.ab12_xyz", tmp_path / ".model.old"]  # what a killed export leaves
+    others = [tmp_path / ".model.keep", tmp_path / ".other.ab12_xyz", tmp_path / ".model.ab12_xyz9"]
+    for d in killed + others:
+        d.mkdir()
+        (d / "f").write_text("x")
+    out = export_hf(model, None, tmp_path / "model")
+    assert not any(d.exists() for d in killed) and all(d.exists() for d in others)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert all(f.stat().st_mode & 0o777 == 0o644 for f in out.iterdir())
+
+
+def test_non_finite_weights_are_never_exported(tmp_path, tiny_model_dir):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = float("nan")
+    with pytest.raises(UserError, match="export: 1 weight tensors are not finite .*classifier.weight.*nothing written"):
+        export_hf(model, None, tmp_path / "model")
+    assert not list(tmp_path.iterdir())
+
+
+def test_generic_head_of_another_size(tmp_path, tiny_model_dir, capsys):
+    """A LABEL_0/LABEL_1 head on 3-label data: a teacher is refused in one line naming both counts; a model to
+    fine-tune gets a new head (one line says so)."""
+    with pytest.raises(UserError, match="teacher.name: .* has a 2-label head .* but the data has 3 labels") as err:
+        load_classifier(tiny_model_dir, ["a", "b", "c"], role="teacher", trained_head=True)
+    assert "\n" not in str(err.value)
+    model = load_classifier(tiny_model_dir, ["a", "b", "c"])
+    assert model.classifier.out_features == 3 and model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    assert "a new 3-label head is initialised" in capsys.readouterr().out
 
 
 def test_classifier_trained_on_other_labels_is_refused(tmp_path, tiny_model_dir):
