@@ -43,6 +43,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
 
 def run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
     """Distil `cfg.teacher` into the student; export it to `<run dir>/student` and write the report."""
+    if isinstance(cfg.teacher, list) or cfg.students is not None:  # several teachers or students: helper/multi.py
+        from helper.multi import run_multi
+
+        return run_multi(cfg, stage)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # a random-init student and projections too
     tok_t = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
     name_s = cfg.student.tokenizer or (cfg.student.name if has_tokenizer(cfg.student.name) else None)
