@@ -302,6 +302,8 @@ class MultiDistiller(pl.LightningModule):
 
     def target(self, feats_t: list[Features | None], adaptor: Adaptor, teacher: int | None, memo: dict) -> Features:
         """What `adaptor` compares the student with: one teacher's features, or the teachers' weighted mean."""
+        if not adaptor.request()[0]:  # reads nothing of a teacher (HardCE on gold labels)
+            return Features(attention_mask=torch.ones(1, 1))
         if teacher is not None:
             return feats_t[teacher]
         kind = _ensemble_kind(adaptor)

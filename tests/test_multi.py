@@ -98,6 +98,17 @@ def test_two_teachers_give_the_weighted_mean_targets(clf_csv, tokenizer):
     torch.testing.assert_close(kl(target_kl, feats_s, batch["labels"]), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_students_on_gold_labels_alone_need_no_teacher_pass(clf_csv, tokenizer):
+    dm = ClfDataModule(data_cfg(clf_csv), tokenizer)
+    t1, t2 = teacher(1), teacher(2)
+    module = MultiDistiller([t1, t2], [Student("a", cut(t1, [0]), ["HardCE"]), Student("b", cut(t1, [1]), ["HardCE"])])
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert module.teacher_features(batch) == [None, None]
+    with pytest.warns(UserWarning):  # self.log outside a Trainer
+        assert module.training_step(batch, 0).requires_grad
+
+
 def test_three_students_share_one_embedding_tensor(clf_csv, tokenizer, tmp_path):
     dm = ClfDataModule(data_cfg(clf_csv), tokenizer)
     t = teacher(0)
