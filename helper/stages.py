@@ -31,6 +31,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune `cfg.model` on `cfg.data`; export it to `<run dir>/model`."""
     if cfg.data.transfer:
         raise UserError("data.transfer: only the distillation stages read a transfer set (its rows have no gold label)")
+    one_model_monitor(cfg)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # the new classifier head too
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
     dm = ClfDataModule(cfg.data, tokenizer)
@@ -47,6 +48,7 @@ def run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
         from helper.multi import run_multi
 
         return run_multi(cfg, stage)
+    one_model_monitor(cfg)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # a random-init student and projections too
     tok_t = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
     name_s = cfg.student.tokenizer or (cfg.student.name if has_tokenizer(cfg.student.name) else None)
@@ -76,6 +78,14 @@ def run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
             n_latency=cfg.distill.report_batches,
         )
     return metrics
+
+
+def one_model_monitor(cfg) -> None:
+    """`trainer.monitor` of a one-model run: val/<key>/... names one of several students."""
+    if cfg.trainer.monitor not in ("val/acc", "val/f1"):
+        raise UserError(
+            f"trainer.monitor: {cfg.trainer.monitor!r} names one of several students; use val/acc or val/f1"
+        )
 
 
 def fit_and_export(

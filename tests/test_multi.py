@@ -277,3 +277,23 @@ def test_a_missing_text_column(tmp_path, clf_csv, tiny_model_dir):
     ) as err:
         distillation_ms.main(cfg)
     one_line(err)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"trainer.monitor": "val/one/acc"}, "'val/one/acc' names one of several students; use val/acc or val/f1"),
+        (
+            {"trainer.monitor": "val/three/f1", "students": "[{key: one}, {key: two}]"},
+            r"'val/three/f1' names no student \(keys: one, two; or mean\)",
+        ),
+        ({"students": "[{key: one}, {key: one}]"}, "key 'one' is used twice"),
+    ],
+)
+def test_a_monitor_or_key_that_names_no_student(extra, message, tmp_path, clf_csv, tiny_model_dir):
+    cfg = load_config(
+        DistillationRunConfig, None, run_overrides(tmp_path, clf_csv, **{"teacher.name": tiny_model_dir, **extra})
+    )
+    with pytest.raises(UserError, match=message) as err:
+        distillation_ms.main(cfg)
+    one_line(err)
