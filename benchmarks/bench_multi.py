@@ -29,11 +29,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_e2e import OPTIM, ROOT, THREADS_HELP, TimedFit, rounded, teacher_source  # noqa: E402
-from benchmarks.common import SST2, loadavg, save_result  # noqa: E402
+from benchmarks.common import SST2, loadavg, quiet, save_result  # noqa: E402
 from bert.families import model_inputs  # noqa: E402
 from bert.loading import load_tokenizer  # noqa: E402
 from data.multi import MultiDataModule  # noqa: E402
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    transformers.logging.set_verbosity_error()
+    quiet()
     path, note = teacher_source()
     tokenizer = load_tokenizer(path)
     load_before = loadavg()
