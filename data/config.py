@@ -231,6 +231,13 @@ class DataConfig(Section):
         "seed": SEED,
         "cache_dir": TEXT_OR_NONE,
         "transfer": TEXT_OR_NONE,
+        "text_files": Check(
+            lambda v: (
+                v is None
+                or all(_text_ok(c) and v[c] and all(k in SPLITS and _text_ok(p) for k, p in v[c].items()) for c in v)
+            ),
+            "None or a mapping from a column name to a mapping from train/validation/test to text files",
+        ),
     }
 
     # "rotten_tomatoes" (embedded demo), "hf" (datasets.load_dataset), "csv"/"tsv"/"json"/"jsonl",
@@ -272,6 +279,9 @@ class DataConfig(Section):
     # Distillation only: a parquet file written by transfer_set.py. Its rows (except `original`, which repeat the
     # training set) join the TRAIN split, each with the teacher's stored logits; rows with no gold label get label -1.
     transfer: str | None = None  # transfer set (transfer_set.py's parquet) appended to the train split
+    # parallel: more text files, line-aligned with train/validation/test, each under a column name that a model reads
+    # through its `text_column` (several teachers and students), e.g. {de: {train: train.de, validation: dev.de}}
+    text_files: dict[str, dict[str, str]] | None = None  # parallel: column -> split -> text file (other languages)
 
 
 SPLITS = ("train", "validation", "test")

@@ -127,7 +127,8 @@ class TrainerConfig(Section):
     accumulate_grad_batches: int = 1  # batches per optimiser step
     gradient_clip_val: float | None = None  # clip the gradient norm to this; None: no clipping
     deterministic: bool = False  # torch deterministic algorithms (slower)
-    monitor: Literal["val/acc", "val/f1"] = "val/acc"  # metric that picks the best checkpoint (and early stopping)
+    # val/acc or val/f1; with several students val/<key>/acc, val/<key>/f1, val/mean/acc or val/mean/f1
+    monitor: str = "val/acc"  # metric that picks the best checkpoint (and early stopping)
     early_stopping_patience: int | None = None  # validations without improvement; None disables
     val_check_interval: int | float = 1.0  # validate every this fraction of an epoch (float) or number of batches (int)
     limit_train_batches: int | float = 1.0  # fraction (float) or number (int) of training batches per epoch
@@ -142,6 +143,22 @@ class TrainerConfig(Section):
             self.fail("max_epochs", "-1 (no epoch limit) needs trainer.max_steps >= 1, else training never ends")
         if self.precision == "16-mixed" and self.accelerator == "cpu":
             self.fail("precision", "'16-mixed' needs a CUDA GPU; on cpu use bf16-mixed (or 32)")
+        if not _monitor_ok(self.monitor):
+            self.fail(
+                "monitor", f"{self.monitor!r} is not one of val/acc, val/f1, val/<student key>/acc|f1, val/mean/acc|f1"
+            )
+
+
+def _monitor_ok(v: Any) -> bool:
+    parts = v.split("/") if isinstance(v, str) else []
+    return parts in (["val", "acc"], ["val", "f1"]) or (
+        len(parts) == 3 and parts[0] == "val" and _key_ok(parts[1]) and parts[2] in ("acc", "f1")
+    )
+
+
+def _key_ok(v: Any) -> bool:
+    """A name usable in metric keys and directory names: letters, digits, `_`, `-`, `.` (not `.` or `..`)."""
+    return isinstance(v, str) and bool(v) and v not in (".", "..") and all(c.isalnum() or c in "_-." for c in v)
 
 
 def _run_name_ok(v: Any) -> bool:
@@ -235,6 +252,50 @@ class StudentConfig(Section):
     dropout: float | None = None  # overrides hidden and attention dropout when set
 
 
+@dataclass
+class TeacherConfig(ModelConfig):
+    """One of several teachers (`teacher:` as a list): its prediction-stage targets are weighted by `weight`."""
+
+    SECTION = "teacher[]"
+    RULES = {**ModelConfig.RULES, "weight": NON_NEGATIVE, "text_column": TEXT_OR_NONE}
+
+    weight: float = 1.0  # weight in the teachers' mean (prediction-stage adaptors); the weights must sum to > 0
+    text_column: str | None = None  # the data column this teacher reads; default data.text_column
+
+
+@dataclass
+class StudentSpec(StudentConfig):
+    """One of several students trained in one run (`students:`): a student spec plus its key, losses and input."""
+
+    SECTION = "students[]"
+    RULES = {
+        **StudentConfig.RULES,
+        "key": Check(_key_ok, "a name of letters, digits, _ - ."),
+        "text_column": TEXT_OR_NONE,
+    }
+
+    key: str = "student"  # its name: metrics val/<key>/acc, export <run dir>/students/<key>
+    adaptors: list[Any] | None = None  # its losses, as distill.adaptors (default); `teacher: i` picks one teacher
+    text_column: str | None = None  # the data column this student reads; default data.text_column
+
+    def check(self) -> None:
+        for i, spec in enumerate(self.adaptors or []):
+            problem = _adaptor_problem(i, spec)
+            if problem:
+                self.fail(*problem)
+
+
+@dataclass
+class ShareConfig(Section):
+    """Modules several students share (`students:`): tied by reference to the first student's, trained once."""
+
+    SECTION = "share"
+    RULES = {"layers": Check(lambda v: v == [] or _layers_ok(v), "a list of distinct layer indices >= 0")}
+
+    embeddings: bool = False  # all students use the first student's embedding module
+    layers: list[int] = field(default_factory=list)  # encoder layers (0-based) all students take from the first
+
+
 def _adaptor_problem(i: int, spec: Any) -> tuple[str, str] | None:
     """(key, problem) for a malformed `distill.adaptors` entry; names and settings are checked when built."""
     if isinstance(spec, str) and TEXT.ok(spec):
@@ -274,8 +335,11 @@ class DistillConfig(Section):
 
 @dataclass
 class DistillationRunConfig:
-    teacher: ModelConfig = field(default_factory=lambda: ModelConfig(name="runs/finetune/model"))  # finetune.py's
+    # One mapping, or a list of mappings (several teachers, each with a weight: see TeacherConfig).
+    teacher: ModelConfig | list[TeacherConfig] = field(default_factory=lambda: ModelConfig(name="runs/finetune/model"))
     student: StudentConfig = field(default_factory=lambda: StudentConfig(init_from_teacher=InitFromConfig()))
+    students: list[StudentSpec] | None = None  # several students trained together (instead of `student`)
+    share: ShareConfig = field(default_factory=ShareConfig)  # modules the students share
     distill: DistillConfig = field(default_factory=DistillConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
@@ -412,7 +476,8 @@ def _coerce(tp: Any, value: Any, key: str, source: str, base: Any = None) -> Any
         if value is None and type(None) in args:
             return None
         errors = []
-        for arg in args:
+        # the alternative of the value's own shape first, so that its error is the one reported
+        for arg in sorted(args, key=lambda a: (typing.get_origin(a) is list) != isinstance(value, list)):
             if arg is type(None):
                 continue
             try:

@@ -39,6 +39,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune `cfg.model` on `cfg.data`; export it to `<run dir>/model`."""
     if cfg.data.transfer:
         raise UserError("data.transfer: only the distillation stages read a transfer set (its rows have no gold label)")
+    one_model_monitor(cfg)
     out = prepare_run(cfg, "finetune")  # before heavy work: writable run directory, its lock
     try:
         return _run_finetune(cfg)
@@ -60,8 +61,15 @@ def _run_finetune(cfg: FinetuneConfig) -> dict:
 
 def run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
     """Distil `cfg.teacher` into the student; export it to `<run dir>/student` and write the report."""
+    several = isinstance(cfg.teacher, list) or cfg.students is not None
+    if not several:
+        one_model_monitor(cfg)
     out = prepare_run(cfg, stage)  # before heavy work: writable run directory, its lock
     try:
+        if several:  # several teachers or students: helper/multi.py
+            from helper.multi import run_multi
+
+            return run_multi(cfg, stage)
         return _run_distillation(cfg, stage)
     finally:
         release_run_dir(out)
@@ -99,6 +107,14 @@ def _run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
             n_latency=cfg.distill.report_batches,
         )
     return metrics
+
+
+def one_model_monitor(cfg) -> None:
+    """`trainer.monitor` of a one-model run: val/<key>/... names one of several students."""
+    if cfg.trainer.monitor not in ("val/acc", "val/f1"):
+        raise UserError(
+            f"trainer.monitor: {cfg.trainer.monitor!r} names one of several students; use val/acc or val/f1"
+        )
 
 
 def fit_and_export(
