@@ -130,3 +130,32 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def roberta_student_dir(tmp_path_factory) -> str:
+    """A tiny random RoBERTa classifier with its own byte-level BPE tokenizer (trained here on the clf_csv words):
+    a student whose tokens differ from the teacher's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import RobertaConfig, RobertaForSequenceClassification, RobertaTokenizerFast
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    bpe.decoder = decoders.ByteLevel()
+    texts = [f"{t} {i}" for i in range(40) for t in POSITIVE + NEGATIVE]
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False))
+    bpe.post_processor = processors.RobertaProcessing(
+        ("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>"))
+    )
+    tokenizer = RobertaTokenizerFast(tokenizer_object=bpe, **dict(zip(
+        ("bos_token", "pad_token", "eos_token", "unk_token", "mask_token"), specials)))  # fmt: skip
+    config = RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=66, pad_token_id=tokenizer.pad_token_id, num_labels=2,
+    )  # fmt: skip
+    out = tmp_path_factory.mktemp("roberta_student")
+    torch.manual_seed(0)
+    RobertaForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)

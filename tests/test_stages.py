@@ -294,3 +294,25 @@ def test_layer_adaptor_with_a_bilstm_student_is_one_line(tmp_path, clf_csv, tiny
     with pytest.raises(UserError, match=r"AttnMiniLM.*the student has no encoder layers.*LogitMSE") as err:
         run("ms", tmp_path, clf_csv, tiny_model_dir, **extra)
     assert "\n" not in str(err.value)
+
+
+def test_roberta_student_with_its_own_bpe_tokenizer(tmp_path, clf_csv, tiny_model_dir, roberta_student_dir):
+    seen = []
+
+    class Spy(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(batch)
+
+    run_args = (tmp_path, clf_csv, tiny_model_dir)
+    with pytest.raises(UserError, match="AttnMiniLM compare tokens, but teacher and student tokenize differently"):
+        run("ms", *run_args, **{"student.name": roberta_student_dir, "distill.adaptors": "[AttnMiniLM, LogitKL]"})
+    at_build_trainer(pytest.MonkeyPatch(), callbacks=[Spy()])
+    metrics = run("ms", *run_args, **{"student.name": roberta_student_dir, "distill.adaptors": "[LogitKL, HardCE]"})
+    assert "val/acc" in metrics
+    vocab = AutoTokenizer.from_pretrained(roberta_student_dir).get_vocab()
+    student_ids = seen[0]["student"]["input_ids"]
+    assert student_ids.max() < len(vocab) and not torch.equal(
+        student_ids, seen[0]["input_ids"][:, : student_ids.shape[1]]
+    )
+    exported = AutoTokenizer.from_pretrained(tmp_path / "distill_ms" / "student")
+    assert exported.get_vocab() == vocab  # the student is exported with its own tokenizer
