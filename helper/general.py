@@ -21,7 +21,7 @@ from transformers import AutoModel, AutoModelForMaskedLM
 from bert.errors import UserError
 from bert.families import check_features, family_of, get_family, model_inputs
 from bert.features import Features, ModelDims, merge_requests
-from bert.loading import load_named, load_tokenizer, resolve_model_path
+from bert.loading import load_model_config, load_named, load_tokenizer, resolve_model_path
 from bert.recorder import FeatureRecorder
 from helper.adaptors import ADAPTORS, build_adaptors
 from helper.config import OptimConfig, StudentConfig
@@ -55,8 +55,6 @@ def check_adaptor_names(specs: list) -> None:
 
 def load_encoder(name: str, attn_implementation: str = "sdpa", role: str = "teacher") -> nn.Module:
     """The bare encoder (`AutoModel`) of `name`: a pretrained encoder or a classifier's directory (its head dropped)."""
-    from bert.loading import load_model_config
-
     config = load_model_config(name)
     impl = family_of(config).attn_implementation(attn_implementation)
     model = load_named(role, AutoModel.from_pretrained, name, attn_implementation=impl)
@@ -79,8 +77,6 @@ def build_encoder_student(cfg: StudentConfig, teacher: nn.Module, teacher_name: 
         raise UserError("student.bilstm: general distillation trains an encoder; use name, config or init_from_teacher")
     cls = AutoModelForMaskedLM if mlm else AutoModel
     if cfg.name is not None:
-        from bert.loading import load_model_config
-
         config = _student_config(load_model_config(cfg.name), cfg)
         return load_named("student", cls.from_pretrained, cfg.name, config=config)
     if cfg.config is not None:
