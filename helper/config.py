@@ -583,7 +583,8 @@ def describe_config(cfg: Any) -> str:
     lines: list[str] = []
 
     def walk(obj: Any, cls: type, prefix: str) -> None:
-        hints, comments, rules = typing.get_type_hints(cls), field_comments(cls), getattr(cls, "RULES", {})
+        hints, rules = typing.get_type_hints(cls), getattr(cls, "RULES", {})
+        comments = {k: v for base in reversed(cls.__mro__) for k, v in field_comments(base).items()}  # subclasses too
         nested = []
         for f in dataclasses.fields(cls):
             value = getattr(obj, f.name) if obj is not None else _default(f)

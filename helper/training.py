@@ -497,7 +497,7 @@ def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple
         dirpath=ckpt_dir,
         filename="best",
         monitor=tcfg.monitor,
-        mode="max",
+        mode=monitor_mode(tcfg.monitor),
         save_last=True,
         save_top_k=1,
         enable_version_counter=False,
@@ -525,7 +525,9 @@ def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple
     if not interactive:  # a log file or a pipe: plain lines instead of the bar
         callbacks.append(ProgressLines())
     if tcfg.early_stopping_patience is not None:
-        callbacks.append(EarlyStopping(monitor=tcfg.monitor, mode="max", patience=tcfg.early_stopping_patience))
+        callbacks.append(
+            EarlyStopping(monitor=tcfg.monitor, mode=monitor_mode(tcfg.monitor), patience=tcfg.early_stopping_patience)
+        )
     # The training sampler resumes mid-epoch itself (ResumeState), which Lightning cannot see.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     trainer = pl.Trainer(
@@ -551,6 +553,11 @@ def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple
         num_sanity_val_steps=0,
     )
     return trainer, out, resume
+
+
+def monitor_mode(monitor: str) -> str:
+    """A loss is minimised, a metric (accuracy, F1) maximised."""
+    return "min" if monitor.endswith("loss") else "max"
 
 
 def resolve_resume(resume: str | None, ckpt_dir: Path) -> str | None:
