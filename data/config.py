@@ -98,6 +98,17 @@ class Num(Rule):
         return " or ".join([*(["None"] if self.none else []), *map(_num, self.also), what])
 
 
+def _name_ok(v: Any) -> bool:
+    """A name usable in metric keys: letters, digits, `_`, `-`, `.`."""
+    return isinstance(v, str) and bool(v) and v not in (".", "..") and all(c.isalnum() or c in "_-." for c in v)
+
+
+def _sets_ok(v: Any) -> bool:
+    if v is None or isinstance(v, str):
+        return v is None or _text_ok(v)
+    return isinstance(v, dict) and bool(v) and all(_name_ok(k) and _text_ok(p) for k, p in v.items())
+
+
 def _text_ok(v: Any) -> bool:
     return isinstance(v, str) and v.strip() != "" and not any(c in v for c in "\n\r\0")
 
@@ -209,9 +220,12 @@ class DataConfig(Section):
             lambda v: v is None or (bool(v) and all(k in SPLITS and _text_ok(s) for k, s in v.items())),
             "None or a mapping from train/validation/test to the dataset's split names",
         ),
+        **dict.fromkeys(["train", "test", "train_labels", "test_labels", "label_names_file"], TEXT_OR_NONE),
         **dict.fromkeys(
-            ["train", "validation", "test", "train_labels", "validation_labels", "test_labels", "label_names_file"],
-            TEXT_OR_NONE,
+            ["validation", "validation_labels"],
+            Check(
+                _sets_ok, "None, a file, or a mapping from a set name (letters, digits, _ - .) to a file (or hf split)"
+            ),
         ),
         "encoding": Check(_encoding_ok, "a text encoding Python knows (utf-8, latin-1, ...)"),
         "label_names": Check(
@@ -252,11 +266,13 @@ class DataConfig(Section):
     hf_splits: dict[str, str] | None = None  # hf: our split -> the dataset's split; default: same names
     # Per-split file (csv/tsv/json/jsonl/label_text) or text file (parallel); "test" is optional.
     train: str | None = None  # training file (text file for parallel)
-    validation: str | None = None  # validation file
+    # Several validation sets: a mapping name -> file (hf: name -> split; parallel: validation_labels the same keys).
+    # Each is logged as val/<name>/<metric>; the first is also val/<metric>.
+    validation: str | dict[str, str] | None = None  # validation file, or several as {name: file}
     test: str | None = None  # test file (optional)
     # parallel: label file per split
     train_labels: str | None = None  # parallel: label file of train
-    validation_labels: str | None = None  # parallel: label file of validation
+    validation_labels: str | dict[str, str] | None = None  # parallel: label file of validation ({name: file})
     test_labels: str | None = None  # parallel: label file of test
     encoding: str = "utf-8"  # of local files (../shared/data/trec needs latin-1)
     # id -> name. Default: the source's names (hf ClassLabel, embedded demo), else the sorted labels seen in train.
@@ -282,6 +298,24 @@ class DataConfig(Section):
     # parallel: more text files, line-aligned with train/validation/test, each under a column name that a model reads
     # through its `text_column` (several teachers and students), e.g. {de: {train: train.de, validation: dev.de}}
     text_files: dict[str, dict[str, str]] | None = None  # parallel: column -> split -> text file (other languages)
+
+    def validation_sets(self) -> dict[str, DataConfig]:
+        """{set name: this config reading that set as its validation split}; {} for one validation set."""
+        if not isinstance(self.validation, dict):
+            return {}
+        labels = self.validation_labels
+        if labels is not None and (not isinstance(labels, dict) or set(labels) != set(self.validation)):
+            self.fail("validation_labels", f"{labels!r} must map the same names as data.validation")
+        out = {}
+        for name, where in self.validation.items():
+            splits = {**(self.hf_splits or {"train": "train"}), "validation": where}
+            out[name] = dataclasses.replace(
+                self,
+                validation=where,
+                validation_labels=labels[name] if labels else None,
+                hf_splits=splits if self.source == "hf" else self.hf_splits,
+            )
+        return out
 
 
 SPLITS = ("train", "validation", "test")

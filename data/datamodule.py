@@ -308,7 +308,8 @@ class ClfDataModule(L.LightningDataModule):
         if self.datasets:
             return
         cfg = self.cfg
-        raw = load_data(cfg, self.dataset)
+        sets = cfg.validation_sets()  # several named validation sets: the first is read with train and test
+        raw = load_data(next(iter(sets.values())) if sets else cfg, self.dataset)
         splits = raw.splits
         if cfg.val_from_train is not None:
             if "validation" in splits:
@@ -331,24 +332,35 @@ class ClfDataModule(L.LightningDataModule):
         self.raw: dict[str, Split] = {}  # the examples of each split as read (after limit_*), before tokenization
         self.transfer_rows = 0  # transfer-set rows appended to train (data.transfer)
         for name in SPLITS:
-            if name not in splits:
-                continue
-            split = splits[name]
-            limit = cfg.limit_train if name == "train" else cfg.limit_eval
-            if limit is not None and limit < len(split):
-                split = split.take(sorted(random.Random(cfg.seed).sample(range(len(split)), limit)))
-            enc = tokenize_cached(split.texts, split.pairs, self.tokenizer, self.tok_id, cfg.max_length, cfg.cache_dir)
-            enc_s = None
-            if self.student_tokenizer is not None:
-                enc_s = tokenize_cached(
-                    split.texts, split.pairs, self.student_tokenizer, self.tok_id_s, cfg.max_length, cfg.cache_dir
-                )
-            self.datasets[name] = TokenizedSplit(enc, split.labels, enc_s)
-            self.raw[name] = split
+            if name in splits:
+                self._add_split(name, splits[name])
+        for name, set_cfg in list(sets.items())[1:]:
+            split = load_data(dataclasses.replace(set_cfg, test=None, test_labels=None), self.dataset)
+            self._add_split(f"validation/{name}", split.splits["validation"])
         if cfg.transfer:
             self._add_transfer(cfg.transfer)
-        self.splits = list(self.datasets)
+        self.splits = [name for name in self.datasets if "/" not in name]
         self.has_test = "test" in self.datasets
+
+    @property
+    def validation_names(self) -> list[str]:
+        """The names of several validation sets (`data.validation` as a mapping), in order; [] for one."""
+        return list(self.cfg.validation) if isinstance(self.cfg.validation, dict) else []
+
+    def _add_split(self, name: str, split: Split) -> None:
+        """Tokenize a split (a seeded subset of `limit_train`/`limit_eval` examples) into `self.datasets[name]`."""
+        cfg = self.cfg
+        limit = cfg.limit_train if name == "train" else cfg.limit_eval
+        if limit is not None and limit < len(split):
+            split = split.take(sorted(random.Random(cfg.seed).sample(range(len(split)), limit)))
+        enc = tokenize_cached(split.texts, split.pairs, self.tokenizer, self.tok_id, cfg.max_length, cfg.cache_dir)
+        enc_s = None
+        if self.student_tokenizer is not None:
+            enc_s = tokenize_cached(
+                split.texts, split.pairs, self.student_tokenizer, self.tok_id_s, cfg.max_length, cfg.cache_dir
+            )
+        self.datasets[name] = TokenizedSplit(enc, split.labels, enc_s)
+        self.raw[name] = split
 
     def _add_transfer(self, path: str) -> None:
         """Append the transfer set's rows (not its `original` rows: those are the training set again) to train."""
@@ -386,8 +398,12 @@ class ClfDataModule(L.LightningDataModule):
             batches = ResumableBatches(sampler, cfg.batch_size, False, start)
         return self._loader(ds, batch_sampler=batches, generator=torch.Generator().manual_seed(cfg.seed))
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["validation"], batch_size=self.cfg.eval_batch_size or self.cfg.batch_size)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation loader; with several validation sets, one loader per set, in `validation_names` order."""
+        size = self.cfg.eval_batch_size or self.cfg.batch_size
+        names = ["validation", *(f"validation/{n}" for n in self.validation_names[1:])]
+        loaders = [self._loader(self.datasets[name], batch_size=size) for name in names]
+        return loaders if len(loaders) > 1 else loaders[0]
 
     def test_dataloader(self) -> DataLoader | list:
         if not self.has_test:

@@ -71,6 +71,18 @@ class OptimConfig(Section):
     warmup_ratio: float = 0.1  # fraction of the optimiser steps spent warming up from 0
 
 
+# `trainer.metrics` names -> the key they are logged under (`val/<key>`); helper/metrics.py builds them.
+METRICS = {
+    "accuracy": "acc",
+    "f1_macro": "f1",
+    "f1_micro": "f1_micro",
+    "precision_macro": "precision",
+    "recall_macro": "recall",
+    "mcc": "mcc",
+    "kappa": "kappa",
+}
+DEFAULT_METRICS = ("accuracy", "f1_macro")
+
 BATCHES = Num(0, 1, lo_open=True) | Num(1, integer=True)  # Lightning: a float is a fraction, an int a count
 BATCHES.text = "a fraction in (0, 1] or a whole number of batches >= 1"
 
@@ -127,8 +139,11 @@ class TrainerConfig(Section):
     accumulate_grad_batches: int = 1  # batches per optimiser step
     gradient_clip_val: float | None = None  # clip the gradient norm to this; None: no clipping
     deterministic: bool = False  # torch deterministic algorithms (slower)
-    # val/acc or val/f1; with several students val/<key>/acc, val/<key>/f1, val/mean/acc or val/mean/f1
+    # val/<metric> (val/acc, val/f1, val/mcc, ...: the first validation set's), val/<set>/<metric> for one of several
+    # validation sets, val/<student key>/<metric> or val/mean/<metric> with several students, or val/loss
     monitor: str = "val/acc"  # metric that picks the best checkpoint (and early stopping)
+    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))  # accuracy, f1_macro, f1_micro, mcc, ...
+    track_grad_norm: bool = False  # log the gradient norm per step: total and per model part
     early_stopping_patience: int | None = None  # validations without improvement; None disables
     val_check_interval: int | float = 1.0  # validate every this fraction of an epoch (float) or number of batches (int)
     limit_train_batches: int | float = 1.0  # fraction (float) or number (int) of training batches per epoch
@@ -143,16 +158,24 @@ class TrainerConfig(Section):
             self.fail("max_epochs", "-1 (no epoch limit) needs trainer.max_steps >= 1, else training never ends")
         if self.precision == "16-mixed" and self.accelerator == "cpu":
             self.fail("precision", "'16-mixed' needs a CUDA GPU; on cpu use bf16-mixed (or 32)")
-        if not _monitor_ok(self.monitor):
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics or len(set(self.metrics)) != len(self.metrics):
+            self.fail("metrics", f"{self.metrics!r}: give distinct names among {', '.join(METRICS)}")
+        keys = [METRICS[m] for m in self.metrics]
+        if not _monitor_ok(self.monitor, keys):
             self.fail(
-                "monitor", f"{self.monitor!r} is not one of val/acc, val/f1, val/<student key>/acc|f1, val/mean/acc|f1"
+                "monitor",
+                f"{self.monitor!r} is not one of val/loss, val/<metric>, val/<validation set or student>/<metric>, "
+                f"val/mean/<metric> (metrics: {', '.join(keys)})",
             )
 
 
-def _monitor_ok(v: Any) -> bool:
+def _monitor_ok(v: Any, keys: list[str]) -> bool:
     parts = v.split("/") if isinstance(v, str) else []
-    return parts in (["val", "acc"], ["val", "f1"]) or (
-        len(parts) == 3 and parts[0] == "val" and _key_ok(parts[1]) and parts[2] in ("acc", "f1")
+    if parts == ["val", "loss"]:
+        return True
+    return (len(parts) == 2 and parts[0] == "val" and parts[1] in keys) or (
+        len(parts) == 3 and parts[0] == "val" and _key_ok(parts[1]) and parts[2] in keys
     )
 
 

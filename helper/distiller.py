@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,10 +24,11 @@ from bert.features import Features, ModelDims, merge_requests
 from bert.loading import name_labels
 from bert.recorder import FeatureRecorder
 from helper.adaptors import build_adaptors
-from helper.config import DistillationRunConfig, DistillConfig, OptimConfig
+from helper.config import DEFAULT_METRICS, DistillationRunConfig, DistillConfig, OptimConfig
 from helper.hgckpt import HF_KEY, hf_export_info
+from helper.metrics import Scorer, Scores
 from helper.teacher_cache import TeacherCache, with_stored_logits
-from helper.training import clf_metrics, configure_optimizers, export_module
+from helper.training import configure_optimizers, export_module
 
 _OPTIM_KEYS = tuple(f.name for f in dataclasses.fields(OptimConfig))
 _DISTILL_KEYS = tuple(f.name for f in dataclasses.fields(DistillConfig) if f.name != "adaptors")
@@ -76,6 +78,8 @@ class BaseDistiller(pl.LightningModule):
         *,
         optim: OptimConfig | None = None,
         distill: DistillConfig | None = None,
+        metrics: Sequence[str] = DEFAULT_METRICS,
+        scorers: Mapping[str, Scorer] | None = None,
         **kwargs,
     ):
         super().__init__()
@@ -117,9 +121,10 @@ class BaseDistiller(pl.LightningModule):
         use_cache = self.distill.cache_teacher and bool(request_t)
         self.teacher_cache = TeacherCache(self.distill.cache_max_mb) if use_cache else None
         num_labels = getattr(getattr(student, "config", None), "num_labels", None) or teacher.config.num_labels
-        self.val_metrics = clf_metrics(num_labels, "val/")
-        self.test_metrics = clf_metrics(num_labels, "test/")
-        self.teacher_val_metrics = clf_metrics(num_labels, "teacher/val/")
+        sets = getattr(dm, "validation_names", None)
+        self.val_scores = Scores(num_labels, "val", sets, metrics, scorers)
+        self.test_scores = Scores(num_labels, "test", None, metrics, scorers)
+        self.teacher_val_scores = Scores(num_labels, "teacher/val", sets, metrics)
         self._teacher_evaluated = False
         self.configure_trainable()
 
@@ -199,27 +204,31 @@ class BaseDistiller(pl.LightningModule):
             self.log("train/teacher_cache_hit_rate", self.teacher_cache.hit_rate)
         return total
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         labels = batch["labels"]
         logits_s = logits_of(self.student(**self.student_inputs(batch)), self.student)
-        self.val_metrics.update(logits_s, labels)
-        self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(labels))
-        loss = F.cross_entropy(logits_s.float(), labels)
-        self.log("val/loss", loss, batch_size=len(labels))
-        self.log("val_loss", loss, batch_size=len(labels))
+        self.val_scores.update(logits_s, labels, dataloader_idx)
+        if dataloader_idx == 0:  # the first validation set's loss
+            loss = F.cross_entropy(logits_s.float(), labels)
+            self.log("val/loss", loss, batch_size=len(labels), add_dataloader_idx=False)
+            self.log("val_loss", loss, batch_size=len(labels), add_dataloader_idx=False)
         if not self._teacher_evaluated:
             logits_t = logits_of(self.teacher(**model_inputs(batch, self.teacher)), self.teacher)
-            self.teacher_val_metrics.update(logits_t, labels)
-            self.log_dict(self.teacher_val_metrics, batch_size=len(labels))
+            self.teacher_val_scores.update(logits_t, labels, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
-        # Every rank takes the same branch; the teacher's metrics are reduced by Lightning like the student's.
-        if not self.trainer.sanity_checking:
+        self.val_scores.log(self, prog_bar=True)
+        # Every rank takes the same branch; the teacher's metrics are reduced by torchmetrics like the student's.
+        if not self.trainer.sanity_checking and not self._teacher_evaluated:
+            self.teacher_val_scores.log(self)
             self._teacher_evaluated = True
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.test_metrics.update(logits_of(self.student(**self.student_inputs(batch)), self.student), batch["labels"])
-        self.log_dict(self.test_metrics, batch_size=len(batch["labels"]))
+        logits = logits_of(self.student(**self.student_inputs(batch)), self.student)
+        self.test_scores.update(logits, batch["labels"])
+
+    def on_test_epoch_end(self) -> None:
+        self.test_scores.log(self)
 
     # -- export -----------------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

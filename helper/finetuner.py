@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -12,9 +13,10 @@ from torch.nn import functional as F
 from bert.errors import UserError
 from bert.families import logits_of, model_inputs
 from bert.loading import name_labels
-from helper.config import OptimConfig
+from helper.config import DEFAULT_METRICS, OptimConfig
 from helper.hgckpt import HF_KEY, hf_export_info
-from helper.training import clf_metrics, configure_optimizers, export_module
+from helper.metrics import Scorer, Scores
+from helper.training import configure_optimizers, export_module
 
 _OPTIM_KEYS = tuple(f.name for f in dataclasses.fields(OptimConfig))
 
@@ -28,7 +30,16 @@ class ClfFinetune(pl.LightningModule):
 
     export_best = True  # export the best checkpoint on the validation metric
 
-    def __init__(self, model: torch.nn.Module, dm=None, *, optim: OptimConfig | None = None, **kwargs):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        dm=None,
+        *,
+        optim: OptimConfig | None = None,
+        metrics: Sequence[str] = DEFAULT_METRICS,
+        scorers: Mapping[str, Scorer] | None = None,
+        **kwargs,
+    ):
         super().__init__()
         unknown = [k for k in kwargs if k not in _OPTIM_KEYS]
         if unknown:
@@ -37,8 +48,8 @@ class ClfFinetune(pl.LightningModule):
         self.__dict__["dm"] = dm
         self.model = model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes
         num_labels = model.config.num_labels
-        self.val_metrics = clf_metrics(num_labels, "val/")
-        self.test_metrics = clf_metrics(num_labels, "test/")
+        self.val_scores = Scores(num_labels, "val", getattr(dm, "validation_names", None), metrics, scorers)
+        self.test_scores = Scores(num_labels, "test", None, metrics, scorers)
 
     def setup(self, stage: str) -> None:
         names = getattr(self.dm or self.trainer.datamodule, "label_names", None)
@@ -54,17 +65,22 @@ class ClfFinetune(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         logits, labels = self(batch), batch["labels"]
-        self.val_metrics.update(logits, labels)
-        self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(labels))
-        loss = F.cross_entropy(logits.float(), labels)
-        self.log("val/loss", loss, batch_size=len(labels))
-        self.log("val_loss", loss, batch_size=len(labels))
+        self.val_scores.update(logits, labels, dataloader_idx)
+        if dataloader_idx == 0:  # the first validation set's loss
+            loss = F.cross_entropy(logits.float(), labels)
+            self.log("val/loss", loss, batch_size=len(labels), add_dataloader_idx=False)
+            self.log("val_loss", loss, batch_size=len(labels), add_dataloader_idx=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_scores.log(self, prog_bar=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.test_metrics.update(self(batch), batch["labels"])
-        self.log_dict(self.test_metrics, batch_size=len(batch["labels"]))
+        self.test_scores.update(self(batch), batch["labels"])
+
+    def on_test_epoch_end(self) -> None:
+        self.test_scores.log(self)
 
     def configure_optimizers(self):
         return configure_optimizers(self, self.model.named_parameters(), self.optim)

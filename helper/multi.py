@@ -31,8 +31,9 @@ from bert.recorder import FeatureRecorder
 from helper.adaptors import Adaptor, LogitKL, build_adaptors
 from helper.config import DistillConfig, OptimConfig, ShareConfig, StudentConfig, StudentSpec, TeacherConfig
 from helper.distiller import settings
+from helper.metrics import clf_metrics
 from helper.teacher_cache import TeacherCache
-from helper.training import clf_metrics, configure_optimizers, export_module
+from helper.training import configure_optimizers, export_module
 
 
 @dataclass

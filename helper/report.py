@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from bert.errors import UserError
 from bert.families import logits_of, model_inputs
-from helper.training import clf_metrics
+from helper.metrics import clf_metrics
 
 THROUGHPUT_BATCH = 32
 WARMUP_CALLS = 2  # per model and batch size, before anything is timed
@@ -171,6 +171,7 @@ def write_report(
     *,
     n_latency: int = 20,
     n_throughput: int = 5,
+    validation_sets: dict[str, Iterable[dict]] | None = None,
 ) -> str:
     """Compare teacher and student; write report.md, report.json and report.png into `out_dir`; return the summary.
 
@@ -192,6 +193,10 @@ def write_report(
         for name, model in models.items()
     }
     ratio = {k: _ratio(figures["student"][k], figures["teacher"][k]) for k in figures["teacher"]}
+    per_set = {  # several validation sets: accuracy and macro-F1 of both models on each
+        name: {who: evaluate(model, batches, key=who) for who, model in models.items()}
+        for name, batches in (validation_sets or {}).items()
+    }
     summary = summary_line(ratio)
     report = {
         "summary": summary,
@@ -200,6 +205,7 @@ def write_report(
         "teacher": figures["teacher"],
         "student": figures["student"],
         "ratio": ratio,
+        "validation_sets": per_set,
         "dirs": {name: str(d) for name, d in dirs.items()},
         "speed_setup": {
             "device": "cpu",
@@ -236,6 +242,12 @@ def _markdown(r: dict) -> str:
     ]
     table = ["| | teacher | student | student / teacher |", "|---|---:|---:|---:|"]
     table += [f"| {label} | {fmt(t[k])} | {fmt(s[k])} | {_fmt_ratio(q[k], rfmt)} |" for label, fmt, k, rfmt in rows]
+    for name, both in r.get("validation_sets", {}).items():
+        acc_t, acc_s = both["teacher"]["acc"], both["student"]["acc"]
+        table.append(
+            f"| accuracy (validation set {name}) | {100 * acc_t:.2f}% | {100 * acc_s:.2f}% | "
+            f"{_fmt_ratio(_ratio(acc_s, acc_t), '.3f')} |"
+        )
     m, sp = r["machine"], r["speed_setup"]
     return "\n".join(
         [

@@ -54,7 +54,7 @@ def _run_finetune(cfg: FinetuneConfig) -> dict:
     dm = ClfDataModule(cfg.data, tokenizer)
     dm.setup("fit")
     model = load_classifier(cfg.model.name, dm.label_names, cfg.model.attn_implementation, cfg.model.dropout)
-    module = ClfFinetune(model, dm, optim=cfg.optim)
+    module = ClfFinetune(model, dm, optim=cfg.optim, metrics=cfg.trainer.metrics)
     metrics, _, _ = fit_and_export(cfg, "finetune", module, dm, "model", "teacher")
     return metrics
 
@@ -87,7 +87,9 @@ def _run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
     check_max_length(cfg.data.max_length, student.config, "student", cfg.student.name or "the student")
     check_vocab(tok_t, teacher, "teacher")
     check_vocab(dm.student_tokenizer or tok_t, student, "student")
-    distiller = DISTILLERS[stage](teacher, student, dm=dm, optim=cfg.optim, distill=cfg.distill)
+    distiller = DISTILLERS[stage](
+        teacher, student, dm=dm, optim=cfg.optim, distill=cfg.distill, metrics=cfg.trainer.metrics
+    )
     both_attend = all("attentions" in get_family(m).features for m in (teacher, student))
     heatmap = [AttentionHeatmap(run_dir(cfg.logger, stage) / "attention")] if both_attend else []
     metrics, out, student_dir = fit_and_export(cfg, stage, distiller, dm, "student", "student", heatmap)
@@ -105,15 +107,19 @@ def _run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
             split,
             out,
             n_latency=cfg.distill.report_batches,
+            validation_sets=dict(zip(dm.validation_names, dm.val_dataloader())) if dm.validation_names else None,
         )
     return metrics
 
 
 def one_model_monitor(cfg) -> None:
-    """`trainer.monitor` of a one-model run: val/<key>/... names one of several students."""
-    if cfg.trainer.monitor not in ("val/acc", "val/f1"):
+    """`trainer.monitor` of a one-model run: val/<name>/<metric> must name one of its validation sets."""
+    parts = cfg.trainer.monitor.split("/")
+    sets = list(cfg.data.validation) if isinstance(cfg.data.validation, dict) else []
+    if len(parts) == 3 and parts[1] not in sets:
         raise UserError(
-            f"trainer.monitor: {cfg.trainer.monitor!r} names one of several students; use val/acc or val/f1"
+            f"trainer.monitor: {cfg.trainer.monitor!r} names no validation set (sets: {', '.join(sets) or 'one'}); "
+            "use val/<metric>, val/<set>/<metric> or val/loss"
         )
 
 

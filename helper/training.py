@@ -23,8 +23,6 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from bert.errors import UserError
 from helper.config import LoggerConfig, OptimConfig, TrainerConfig, save_config, to_dict
@@ -68,17 +66,6 @@ def configure_optimizers(module: pl.LightningModule, named_params, cfg: OptimCon
     optimizer = build_optimizer(named_params, cfg)
     total = int(module.trainer.estimated_stepping_batches)
     return {"optimizer": optimizer, "lr_scheduler": build_scheduler(optimizer, cfg, total)}
-
-
-def clf_metrics(num_labels: int, prefix: str) -> MetricCollection:
-    """Accuracy and macro-F1, logged as `<prefix>acc` and `<prefix>f1`."""
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes=num_labels, average="micro"),
-            "f1": MulticlassF1Score(num_classes=num_labels, average="macro"),
-        },
-        prefix=prefix,
-    )
 
 
 def run_dir(logger_cfg: LoggerConfig, stage: str) -> Path:
@@ -521,6 +508,8 @@ def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple
         LearningRateMonitor(logging_interval="step"),
         *(extra_callbacks or []),
     ]
+    if tcfg.track_grad_norm:
+        callbacks.append(GradNorms())
     interactive = sys.stderr.isatty()
     if not interactive:  # a log file or a pipe: plain lines instead of the bar
         callbacks.append(ProgressLines())
@@ -553,6 +542,23 @@ def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple
         num_sanity_val_steps=0,
     )
     return trainer, out, resume
+
+
+class GradNorms(Callback):
+    """`trainer.track_grad_norm`: the 2-norm of the gradient before each optimiser step (after unscaling, before
+    clipping), in total (`grad_norm/total`) and per top-level part of the module (`grad_norm/student`,
+    `grad_norm/adaptors`, `grad_norm/model`, ...)."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        parts: dict[str, list[torch.Tensor]] = {}
+        for name, p in pl_module.named_parameters():
+            if p.grad is not None:
+                parts.setdefault(name.split(".")[0], []).append(p.grad.detach().float().norm())
+        if not parts:
+            return
+        norms = {part: torch.stack(n).norm() for part, n in parts.items()}
+        total = torch.stack(list(norms.values())).norm()
+        pl_module.log_dict({f"grad_norm/{k}": v for k, v in norms.items()} | {"grad_norm/total": total})
 
 
 def monitor_mode(monitor: str) -> str:

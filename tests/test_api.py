@@ -148,3 +148,31 @@ def test_batches_without_idx_turn_the_cache_off_with_one_warning(dataset_dict, t
     with pytest.warns(UserWarning, match="teacher cache off"):
         feats = distiller.teacher_features(batch)
     assert distiller.teacher_cache is None and feats.logits.shape == (len(batch["labels"]), 2)
+
+
+def test_two_validation_sets_metrics_by_name_and_a_custom_scorer(tmp_path, clf_csv, tiny_model_dir):
+    from data.config import DataConfig
+
+    cfg = DataConfig(
+        source="csv", train=clf_csv["train"], validation={"dev": clf_csv["validation"], "other": clf_csv["test"]},
+        batch_size=8, max_length=16, cache_dir=None,
+    )  # fmt: skip
+    dm = ClfDataModule(cfg, tiny_model_dir)
+    calls = []
+
+    def errors(logits, labels):  # a user's own scoring: the number of wrong predictions
+        calls.append(len(labels))
+        return int((logits.argmax(-1) != labels).sum())
+
+    teacher, student = models(tiny_model_dir)
+    distiller = BaseDistiller(
+        teacher, student, ["LogitMSE"], dm, metrics=["accuracy", "mcc"], scorers={"errors": errors}
+    )
+    trainer = Trainer(**TRAINER, enable_checkpointing=False)
+    trainer.fit(distiller, dm)
+    logged = trainer.callback_metrics
+    assert {"val/acc", "val/mcc", "val/errors", "val/dev/acc", "val/other/acc", "val/other/errors"} <= set(logged)
+    assert "val/f1" not in logged and "teacher/val/other/acc" in logged
+    assert torch.equal(logged["val/acc"], logged["val/dev/acc"]) and set(calls) == {16}  # each set: 16 examples
+    with pytest.raises(UserError, match=r"trainer.metrics: unknown metric 'auc' \(choices: accuracy, f1_macro"):
+        BaseDistiller(teacher, student, ["LogitMSE"], dm, metrics=["auc"])

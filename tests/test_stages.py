@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import runpy
 import subprocess
 import sys
@@ -316,3 +317,23 @@ def test_roberta_student_with_its_own_bpe_tokenizer(tmp_path, clf_csv, tiny_mode
     )
     exported = AutoTokenizer.from_pretrained(tmp_path / "distill_ms" / "student")
     assert exported.get_vocab() == vocab  # the student is exported with its own tokenizer
+
+
+def test_two_validation_sets_monitor_and_grad_norms_in_a_stage(tmp_path, clf_csv, tiny_model_dir):
+    sets = f"{{dev: {clf_csv['validation']}, other: {clf_csv['test']}}}"
+    extra = {"data.validation": sets, "trainer.monitor": "val/other/acc", "trainer.track_grad_norm": True}
+    metrics = run("ms", tmp_path, clf_csv, tiny_model_dir, **extra, **{"distill.report": True})
+    assert {"val/dev/acc", "val/other/acc", "val/acc"} <= set(metrics)
+    report = json.loads((tmp_path / "distill_ms" / "report.json").read_text())
+    assert (
+        set(report["validation_sets"]) == {"dev", "other"}
+        and "validation set other" in (tmp_path / "distill_ms" / "report.md").read_text()
+    )
+    log = (tmp_path / "distill_ms" / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"grad_norm/total", "grad_norm/student", "val/other/f1"} <= set(log)
+    with pytest.raises(UserError, match=r"trainer.monitor: 'val/nope/acc' names no validation set \(sets: dev, other"):
+        run("ms", tmp_path, clf_csv, tiny_model_dir, **{"data.validation": sets, "trainer.monitor": "val/nope/acc"})
+    bad = f"{{dev: {clf_csv['validation']}, other: {tmp_path / 'missing.csv'}}}"
+    with pytest.raises(UserError, match="missing.csv") as err:
+        run("ms", tmp_path, clf_csv, tiny_model_dir, **{"data.validation": bad, "logger.run_name": "bad"})
+    assert "\n" not in str(err.value)
