@@ -8,7 +8,7 @@ import json
 import os
 import random
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -42,14 +42,9 @@ def tokenizer_id(tokenizer) -> dict:
     }
 
 
-def tokenize_cached(
-    texts: list[str], pairs: list[str] | None, tokenizer, tok_id: dict, max_length: int, cache_dir: str | None
-) -> dict[str, torch.Tensor]:
-    """Token ids of every example, flattened: `input_ids` (N_tokens,), `offsets` (N + 1,), [`token_type_ids`].
-
-    Cached in memory and under `cache_dir`, keyed by the texts' content, the tokenizer and `max_length`.
-    """
-    meta = {"content": fingerprint(texts, pairs), "tokenizer": tok_id, "max_length": max_length}
+def cached_tokens(meta: dict, cache_dir: str | None, build: Callable[[], dict[str, torch.Tensor]]):
+    """`build()`'s tensors, cached in memory and under `cache_dir` (written atomically: DDP ranks may write the same
+    key at once), keyed by a hash of `meta` (the texts' content, the tokenizer, `max_length`, ...)."""
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
     if key in _MEMORY:
         return _MEMORY[key]
@@ -57,6 +52,25 @@ def tokenize_cached(
     if path is not None and path.is_file():
         enc = torch.load(path, weights_only=True)
     else:
+        enc = build()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(enc, tmp)
+            os.replace(tmp, path)
+    _MEMORY[key] = enc
+    return enc
+
+
+def tokenize_cached(
+    texts: list[str], pairs: list[str] | None, tokenizer, tok_id: dict, max_length: int, cache_dir: str | None
+) -> dict[str, torch.Tensor]:
+    """Token ids of every example, flattened: `input_ids` (N_tokens,), `offsets` (N + 1,), [`token_type_ids`].
+
+    Cached (`cached_tokens`), keyed by the texts' content, the tokenizer and `max_length`.
+    """
+
+    def build() -> dict[str, torch.Tensor]:
         with_tt = "token_type_ids" in tokenizer.model_input_names
         out = tokenizer(
             texts,
@@ -73,13 +87,10 @@ def tokenize_cached(
         }
         if with_tt:
             enc["token_type_ids"] = torch.tensor(list(chain.from_iterable(out["token_type_ids"])), dtype=torch.int8)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # atomic: DDP ranks may write the same key at once
-            torch.save(enc, tmp)
-            os.replace(tmp, path)
-    _MEMORY[key] = enc
-    return enc
+        return enc
+
+    meta = {"content": fingerprint(texts, pairs), "tokenizer": tok_id, "max_length": max_length}
+    return cached_tokens(meta, cache_dir, build)
 
 
 class TokenizedSplit(Dataset):

@@ -106,7 +106,7 @@ def load_data(cfg: DataConfig, dataset=None) -> RawData:
 def read_label_names(path: str, encoding: str = "utf-8") -> list[str]:
     """`id<TAB>name` or `name` a line; ids must be 0..C-1."""
     by_id: dict[int, str] = {}
-    for n, line in enumerate(_lines(_read_text(path, encoding)), 1):
+    for n, line in enumerate(split_lines(read_text(path, encoding)), 1):
         if not line.strip():
             continue
         key, tab, name = line.partition("\t")
@@ -187,7 +187,7 @@ def read_hf(cfg: DataConfig, dd=None) -> RawData:
     if dd is None:
         if not cfg.name:
             raise UserError("data.name: required for data.source=hf (a hub dataset such as glue, or a local directory)")
-        dd = _load_dataset(cfg)
+        dd = load_hf_dataset(cfg)
     label = "the in-memory dataset" if cfg.name is None else cfg.name + (f"/{cfg.subset}" if cfg.subset else "")
     mapping = cfg.hf_splits if cfg.hf_splits is not None else {s: s for s in SPLITS if s in dd}
     for ours, theirs in mapping.items():
@@ -218,7 +218,7 @@ def read_hf(cfg: DataConfig, dd=None) -> RawData:
     return RawData(splits, list(feature.names) if type(feature).__name__ == "ClassLabel" else None)
 
 
-def _load_dataset(cfg: DataConfig):
+def load_hf_dataset(cfg: DataConfig):
     import datasets
 
     label = cfg.name + (f"/{cfg.subset}" if cfg.subset else "")
@@ -241,7 +241,7 @@ def read_json(cfg: DataConfig) -> RawData:
 
 
 def read_jsonl(cfg: DataConfig) -> RawData:
-    return RawData({s: _read_jsonl(path, _read_text(path, cfg.encoding), cfg) for s, path in _files(cfg)})
+    return RawData({s: _read_jsonl(path, read_text(path, cfg.encoding), cfg) for s, path in _files(cfg)})
 
 
 def read_label_text(cfg: DataConfig) -> RawData:
@@ -249,7 +249,7 @@ def read_label_text(cfg: DataConfig) -> RawData:
     splits = {}
     for split, path in _files(cfg):
         texts, labels, lines = [], [], []
-        for n, line in enumerate(_lines(_read_text(path, cfg.encoding)), 1):
+        for n, line in enumerate(split_lines(read_text(path, cfg.encoding)), 1):
             if not line.strip():
                 continue
             parts = line.split(None, 1)
@@ -271,8 +271,8 @@ def read_parallel(cfg: DataConfig) -> RawData:
         label_path = getattr(cfg, f"{split}_labels")
         if not label_path:
             raise UserError(f"data.{split}_labels: required for data.source=parallel (the labels of {path})")
-        texts = _lines(_read_text(path, cfg.encoding))
-        labels = [v.strip() for v in _lines(_read_text(label_path, cfg.encoding))]
+        texts = split_lines(read_text(path, cfg.encoding))
+        labels = [v.strip() for v in split_lines(read_text(label_path, cfg.encoding))]
         if len(texts) != len(labels):
             raise UserError(f"{path} has {len(texts)} lines but {label_path} has {len(labels)}")
         for n, value in enumerate(labels, 1):
@@ -306,7 +306,7 @@ def _files(cfg: DataConfig) -> list[tuple[str, str]]:
     return [(s, getattr(cfg, s)) for s in SPLITS if getattr(cfg, s)]
 
 
-def _read_text(path: str, encoding: str) -> str:
+def read_text(path: str, encoding: str) -> str:
     try:
         data = Path(path).read_bytes()
     except OSError as err:
@@ -320,7 +320,7 @@ def _read_text(path: str, encoding: str) -> str:
         raise UserError(f"data.encoding: unknown encoding {encoding!r}") from None
 
 
-def _lines(text: str) -> list[str]:
+def split_lines(text: str) -> list[str]:
     """Split on \\n only (tweets may hold other Unicode line breaks); one final newline ends the last line."""
     lines = text.split("\n")
     if lines[-1] == "":
@@ -347,7 +347,7 @@ def _read_table(path: str, cfg: DataConfig, delimiter: str) -> Split:
     """csv (RFC 4180 quoting) or tsv (no quoting: tabs separate, quotes are text); the first row is the header."""
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
     reader = csv.reader(
-        io.StringIO(_read_text(path, cfg.encoding).removeprefix("\ufeff"), newline=""),
+        io.StringIO(read_text(path, cfg.encoding).removeprefix("\ufeff"), newline=""),
         delimiter=delimiter,
         quoting=quoting,
     )
@@ -374,7 +374,7 @@ def _read_table(path: str, cfg: DataConfig, delimiter: str) -> Split:
 
 def _read_json(path: str, cfg: DataConfig) -> Split:
     """A list of objects, {"data": [objects]}, a dict of columns, or JSON lines (what `Dataset.to_json` writes)."""
-    text = _read_text(path, cfg.encoding)
+    text = read_text(path, cfg.encoding)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -399,7 +399,7 @@ def _read_json(path: str, cfg: DataConfig) -> Split:
 
 def _read_jsonl(path: str, text: str, cfg: DataConfig) -> Split:
     rows, lines = [], []
-    for n, line in enumerate(_lines(text), 1):
+    for n, line in enumerate(split_lines(text), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))

@@ -9,11 +9,7 @@ window is one example, with its own `idx`. Batches are padded to their longest w
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import random
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -25,13 +21,11 @@ from data.datamodule import (
     EpochShuffle,
     LengthGroupedBatchSampler,
     TokenizedSplit,
+    cached_tokens,
     tokenizer_id,
 )
-from data.sources import _lines, _load_dataset, _read_text, fingerprint
+from data.sources import fingerprint, load_hf_dataset, read_text, split_lines
 from data.text_config import TextDataConfig
-
-_MEMORY: dict[str, dict[str, torch.Tensor]] = {}
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Reading
@@ -39,7 +33,7 @@ _MEMORY: dict[str, dict[str, torch.Tensor]] = {}
 
 def read_text_file(path: str, encoding: str = "utf-8") -> list[str]:
     """One text a line, stripped; blank lines skipped. An unreadable or empty file is a one-line `UserError`."""
-    texts = [line.strip() for line in _lines(_read_text(path, encoding))]
+    texts = [line.strip() for line in split_lines(read_text(path, encoding))]
     texts = [t for t in texts if t]
     if not texts:
         raise UserError(f"{path}: no text (the file is empty or holds only blank lines)")
@@ -68,7 +62,7 @@ def read_transfer_texts(path: str) -> list[str]:
 
 def read_hf_texts(cfg: TextDataConfig, split: str) -> list[str]:
     """Column `cfg.text_column` of split `split` of `datasets.load_dataset(cfg.name, cfg.subset)`."""
-    dd = _load_dataset(cfg)
+    dd = load_hf_dataset(cfg)
     label = cfg.name + (f"/{cfg.subset}" if cfg.subset else "")
     if split not in dd:
         raise UserError(f"data: {label} has no split {split!r} (splits: {', '.join(dd)})")
@@ -131,16 +125,10 @@ def tokenize_windows(
     texts: list[str], tokenizer, tok_id: dict, max_length: int, cache_dir: str | None
 ) -> dict[str, torch.Tensor]:
     """Windows of every text, flattened: `input_ids` (N_tokens,), `offsets` (N_windows + 1,), `text_index`
-    (N_windows,) (which text each window comes from), [`token_type_ids`]. Cached in memory and under `cache_dir`,
-    keyed by the texts' content, the tokenizer and `max_length`."""
-    meta = {"content": fingerprint(texts, None), "tokenizer": tok_id, "max_length": max_length, "kind": "windows"}
-    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
-    if key in _MEMORY:
-        return _MEMORY[key]
-    path = Path(cache_dir) / f"{key}.pt" if cache_dir else None
-    if path is not None and path.is_file():
-        enc = torch.load(path, weights_only=True)
-    else:
+    (N_windows,) (which text each window comes from), [`token_type_ids`]. Cached (`cached_tokens`), keyed by the
+    texts' content, the tokenizer and `max_length`."""
+
+    def build() -> dict[str, torch.Tensor]:
         pieces = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
         windows, owner, frame = [], [], special_frame(tokenizer)
         for t, ids in enumerate(pieces):
@@ -158,13 +146,10 @@ def tokenize_windows(
         }
         if "token_type_ids" in tokenizer.model_input_names:
             enc["token_type_ids"] = torch.zeros(len(flat), dtype=torch.int8)  # one sentence per window
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(enc, tmp)
-            os.replace(tmp, path)
-    _MEMORY[key] = enc
-    return enc
+        return enc
+
+    meta = {"content": fingerprint(texts, None), "tokenizer": tok_id, "max_length": max_length, "kind": "windows"}
+    return cached_tokens(meta, cache_dir, build)
 
 
 class WindowSplit(TokenizedSplit):

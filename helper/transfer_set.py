@@ -15,7 +15,7 @@ from bert.errors import UserError
 from bert.families import model_inputs
 from bert.loading import load_tokenizer, resolve_model_path
 from data.datamodule import ClfDataModule
-from data.sources import _lines, _read_text
+from data.sources import read_text, split_lines
 from data.transfer import write_transfer
 from helper.checkpoint import load_classifier
 from helper.config import TransferSetConfig, save_config
@@ -32,7 +32,7 @@ def say(line: str) -> None:
 def read_unlabelled(path: str, encoding: str, with_pairs: bool) -> tuple[list[str], list[str] | None]:
     """One example a line (`text<TAB>pair` for pair data); blank lines skipped."""
     texts, pairs = [], [] if with_pairs else None
-    for n, line in enumerate(_lines(_read_text(path, encoding)), 1):
+    for n, line in enumerate(split_lines(read_text(path, encoding)), 1):
         if not line.strip():
             continue
         if with_pairs:
