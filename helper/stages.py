@@ -16,7 +16,7 @@ from helper.distiller import BaseDistiller, InterDistiller, PredDistiller
 from helper.finetuner import ClfFinetune
 from helper.heatmap import AttentionHeatmap
 from helper.students import build_student
-from helper.training import best_checkpoint, build_trainer, load_best, run_dir
+from helper.training import best_checkpoint, build_trainer, load_best, run_dir, start_loggers_early
 
 DISTILLERS: dict[str, type[BaseDistiller]] = {
     "distill_ms": BaseDistiller,
@@ -28,6 +28,7 @@ DISTILLERS: dict[str, type[BaseDistiller]] = {
 def run_finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune `cfg.model` on `cfg.data`; export it to `<run dir>/model`."""
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # the new classifier head too
+    start_loggers_early(cfg, "finetune")  # wandb starts while data and model load
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
     dm = ClfDataModule(cfg.data, tokenizer)
     dm.setup("fit")
@@ -40,6 +41,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
 def run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
     """Distil `cfg.teacher` into the student; export it to `<run dir>/student` and write the report."""
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # a random-init student and projections too
+    start_loggers_early(cfg, stage)  # wandb starts while data and models load
     tok_t = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
     name_s = cfg.student.tokenizer or (cfg.student.name if has_tokenizer(cfg.student.name) else None)
     dm = ClfDataModule(cfg.data, tok_t, load_tokenizer(name_s) if name_s else None)
