@@ -32,6 +32,8 @@ from helper.training import configure_optimizers, export_module
 
 _OPTIM_KEYS = tuple(f.name for f in dataclasses.fields(OptimConfig))
 _DISTILL_KEYS = tuple(f.name for f in dataclasses.fields(DistillConfig) if f.name != "adaptors")
+# The distillers' own `transfer_batch_to_device` (keeps `idx` on the CPU) is meant to apply with any data module.
+warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device` in `LightningModule`")
 
 
 def head_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -187,21 +189,49 @@ class BaseDistiller(pl.LightningModule):
     def student_inputs(self, batch: dict) -> dict:
         return model_inputs(batch.get("student", batch), self.student)
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Tensors to `device`, except `idx`: the teacher cache reads it on the CPU (on a GPU, a device copy would cost
+        a copy and a synchronising `tolist()` every step). Nothing moves when the device is the CPU."""
+        if device.type == "cpu" or not isinstance(batch, dict):
+            return batch if device.type == "cpu" else super().transfer_batch_to_device(batch, device, dataloader_idx)
+        return {
+            k: v.to(device, non_blocking=True)
+            if isinstance(v, torch.Tensor) and k != "idx"
+            else self.transfer_batch_to_device(v, device, dataloader_idx)
+            if isinstance(v, dict)
+            else v
+            for k, v in batch.items()
+        }
+
+    def _logs_now(self) -> bool:
+        """Whether Lightning hands this step's logged values to the loggers (every `trainer.log_every_n_steps`); on
+        other steps `self.log` would only feed the progress bar, at the cost of a few calls (and, on a GPU, a
+        synchronising `.item()` per value) every step. The bar shows the values of the last logged step."""
+        trainer = self._trainer
+        if trainer is None:
+            return False  # outside a Trainer self.log does nothing
+        return trainer._logger_connector.should_update_logs or bool(trainer.fast_dev_run)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         feats_t = self.teacher_features(batch)
         _, feats_s = self.rec_s(**self.student_inputs(batch))
         labels = batch["labels"]
         total = 0.0
+        losses = []
         for adaptor in self.adaptors:
             loss = adaptor(feats_t, feats_s, labels)
-            self.log(f"train/{adaptor.key}", loss, batch_size=len(labels))
+            losses.append(loss)
             total = total + adaptor.weight * loss
-        self.log("train/loss", total, prog_bar=True, batch_size=len(labels))
+        self.step_losses = {a.key: loss.detach() for a, loss in zip(self.adaptors, losses)}  # NonFiniteGuard names them
+        if self._logs_now():
+            for adaptor, loss in zip(self.adaptors, losses):
+                self.log(f"train/{adaptor.key}", loss, batch_size=len(labels))
+            self.log("train/loss", total, prog_bar=True, batch_size=len(labels))
+            if self.teacher_cache is not None:
+                self.log("train/teacher_cache_hit_rate", self.teacher_cache.hit_rate)
         if getattr(self.dm, "transfer_rows", 0):  # rows without a gold label (label -1), per epoch; HardCE skips them
             unlabelled = (labels < 0).sum().float()
             self.log("train/unlabelled_rows", unlabelled, on_step=False, on_epoch=True, reduce_fx="sum")
-        if self.teacher_cache is not None:
-            self.log("train/teacher_cache_hit_rate", self.teacher_cache.hit_rate)
         return total
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:

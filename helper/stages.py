@@ -26,6 +26,7 @@ from helper.training import (
     prepare_run,
     release_run_dir,
     run_dir,
+    start_loggers_early,
 )
 
 DISTILLERS: dict[str, type[BaseDistiller]] = {
@@ -50,6 +51,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
 def _run_finetune(cfg: FinetuneConfig) -> dict:
     check_max_length(cfg.data.max_length, load_model_config(cfg.model.name), "model", cfg.model.name)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # the new classifier head too
+    start_loggers_early(cfg, "finetune")  # wandb starts while data and model load
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
     dm = ClfDataModule(cfg.data, tokenizer)
     dm.setup("fit")
@@ -78,6 +80,7 @@ def run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
 def _run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
     check_max_length(cfg.data.max_length, load_model_config(cfg.teacher.name), "teacher", cfg.teacher.name)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # a random-init student and projections too
+    start_loggers_early(cfg, stage)  # wandb starts while data and models load
     tok_t = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
     name_s = cfg.student.tokenizer or (cfg.student.name if has_tokenizer(cfg.student.name) else None)
     dm = ClfDataModule(cfg.data, tok_t, load_tokenizer(name_s) if name_s else None)

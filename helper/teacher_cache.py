@@ -79,15 +79,33 @@ class TeacherCache:
 
     @staticmethod
     def _assemble(rows: list[dict], mask: torch.Tensor, dtype: torch.dtype) -> Features:
-        """The rows padded to the batch's length T, on the mask's device."""
+        """The rows padded to the batch's length T, on the mask's device.
+
+        One scatter per feature, not one copy per row: the rows' tensors are concatenated flat and written where a
+        (B, ...) mask of real tokens is true; a row-major mask visits each row's (..., n, n) block in the order of its
+        flattening. For CUDA the padded batch is built in pinned memory and copied without blocking.
+        """
         feats = Features(attention_mask=mask)
+        pin = mask.device.type == "cuda"
+        steps = torch.arange(mask.shape[1])  # (T,)
         for (name, layer), first in rows[0].items():
-            shape = [mask.shape[1] if a in TOKEN_AXES[name] else s for a, s in enumerate(first.shape)]
-            out = first.new_zeros(len(rows), *shape)  # (B, ...) e.g. (B, h, T, T)
-            for out_b, row in zip(out, rows):
-                x = row[name, layer]
-                out_b[tuple(map(slice, x.shape))] = x
-            feats.put(name, layer, out.to(mask.device, torch.float32 if name == "logits" else dtype))
+            parts = [row[name, layer] for row in rows]
+            axes = TOKEN_AXES[name]
+            if not axes:  # logits: (C,) per row
+                out = torch.stack(parts)  # (B, C)
+            else:
+                shape = [mask.shape[1] if a in axes else s for a, s in enumerate(first.shape)]
+                lengths = torch.tensor([x.shape[axes[0]] for x in parts])  # (B,)
+                real = steps < lengths[:, None]  # (B, T)
+                where = torch.ones((), dtype=torch.bool)
+                for a in axes:  # (B, ...) real tokens on every token axis, e.g. (B, 1, T, T)
+                    view = [len(parts)] + [1] * len(shape)
+                    view[a + 1] = mask.shape[1]
+                    where = where & real.view(view)
+                out = first.new_zeros(len(parts), *shape, pin_memory=pin)  # (B, ...) e.g. (B, h, T, T)
+                out.masked_scatter_(where, torch.cat([x.reshape(-1) for x in parts]))
+            out = out.to(mask.device, non_blocking=pin)
+            feats.put(name, layer, out.to(torch.float32 if name == "logits" else dtype))
         return feats
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import fcntl
 import hashlib
 import json
@@ -85,22 +86,47 @@ def _wandb_mode() -> str:
     return "online" if has_key else "offline"
 
 
+def _wandb_logger(cfg: LoggerConfig, out: Path, stage: str) -> tuple[str, WandbLogger | None]:
+    """The wandb mode and the stage's `WandbLogger` (None when disabled), its run started."""
+    mode = _wandb_mode()
+    if mode == "disabled":
+        return mode, None
+    logger = WandbLogger(
+        project=cfg.project,
+        name=cfg.run_name or stage,
+        save_dir=str(out),
+        mode="offline" if mode == "dryrun" else mode,
+        job_type=stage,
+    )
+    logger.experiment  # noqa: B018 - starts the run (wandb's service process: seconds)
+    return mode, logger
+
+
+_EARLY_WANDB: dict[tuple[str, str], concurrent.futures.Future] = {}
+
+
+def start_loggers_early(cfg, stage: str) -> None:
+    """Start the stage's wandb run in a background thread, so that its seconds of start-up overlap loading the data
+    and the models; `build_loggers` takes it over (and waits for it). Nothing to do without wandb."""
+    if not cfg.logger.wandb:
+        return
+    out = run_dir(cfg.logger, stage)
+    out.mkdir(parents=True, exist_ok=True)
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wandb-start")
+    _EARLY_WANDB[str(out), stage] = pool.submit(_wandb_logger, cfg.logger, out, stage)
+    pool.shutdown(wait=False)
+
+
 def build_loggers(cfg: LoggerConfig, out: Path, stage: str, config_obj) -> list:
     loggers: list = [CSVLogger(save_dir=str(out), name="csv")]  # csv/version_N: a resumed run keeps the old log
     if cfg.wandb:
-        mode = _wandb_mode()
+        early = _EARLY_WANDB.pop((str(out), stage), None)
+        mode, wandb_logger = early.result() if early is not None else _wandb_logger(cfg, out, stage)
         if mode == "disabled":
             print("wandb: disabled by WANDB_MODE=disabled; logging to CSV only")
         else:
             if mode in ("offline", "dryrun"):
                 print(f"wandb: no credentials found, logging offline to {out / 'wandb'} (sync later with `wandb sync`)")
-            wandb_logger = WandbLogger(
-                project=cfg.project,
-                name=cfg.run_name or stage,
-                save_dir=str(out),
-                mode="offline" if mode == "dryrun" else mode,
-                job_type=stage,
-            )
             loggers.append(wandb_logger)
     for lg in loggers:
         lg.log_hyperparams(_flat(config_obj))
@@ -249,13 +275,13 @@ class NonFiniteGuard(Callback):
         self.lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        logged = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/") and "hit_rate" not in k}
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor):
-            logged.setdefault("train/loss", loss.detach())
-        bad = {k: float(v) for k, v in logged.items() if isinstance(v, torch.Tensor) and not torch.isfinite(v).all()}
-        if not bad:
+        if not isinstance(loss, torch.Tensor) or torch.isfinite(loss).all():  # one check of this step's total
             return
+        # This step's own losses (logging may skip steps): the module's `step_losses`, then the total.
+        parts = {f"train/{k}": v for k, v in getattr(pl_module, "step_losses", {}).items()}
+        parts["train/loss"] = loss.detach()
+        bad = {k: float(v) for k, v in parts.items() if not torch.isfinite(v).all()}
         parts = sorted(bad, key=lambda k: k == "train/loss")  # the adaptors first, the total last
         raise NonFiniteLoss(
             f"training loss is not finite at step {trainer.global_step} (epoch {trainer.current_epoch}, batch "

@@ -131,3 +131,42 @@ def test_transfer_benchmark_runs_the_stages_and_summarises_seeds(tmp_path, share
     res = json.loads(out.read_text())
     assert set(res["recipes"]) == {"hard", "kd_aug2"} and len(res["recipes"]["hard"]["runs"]) == 2
     assert 0 <= res["recipes"]["kd_aug2"]["test_acc_mean"] <= 1 and res["transfer_sets"]["2"]["build_seconds"] > 0
+
+
+def test_step_overhead_benchmark(tmp_path):
+    from benchmarks import bench_step_overhead
+
+    out = tmp_path / "step_overhead.json"
+    argv = ["--rounds", "2", "--warmup", "1", "--repeats", "1", "--batches", "2", "--out", str(out)]
+    bench_step_overhead.main(argv)
+    res = json.loads(out.read_text())
+    assert set(res["settings"]) == {"cache off", "cache on"}
+    for setting in res["settings"].values():
+        assert set(setting["median_ms"]) == {"trainer", "module", "hand"}
+        assert set(setting["overhead_ms"]) == {"trainer-hand", "module-hand"}
+    assert res["settings"]["cache off"]["loss_check"]["hand"] == pytest.approx(
+        res["settings"]["cache off"]["loss_check"]["distiller"], rel=1e-4
+    )
+    assert "met" in res["targets"]
+
+
+def test_heatmap_benchmark(tmp_path):
+    from benchmarks import bench_heatmap
+
+    out = tmp_path / "heatmap.json"
+    bench_heatmap.main(["--tiny", "--repeats", "1", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert set(res["median_ms"]) == {"png only", "png + wandb image"} and res["png_kb"] > 0
+
+
+@pytest.mark.slow
+def test_startup_benchmark(tmp_path):
+    from benchmarks import bench_startup
+
+    out = tmp_path / "startup.json"
+    bench_startup.main(["--smoke", "--repeats", "1", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert set(res["stages"]) == {"finetune.py", "distillation_ms.py"}
+    for stage in res["stages"].values():
+        phases = stage["runs"][0]["phases_s"]
+        assert 0 < phases["fit_start"] <= phases["first_step_start"] <= phases["first_step_end"]

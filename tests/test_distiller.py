@@ -9,7 +9,7 @@ from transformers import AutoTokenizer, BertForSequenceClassification
 
 from bert.errors import UserError
 from bert.families import model_inputs
-from bert.features import ModelDims
+from bert.features import TOKEN_AXES, ModelDims
 from data.datamodule import ClfDataModule, Collator
 from helper.adaptors import build_adaptors
 from helper.config import DataConfig, InitFromConfig, OptimConfig, StudentConfig
@@ -291,3 +291,50 @@ def test_cache_respects_its_memory_bound_and_the_teacher_covers_the_rest(dm):
     assert log.calls[1] > 0  # the examples left out still run through the teacher
     for i, row in cache.rows.items():  # what is kept is the teacher's own output
         torch.testing.assert_close(row["logits", None], full.teacher_cache.rows[i]["logits", None])
+
+
+def test_training_logs_only_the_steps_the_loggers_write(tmp_path, dm):
+    from lightning.pytorch.loggers import CSVLogger
+
+    distiller = make(BaseDistiller, ["AttnMiniLM", "LogitMSE"])
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, logger=CSVLogger(tmp_path), log_every_n_steps=3, max_steps=8,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(distiller, datamodule=dm)
+    rows = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header, rows = rows[0].split(","), [dict(zip(rows[0].split(","), r.split(","))) for r in rows[1:]]
+    keys = ["train/AttnMiniLM", "train/LogitMSE", "train/loss", "train/teacher_cache_hit_rate"]
+    assert set(keys) <= set(header)
+    logged = [r for r in rows if r["train/loss"]]
+    assert [int(r["step"]) for r in logged] == [2, 5]  # every 3rd step, as Lightning writes them
+    assert all(r[k] for r in logged for k in keys)
+    assert "train/AttnMiniLM" in trainer.callback_metrics
+
+
+def test_batches_move_to_the_device_except_idx(dm):
+    distiller = make(BaseDistiller, ["LogitMSE"])
+    batch = next(iter(dm.train_dataloader()))
+    batch["student"] = {"input_ids": batch["input_ids"]}
+    assert distiller.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch  # nothing to move
+    moved = distiller.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert moved["idx"].device.type == "cpu"  # read by the teacher cache with tolist()
+    assert moved["input_ids"].is_meta and moved["labels"].is_meta and moved["student"]["input_ids"].is_meta
+
+
+def test_cache_assembly_equals_row_by_row_padding(dm):
+    from helper.teacher_cache import TeacherCache
+
+    distiller = make(BaseDistiller, EVERY_FEATURE)
+    batch = next(iter(dm.train_dataloader()))
+    distiller.teacher_features(batch)
+    rows = [distiller.teacher_cache.rows[i] for i in batch["idx"].tolist()]
+    mask = torch.nn.functional.pad(batch["attention_mask"], (0, 2))  # padded 2 more than any row
+    feats = TeacherCache._assemble(rows, mask, torch.float32)
+    for (name, layer), x in feats.entries().items():
+        first = rows[0][name, layer]
+        expected = first.new_zeros(len(rows), *[mask.shape[1] if a in TOKEN_AXES[name] else s
+                                                for a, s in enumerate(first.shape)])  # fmt: skip
+        for out_b, row in zip(expected, rows):  # the reference: one copy per row
+            out_b[tuple(map(slice, row[name, layer].shape))] = row[name, layer]
+        assert torch.equal(x, expected.float()), (name, layer)
