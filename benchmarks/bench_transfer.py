@@ -11,6 +11,9 @@ et al. 2019 (embeddings copied from the teacher); the teacher is a fine-tuned di
   kd_aug<N>    the same on the training set plus the d-lite transfer set with n_iter N (N x the training set)
   bilstm_hard, bilstm_kd, bilstm_kd_aug<N>: the same three with the BiLSTM student (LogitMSE, Tang et al.'s loss)
 
+A run whose command is unchanged is not repeated (`<out>/<run>.done.json`), so an interrupted grid goes on where it
+stopped and a finished one only summarises.
+
 Run: .venv/bin/python benchmarks/bench_transfer.py --data sst2 --teacher runs/sst2_teacher/model \
        --recipes hard kd kd_aug10 --seeds 0 1 2
 """
@@ -86,6 +89,19 @@ def transfer_file(args, n_iter: int, out: Path) -> tuple[Path, dict]:
     }
 
 
+def command(args, name: str, seed: int, overrides: list[str], epochs: int) -> tuple[str, list[str]]:
+    """(run name, the stage command line) of one recipe and seed."""
+    run_name = f"{args.data}_{name}_s{seed}"
+    report = name.startswith("bilstm") and seed == args.seeds[0]  # size and speed of the BiLSTM against the teacher
+    cmd = [
+        "distillation_ms.py", *DATA[args.data], *overrides, f"teacher.name={args.teacher}",
+        f"trainer.max_epochs={epochs}", f"trainer.seed={seed}", "logger.wandb=false",
+        f"logger.output_dir={args.out}", f"logger.run_name={run_name}", f"distill.report={str(report).lower()}",
+        *args.extra,
+    ]  # fmt: skip
+    return run_name, cmd
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=sorted(DATA), required=True)
@@ -113,15 +129,13 @@ def main(argv: list[str] | None = None) -> dict:
             overrides = [*overrides, f"data.transfer={path}"]
         runs = []
         for seed in args.seeds:
-            run_name = f"{args.data}_{name}_s{seed}"
-            cmd = [
-                "distillation_ms.py", *DATA[args.data], *overrides, f"teacher.name={args.teacher}",
-                f"trainer.max_epochs={epochs}", f"trainer.seed={seed}", "logger.wandb=false",
-                f"logger.output_dir={args.out}", f"logger.run_name={run_name}",
-                f"distill.report={'true' if name.startswith('bilstm') and seed == args.seeds[0] else 'false'}",
-                *args.extra,
-            ]  # fmt: skip
-            seconds = run(cmd, args.out / f"{run_name}.log")
+            run_name, cmd = command(args, name, seed, overrides, epochs)
+            done = args.out / f"{run_name}.done.json"  # a finished run of the same command is not run again
+            if done.is_file() and json.loads(done.read_text())["cmd"] == cmd:
+                seconds = json.loads(done.read_text())["seconds"]
+            else:
+                seconds = run(cmd, args.out / f"{run_name}.log")
+                done.write_text(json.dumps({"cmd": cmd, "seconds": seconds}))
             metrics = json.loads((args.out / run_name / "metrics.json").read_text())
             runs.append({"seed": seed, "seconds": round(seconds, 1), **metrics})
             print(f"{run_name}: test acc {metrics.get('test/acc', float('nan')):.4f} in {seconds:.0f} s", flush=True)
