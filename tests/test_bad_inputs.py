@@ -83,7 +83,8 @@ OVERRIDES = [
     (F, ["trainer.devices=[0, 0]"], "trainer.devices", "distinct device ids"),
     (F, ["trainer.precision=16-mixed", "trainer.accelerator=cpu"], "trainer.precision", "on cpu use bf16-mixed"),
     (F, ["trainer.precision=fp16"], "trainer.precision", "not one of"),
-    (F, ["trainer.monitor=val/loss"], "trainer.monitor", "not one of"),
+    (F, ["trainer.monitor=val/auc"], "trainer.monitor", "not one of"),
+    (F, ["trainer.metrics=[accuracy, auc]"], "trainer.metrics", "distinct names among"),
     # model / teacher / student
     (F, ["model.dropout=1"], "model.dropout", "None or a finite number in [0, 1)"),
     (F, ["model.dropout=-0.1"], "model.dropout", "in [0, 1)"),
