@@ -263,10 +263,13 @@ class LengthGroupedBatchSampler(ResumableBatches):
         return batches
 
 
-def split_fingerprint(ds: TokenizedSplit) -> dict:
-    """What identifies a split's content: its number of examples and a hash of its token ids and labels."""
+def split_fingerprint(ds) -> dict:
+    """What identifies a split's content: its number of examples and a hash of its token ids (of every tokenization it
+    holds: `enc`/`enc_s`, or one per view in `encs`) and labels."""
     h = hashlib.sha256()
-    for enc in (ds.enc, ds.enc_s):
+    encs = ds.encs if hasattr(ds, "encs") else {"teacher": ds.enc, "student": ds.enc_s}
+    for view in sorted(encs):
+        enc = encs[view]
         for key in sorted(enc or {}):
             h.update(key.encode())
             h.update(enc[key].contiguous().numpy().tobytes())

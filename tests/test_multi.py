@@ -282,7 +282,7 @@ def test_a_missing_text_column(tmp_path, clf_csv, tiny_model_dir):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ({"trainer.monitor": "val/one/acc"}, "'val/one/acc' names one of several students; use val/acc or val/f1"),
+        ({"trainer.monitor": "val/one/acc"}, "'val/one/acc' names no validation set"),
         (
             {"trainer.monitor": "val/three/f1", "students": "[{key: one}, {key: two}]"},
             r"'val/three/f1' names no student \(keys: one, two; or mean\)",
