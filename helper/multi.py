@@ -398,11 +398,6 @@ class MultiDistiller(pl.LightningModule):
 # The stage
 
 
-def is_multi(cfg) -> bool:
-    """Whether a distillation config asks for several teachers or students."""
-    return isinstance(cfg.teacher, list) or cfg.students is not None
-
-
 def _specs(cfg) -> tuple[list[TeacherConfig], list[StudentSpec]]:
     """The teachers and students of a config, the single `teacher` and `student` mappings as lists of one."""
     if isinstance(cfg.teacher, list):
