@@ -210,6 +210,19 @@ class Section:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+# The batching and caching settings that every data section shares (`data:` of the classification and the general
+# distillation stages).
+LOADER_RULES = {
+    "batch_size": AT_LEAST_1,
+    "eval_batch_size": Num(1, integer=True, none=True),
+    "num_workers": Num(0, integer=True),
+    "limit_train": Num(1, integer=True, none=True),
+    "limit_eval": Num(1, integer=True, none=True),
+    "seed": SEED,
+    "cache_dir": TEXT_OR_NONE,
+}
+
+
 @dataclass
 class DataConfig(Section):
     SECTION = "data"
@@ -237,13 +250,7 @@ class DataConfig(Section):
         "label_column": TEXT,
         "val_from_train": Num(0, 1, lo_open=True, hi_open=True, none=True),
         "max_length": Num(2, integer=True),  # [CLS] + [SEP]; the model's own limit is checked when it is loaded
-        "batch_size": AT_LEAST_1,
-        "eval_batch_size": Num(1, integer=True, none=True),
-        "num_workers": Num(0, integer=True),
-        "limit_train": Num(1, integer=True, none=True),
-        "limit_eval": Num(1, integer=True, none=True),
-        "seed": SEED,
-        "cache_dir": TEXT_OR_NONE,
+        **LOADER_RULES,
         "transfer": TEXT_OR_NONE,
         "text_files": Check(
             lambda v: (

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from data.config import (
-    AT_LEAST_1,
-    SEED,
+    LOADER_RULES,
     TEXT,
     TEXT_OR_NONE,
     Check,
@@ -33,13 +32,7 @@ class TextDataConfig(Section):
         "encoding": Check(_encoding_ok, "a text encoding Python knows (utf-8, latin-1, ...)"),
         "validation_fraction": Num(0, 1, lo_open=True, hi_open=True),
         "max_length": Num(3, integer=True),  # [CLS] + at least one token + [SEP]
-        "batch_size": AT_LEAST_1,
-        "eval_batch_size": Num(1, integer=True, none=True),
-        "num_workers": Num(0, integer=True),
-        "limit_train": Num(1, integer=True, none=True),
-        "limit_eval": Num(1, integer=True, none=True),
-        "seed": SEED,
-        "cache_dir": TEXT_OR_NONE,
+        **LOADER_RULES,
     }
 
     # "text": a plain text file, one text a line (blank lines skipped); "hf": datasets.load_dataset(name, subset);
