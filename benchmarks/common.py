@@ -6,12 +6,14 @@ import datetime
 import json
 import os
 import platform
+import time
 import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 import transformers
+from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
 from helper.report import machine_info
@@ -81,3 +83,51 @@ def save_result(out: Path, result: dict, load_before: float) -> None:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def loader(batches: list[dict], steps: int) -> DataLoader:
+    """`steps` ready batches, cycling through `batches`, in order."""
+    return DataLoader([batches[i % len(batches)] for i in range(steps)], batch_size=None, shuffle=False)
+
+
+class Interleave(pl.Callback):
+    """Runs the other variants' steps around each Lightning step (order rotating every round) and times every step.
+
+    A Lightning step spans from the start of one loop iteration to the start of the next, minus the other variants'
+    steps run inside it; it is timed under `name`. Each other variant has a `step(batch)`.
+    """
+
+    def __init__(self, others: dict[str, object], warmup: int, rounds: int, name: str = "trainer"):
+        self.others, self.warmup, self.rounds, self.name = others, warmup, rounds, name
+        self.names = [name, *others]
+        self.times: dict[str, list[float]] = {v: [] for v in self.names}
+        self._mark: float | None = None
+        self._inside = 0.0
+
+    def _run(self, names: list[str], batch: dict, timed: bool) -> None:
+        for name in names:
+            start = time.perf_counter()
+            self.others[name].step(batch)
+            if timed:
+                self.times[name].append(time.perf_counter() - start)
+
+    def _order(self, i: int) -> tuple[list[str], list[str]]:
+        r = i % len(self.names)
+        order = self.names[r:] + self.names[:r]
+        cut = order.index(self.name)
+        return order[:cut], order[cut + 1 :]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._mark is not None and batch_idx - 1 >= self.warmup:
+            self.times[self.name].append(now - self._mark - self._inside)
+        self._inside = 0.0
+        if batch_idx < self.warmup + self.rounds:  # the last batch only closes the previous measurement
+            self._run(self._order(batch_idx)[0], batch, batch_idx >= self.warmup)
+        self._mark = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        start = time.perf_counter()
+        if batch_idx < self.warmup + self.rounds:
+            self._run(self._order(batch_idx)[1], batch, batch_idx >= self.warmup)
+        self._inside = time.perf_counter() - start
