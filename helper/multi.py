@@ -29,9 +29,17 @@ from bert.features import Features, ModelDims, merge_requests
 from bert.loading import name_labels
 from bert.recorder import FeatureRecorder
 from helper.adaptors import Adaptor, LogitKL, build_adaptors
-from helper.config import DistillConfig, OptimConfig, ShareConfig, StudentConfig, StudentSpec, TeacherConfig
+from helper.config import (
+    DEFAULT_METRICS,
+    DistillConfig,
+    OptimConfig,
+    ShareConfig,
+    StudentConfig,
+    StudentSpec,
+    TeacherConfig,
+)
 from helper.distiller import settings
-from helper.metrics import clf_metrics
+from helper.metrics import Scorer, Scores
 from helper.teacher_cache import TeacherCache
 from helper.training import configure_optimizers, export_module
 
@@ -128,7 +136,9 @@ class MultiDistiller(pl.LightningModule):
 
     `teachers`: `Teacher`s or modules (weight 1). `students`: `Student`s or (key, module) pairs. `dm`: the data module
     (a `MultiDataModule` when models read different views). `share`: `ShareConfig` or {embeddings: bool, layers:
-    [...]}. `optim`/`distill` and keyword settings as `BaseDistiller`.
+    [...]}. `optim`/`distill`, `metrics`, `scorers` and keyword settings as `BaseDistiller`. Each student's scores
+    are logged under `val/<key>/...` (and `val/<key>/<set>/...` with several validation sets), their mean over the
+    students under `val/mean/<metric>` and `val/mean/loss`.
     """
 
     export_best = True
@@ -142,6 +152,8 @@ class MultiDistiller(pl.LightningModule):
         share: ShareConfig | Mapping | None = None,
         optim: OptimConfig | None = None,
         distill: DistillConfig | None = None,
+        metrics: Sequence[str] = DEFAULT_METRICS,
+        scorers: Mapping[str, Scorer] | None = None,
         **kwargs,
     ):
         super().__init__()
@@ -192,10 +204,11 @@ class MultiDistiller(pl.LightningModule):
             TeacherCache(self.distill.cache_max_mb) if use_cache and rec.request else None for rec in self.rec_t
         ]
         num_labels = self.teachers[0].config.num_labels
-        self.val_metrics = nn.ModuleDict({k: clf_metrics(num_labels, f"val/{k}/") for k in self.students})
-        self.test_metrics = nn.ModuleDict({k: clf_metrics(num_labels, f"test/{k}/") for k in self.students})
-        self.teacher_val_metrics = nn.ModuleList(
-            clf_metrics(num_labels, f"teacher/{i}/val/") for i in range(len(teachers))
+        sets = getattr(dm, "validation_names", None)
+        self.val_scores = nn.ModuleDict({k: Scores(num_labels, f"val/{k}", sets, metrics, scorers) for k in keys})
+        self.test_scores = nn.ModuleDict({k: Scores(num_labels, f"test/{k}", None, metrics, scorers) for k in keys})
+        self.teacher_val_scores = nn.ModuleList(
+            Scores(num_labels, f"teacher/{i}/val", sets, metrics) for i in range(len(teachers))
         )
         self._teacher_evaluated = False
 
@@ -340,44 +353,45 @@ class MultiDistiller(pl.LightningModule):
                 self.log(f"train/teacher_cache_hit_rate/{i}", cache.hit_rate)
         return total
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         labels = batch["labels"]
         for key, student in self.students.items():
             logits = logits_of(student(**self.student_inputs(batch, key)), student)
-            self.val_metrics[key].update(logits, labels)
-            self.log(f"val/{key}/loss", F.cross_entropy(logits.float(), labels), batch_size=len(labels))
+            self.val_scores[key].update(logits, labels, dataloader_idx)
+            if dataloader_idx == 0:  # the first validation set's loss
+                loss = F.cross_entropy(logits.float(), labels)
+                self.log(f"val/{key}/loss", loss, batch_size=len(labels), add_dataloader_idx=False)
         if not self._teacher_evaluated:
             for i, teacher in enumerate(self.teachers):
                 inputs = model_inputs(self.view(batch, self.teacher_views[i]), teacher)
-                self.teacher_val_metrics[i].update(logits_of(teacher(**inputs), teacher), labels)
+                self.teacher_val_scores[i].update(logits_of(teacher(**inputs), teacher), labels, dataloader_idx)
 
-    def _log_metrics(self, metrics: Mapping[str, Any], prefix: str) -> None:
-        values = {}
-        for collection in metrics.values():
-            values.update(collection.compute())
-            collection.reset()
-        for name in ("acc", "f1"):
-            per_student = [v for k, v in values.items() if k.endswith(f"/{name}")]
-            values[f"{prefix}/mean/{name}"] = torch.stack(per_student).mean()
-        self.log_dict(values, prog_bar=prefix == "val")
+    def _log_scores(self, scores: Mapping[str, Scores], split: str) -> None:
+        """Log every student's scores, and under `<split>/mean/` their mean over the students (the first set's)."""
+        values: dict[str, list[float]] = {}
+        for key in self.students:
+            for name, value in scores[key].log(self, prog_bar=split == "val").items():
+                metric = name.removeprefix(f"{split}/{key}/")
+                if "/" not in metric:  # not one of several validation sets' own keys
+                    values.setdefault(metric, []).append(value)
+        for metric, per_student in values.items():
+            if len(per_student) == len(self.students):
+                self.log(f"{split}/mean/{metric}", sum(per_student) / len(per_student), prog_bar=split == "val")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics(self.val_metrics, "val")
-        if not self._teacher_evaluated:
-            for collection in self.teacher_val_metrics:
-                self.log_dict(collection.compute())
-                collection.reset()
-        if not self.trainer.sanity_checking:
+        self._log_scores(self.val_scores, "val")
+        if not self.trainer.sanity_checking and not self._teacher_evaluated:
+            for scores in self.teacher_val_scores:
+                scores.log(self)
             self._teacher_evaluated = True
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         for key, student in self.students.items():
-            self.test_metrics[key].update(
-                logits_of(student(**self.student_inputs(batch, key)), student), batch["labels"]
-            )
+            logits = logits_of(student(**self.student_inputs(batch, key)), student)
+            self.test_scores[key].update(logits, batch["labels"])
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_metrics, "test")
+        self._log_scores(self.test_scores, "test")
 
     # -- export -----------------------------------------------------------------------------------------------------
     def tokenizer_of(self, key: str):
@@ -430,8 +444,9 @@ def run_multi(cfg, stage: str) -> dict:
     dup = next((k for k in keys if keys.count(k) > 1), None)
     if dup is not None:
         raise UserError(f"students: key {dup!r} is used twice; give every student its own `key:`")
-    monitor = "val/mean/acc" if cfg.trainer.monitor == "val/acc" else cfg.trainer.monitor
-    monitor = "val/mean/f1" if monitor == "val/f1" else monitor
+    monitor = cfg.trainer.monitor
+    if monitor.count("/") == 1 and monitor != "val/loss":  # val/<metric>: the students' mean
+        monitor = monitor.replace("val/", "val/mean/")
     if monitor.split("/")[1] not in [*keys, "mean"]:
         raise UserError(f"trainer.monitor: {monitor!r} names no student (keys: {', '.join(keys)}; or mean)")
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -477,6 +492,7 @@ def run_multi(cfg, stage: str) -> dict:
         share=cfg.share,
         optim=cfg.optim,
         distill=cfg.distill,
+        metrics=cfg.trainer.metrics,
     )
     run_cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, monitor=monitor))
     metrics, out, exported = fit_and_export(run_cfg, stage, distiller, dm, "students", "students")

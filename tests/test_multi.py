@@ -159,19 +159,47 @@ def test_stage_with_two_teachers_and_two_students_logs_and_exports_each(tmp_path
         "distill.adaptors": "[LogitKL, {name: AttnMiniLM, teacher: 0}]",
         "share.embeddings": True,
         "trainer.monitor": "val/two/acc",
+        "trainer.metrics": "[accuracy, f1_macro, mcc]",
         "distill.report": False,
     }
     cfg = load_config(
         DistillationRunConfig, ROOT / "configs" / "distillation_ms.yaml", run_overrides(tmp_path, clf_csv, **extra)
     )
     metrics = distillation_ms.main(cfg)
-    assert {"val/one/acc", "val/two/f1", "val/mean/acc", "test/one/acc", "test/mean/f1"} <= set(metrics)
+    assert {"val/one/acc", "val/two/f1", "val/mean/acc", "test/one/acc", "test/mean/f1", "val/mean/mcc"} <= set(metrics)
     run = tmp_path / "distill_ms"
     logged = open(next(run.glob("csv/version_*/metrics.csv"))).readline()
     assert all(k in logged for k in ("val/one/acc", "val/two/acc", "train/one/LogitKL", "teacher/1/val/acc"))
     for key, depth in (("one", 1), ("two", 2)):
         model = AutoModelForSequenceClassification.from_pretrained(run / "students" / key)
         assert model.config.num_hidden_layers == depth and model.config.id2label == {0: "neg", 1: "pos"}
+
+
+def test_students_are_scored_per_validation_set_with_chosen_metrics_and_scorers(clf_csv, tokenizer):
+    validation = {"first": clf_csv["validation"], "second": clf_csv["test"]}
+    dm = ClfDataModule(data_cfg(clf_csv, validation=validation), tokenizer)
+    t = teacher(0)
+    seen = []
+
+    def errors(logits, labels):
+        seen.append(len(labels))
+        return float((logits.argmax(-1) != labels).sum())
+
+    students = [Student(k, cut(t, [0]), ["LogitKL"]) for k in ("one", "two")]
+    module = MultiDistiller([t], students, dm, metrics=["accuracy", "mcc"], scorers={"errors": errors})
+    trainer = fit(module, dm, limit_train_batches=2)
+    logged = trainer.callback_metrics
+    for key in ("one", "two"):
+        assert {f"val/{key}/mcc", f"val/{key}/errors", f"val/{key}/second/acc", f"val/{key}/loss"} <= set(logged)
+        assert logged[f"val/{key}/acc"] == logged[f"val/{key}/first/acc"]
+    assert "val/one/f1" not in logged and "val/mean/second/acc" not in logged
+    mean = (logged["val/one/mcc"] + logged["val/two/mcc"]) / 2
+    assert float(logged["val/mean/mcc"]) == pytest.approx(float(mean))
+    assert float(logged["val/mean/errors"]) == pytest.approx(
+        float(logged["val/one/errors"] + logged["val/two/errors"]) / 2
+    )
+    assert {"teacher/0/val/acc", "teacher/0/val/second/mcc"} <= set(logged)
+    assert len(seen) == 4  # two students, two sets, once per validation
 
 
 def test_student_reads_another_column_than_the_teacher(tmp_path, two_column_csv, tiny_model_dir, tokenizer):
