@@ -12,6 +12,9 @@ et al. 2019 (embeddings copied from the teacher); the teacher is a fine-tuned di
   bilstm_hard, bilstm_kd, bilstm_kd_aug<N>: the same three with the BiLSTM student (LogitMSE, Tang et al.'s loss),
   300 units per direction as in the paper; bilstm200_*: the same with 200 units per direction
 
+Several --teacher directories make every run distil from their equally weighted ensemble (`teacher:` as a list:
+the students' targets are the mean of the teachers' softened distributions); --tag keeps such runs apart.
+
 A run whose command is unchanged is not repeated (`<out>/<run>.done.json`), so an interrupted grid goes on where it
 stopped and a finished one only summarises.
 
@@ -74,7 +77,7 @@ def transfer_file(args, n_iter: int, out: Path) -> tuple[Path, dict]:
     path = out / name / "transfer.parquet"
     if not path.is_file():
         cmd = [
-            "transfer_set.py", *DATA[args.data], f"teacher.name={args.teacher}", f"transfer.augment.n_iter={n_iter}",
+            "transfer_set.py", *DATA[args.data], f"teacher.name={args.teacher[0]}", f"transfer.augment.n_iter={n_iter}",
             f"logger.output_dir={out}", f"logger.run_name={name}",
         ]  # fmt: skip
         seconds = run(cmd, out / f"{name}.log")
@@ -90,10 +93,10 @@ def transfer_file(args, n_iter: int, out: Path) -> tuple[Path, dict]:
 
 def command(args, name: str, seed: int, overrides: list[str], epochs: int) -> tuple[str, list[str]]:
     """(run name, the stage command line) of one recipe and seed."""
-    run_name = f"{args.data}_{name}_s{seed}"
+    run_name = f"{args.data}_{name}{args.tag}_s{seed}"
     report = name.startswith("bilstm") and seed == args.seeds[0]  # size and speed of the BiLSTM against the teacher
     cmd = [
-        "distillation_ms.py", *DATA[args.data], *overrides, f"teacher.name={args.teacher}",
+        "distillation_ms.py", *DATA[args.data], *overrides, *teacher_overrides(args.teacher),
         f"trainer.max_epochs={epochs}", f"trainer.seed={seed}", "logger.wandb=false",
         f"logger.output_dir={args.out}", f"logger.run_name={run_name}", f"distill.report={str(report).lower()}",
         *args.extra,
@@ -101,10 +104,22 @@ def command(args, name: str, seed: int, overrides: list[str], epochs: int) -> tu
     return run_name, cmd
 
 
+def teacher_overrides(teachers: list[str]) -> list[str]:
+    if len(teachers) == 1:
+        return [f"teacher.name={teachers[0]}"]
+    return ["teacher=[" + ", ".join(f"{{name: {t}}}" for t in teachers) + "]"]
+
+
+def test_accuracy(metrics: dict) -> float:
+    """The student's test accuracy (`test/mean/acc` of a run with several teachers: its only student's)."""
+    return metrics.get("test/acc", metrics.get("test/mean/acc", float("nan")))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=sorted(DATA), required=True)
-    parser.add_argument("--teacher", required=True, help="fine-tuned teacher directory")
+    parser.add_argument("--teacher", required=True, nargs="+", help="fine-tuned teacher directory (several: ensemble)")
+    parser.add_argument("--tag", default="", help="appended to every run name (e.g. _ens for an ensemble)")
     parser.add_argument("--recipes", nargs="+", default=["hard", "kd", "kd_aug10"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=3, help="epochs of every run (default 3)")
@@ -123,6 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
         overrides, n_iter = recipe(name)
         epochs = args.aug_epochs if n_iter and args.aug_epochs else args.epochs
         if n_iter:
+            if len(args.teacher) > 1:
+                raise SystemExit(f"error: recipe {name!r}: a transfer set is labelled by one teacher")
             path, info = transfer_file(args, n_iter, args.out)
             transfers[n_iter] = info
             overrides = [*overrides, f"data.transfer={path}"]
@@ -137,8 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
                 done.write_text(json.dumps({"cmd": cmd, "seconds": seconds}))
             metrics = json.loads((args.out / run_name / "metrics.json").read_text())
             runs.append({"seed": seed, "seconds": round(seconds, 1), **metrics})
-            print(f"{run_name}: test acc {metrics.get('test/acc', float('nan')):.4f} in {seconds:.0f} s", flush=True)
-        accs = [r["test/acc"] for r in runs]
+            print(f"{run_name}: test acc {test_accuracy(metrics):.4f} in {seconds:.0f} s", flush=True)
+        accs = [test_accuracy(r) for r in runs]
         rows[name] = {
             "test_acc_mean": statistics.mean(accs),
             "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
@@ -146,11 +163,12 @@ def main(argv: list[str] | None = None) -> dict:
             "epochs": epochs,
             "runs": runs,
         }
-    teacher_metrics = Path(args.teacher).parent / "metrics.json"
+    teacher_metrics = [Path(t).parent / "metrics.json" for t in args.teacher]
+    teacher_metrics = [json.loads(m.read_text()) if m.is_file() else None for m in teacher_metrics]
     result = {
         "data": args.data,
-        "teacher": args.teacher,
-        "teacher_metrics": json.loads(teacher_metrics.read_text()) if teacher_metrics.is_file() else None,
+        "teacher": args.teacher[0] if len(args.teacher) == 1 else args.teacher,
+        "teacher_metrics": teacher_metrics[0] if len(args.teacher) == 1 else teacher_metrics,
         "seeds": args.seeds,
         "recipes": rows,
         "transfer_sets": transfers,
