@@ -187,3 +187,18 @@ def test_startup_benchmark(tmp_path):
     for stage in res["stages"].values():
         phases = stage["runs"][0]["phases_s"]
         assert 0 < phases["fit_start"] <= phases["first_step_start"] <= phases["first_step_end"]
+
+
+@pytest.mark.slow
+def test_multi_benchmark_times_the_pair_and_scores_each_student(tmp_path, shared_data):
+    from benchmarks import bench_multi
+
+    out = tmp_path / "multi.json"
+    res = bench_multi.main(["--limit", "32", "--epochs", "1", "--threads", "1", "--out", str(out)])
+    assert json.loads(out.read_text())["epochs"] == 1
+    for cache in ("off", "on"):
+        timing = res[f"cache_{cache}"]
+        assert len(timing["pair"]) == len(timing["pair_over_sum"]) == 1 and timing["pair_over_sum"][0] > 0
+        for together in ("pair", "alone"):
+            assert set(timing["dev_acc"][together]) == {"two", "three"}
+    assert 0 <= res["cipher"]["kd_from_english_teacher"] <= 1
