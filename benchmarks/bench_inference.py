@@ -9,7 +9,8 @@ exactly the same calls. Variants (eval mode, torch.inference_mode):
 Per variant the two models take turns call by call after a warm-up. Latency = median ms per batch-1 call;
 throughput = examples / total seconds over the batch-32 calls.
 Models: teacher runs/sst2_teacher/model when present (else the packaged all-MiniLM-L6-v2); student = the first 2-layer
-model exported under runs/*/student, else layers 1 and 5 cut from the teacher (weights do not change the speed).
+model exported under runs/*/student, else layers 1 and 5 cut from the teacher (weights do not change the speed);
+--student DIR times any exported student instead (e.g. a BiLSTM).
 
 Run: .venv/bin/python benchmarks/bench_inference.py [--latency-calls N] [--throughput-batches N] [--variants ...]
 """
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--variants", nargs="+", default=[*CPU_VARIANTS, *CUDA_VARIANTS])
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; 1 with --tiny)")
     parser.add_argument("--tiny", action="store_true", help="smoke run: a random BERT of hidden 32 and 2 layers")
+    parser.add_argument("--student", help="an exported student directory (default: see above)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "inference.json")
     args = parser.parse_args(argv)
     unknown = set(args.variants) - {*CPU_VARIANTS, *CUDA_VARIANTS}
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads or (1 if args.tiny else torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
         teacher_path = tiny_model_dir(Path(tmp)) if args.tiny else default_teacher()
-        student_path = None if args.tiny else exported_student(2)
+        student_path = args.student or (None if args.tiny else exported_student(2))
         models = load_models(teacher_path, student_path)
         calls = make_calls(AutoTokenizer.from_pretrained(teacher_path), args.latency_calls, args.throughput_batches)
     load_before = loadavg()
