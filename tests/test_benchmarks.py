@@ -202,3 +202,13 @@ def test_multi_benchmark_times_the_pair_and_scores_each_student(tmp_path, shared
         for together in ("pair", "alone"):
             assert set(timing["dev_acc"][together]) == {"two", "three"}
     assert 0 <= res["cipher"]["kd_from_english_teacher"] <= 1
+
+
+def test_predict_benchmark(tmp_path):
+    from benchmarks import bench_predict
+
+    out = tmp_path / "predict.json"
+    res = bench_predict.main(["--tiny", "--repeats", "2", "--threads", "1", "--out", str(out)])
+    assert json.loads(out.read_text())["texts"] == res["texts"] > 0
+    assert len(res["seconds"]["predict"]) == len(res["seconds"]["forward"]) == 2 and res["predict_over_forward"] > 0
+    assert 0 <= res["predict_test_acc"] <= 1 and res["recorded_test_acc"] is None
