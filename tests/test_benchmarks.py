@@ -212,3 +212,19 @@ def test_predict_benchmark(tmp_path):
     assert json.loads(out.read_text())["texts"] == res["texts"] > 0
     assert len(res["seconds"]["predict"]) == len(res["seconds"]["forward"]) == 2 and res["predict_over_forward"] > 0
     assert 0 <= res["predict_test_acc"] <= 1 and res["recorded_test_acc"] is None
+
+
+@pytest.mark.slow
+def test_general_benchmark_distils_then_finetunes_each_init(tmp_path, shared_data):
+    from benchmarks import bench_general
+
+    tiny = ["data.limit_train=32", "data.limit_eval=16", "data.max_length=16", "trainer.accelerator=cpu"]
+    argv = [
+        "--seeds", "0", "--general-epochs", "1", "--finetune-epochs", "1", "--out", str(tmp_path / "runs"),
+        "--result", str(tmp_path / "general.json"), "--extra", *tiny,
+    ]  # fmt: skip
+    res = bench_general.main(argv)
+    assert set(res["inits"]) == {"general", "random", "cut"} and res["texts"] > 10000
+    for row in res["inits"].values():
+        assert 0 <= row["test_acc_mean"] <= 1 and len(row["runs"]) == 1
+    assert (tmp_path / "runs" / "general" / "student" / "config.json").is_file()
