@@ -242,7 +242,7 @@ class BaseDistiller(pl.LightningModule):
             loss = F.cross_entropy(logits_s.float(), labels)
             self.log("val/loss", loss, batch_size=len(labels), add_dataloader_idx=False)
             self.log("val_loss", loss, batch_size=len(labels), add_dataloader_idx=False)
-        if not self._teacher_evaluated:
+        if not self._teacher_evaluated and not self.trainer.sanity_checking:  # once, on the whole validation set
             logits_t = logits_of(self.teacher(**model_inputs(batch, self.teacher)), self.teacher)
             self.teacher_val_scores.update(logits_t, labels, dataloader_idx)
 

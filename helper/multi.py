@@ -138,7 +138,7 @@ class MultiDistiller(pl.LightningModule):
     (a `MultiDataModule` when models read different views). `share`: `ShareConfig` or {embeddings: bool, layers:
     [...]}. `optim`/`distill`, `metrics`, `scorers` and keyword settings as `BaseDistiller`. Each student's scores
     are logged under `val/<key>/...` (and `val/<key>/<set>/...` with several validation sets), their mean over the
-    students under `val/mean/<metric>` and `val/mean/loss`.
+    students under `val/mean/<metric>`.
     """
 
     export_best = True
@@ -361,7 +361,7 @@ class MultiDistiller(pl.LightningModule):
             if dataloader_idx == 0:  # the first validation set's loss
                 loss = F.cross_entropy(logits.float(), labels)
                 self.log(f"val/{key}/loss", loss, batch_size=len(labels), add_dataloader_idx=False)
-        if not self._teacher_evaluated:
+        if not self._teacher_evaluated and not self.trainer.sanity_checking:  # once, on the whole validation set
             for i, teacher in enumerate(self.teachers):
                 inputs = model_inputs(self.view(batch, self.teacher_views[i]), teacher)
                 self.teacher_val_scores[i].update(logits_of(teacher(**inputs), teacher), labels, dataloader_idx)

@@ -338,3 +338,21 @@ def test_cache_assembly_equals_row_by_row_padding(dm):
         for out_b, row in zip(expected, rows):  # the reference: one copy per row
             out_b[tuple(map(slice, row[name, layer].shape))] = row[name, layer]
         assert torch.equal(x, expected.float()), (name, layer)
+
+
+@pytest.mark.parametrize("sanity", [0, 1])
+def test_teacher_is_scored_on_the_validation_set_once_after_a_sanity_check(dm, sanity):
+    distiller = make(BaseDistiller, ["HardCE"])  # the teacher runs for validation only
+    calls = []
+    distiller.teacher.register_forward_hook(lambda *_: calls.append(1))
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=sanity, max_epochs=2, limit_train_batches=1,
+    )  # fmt: skip
+    trainer.fit(distiller, datamodule=dm)
+    batches = list(dm.val_dataloader())
+    assert len(calls) == len(batches) > sanity  # not in the sanity check, not after the first validation
+    with torch.no_grad():
+        right = sum(int((distiller.teacher(**model_inputs(b)).logits.argmax(-1) == b["labels"]).sum()) for b in batches)
+    expected = right / sum(len(b["labels"]) for b in batches)
+    assert float(trainer.callback_metrics["teacher/val/acc"]) == pytest.approx(expected)
