@@ -59,7 +59,68 @@ def settings(owner: str, optim: OptimConfig | None, distill: DistillConfig | Non
     return optim, distill
 
 
-class BaseDistiller(pl.LightningModule):
+class Distiller(pl.LightningModule):
+    """What every distiller shares (`BaseDistiller`, `MultiDistiller`): the settings and the data module, the optimiser
+    over the trainable parameters, frozen teachers placed on the students' device and dtype, batches moved without
+    `idx`, and training values logged only on the steps the loggers write."""
+
+    export_best: ClassVar[bool] = True  # export the best checkpoint on the validation metric (else the last)
+
+    def __init__(self, dm, optim: OptimConfig | None, distill: DistillConfig | None, kwargs: dict[str, Any]):
+        super().__init__()
+        self.optim, self.distill = settings(type(self).__name__, optim, distill, kwargs)
+        self.__dict__["dm"] = dm  # not a module: kept out of the state dict and hyperparameters
+
+    def frozen_teachers(self) -> list[nn.Module]:
+        """The teachers: unregistered modules (no optimiser, no checkpoint), moved with the students."""
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Every trainable parameter once (`named_parameters` drops the repeats of shared, tied modules)."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        return configure_optimizers(self, self.trainable_parameters(), self.optim)
+
+    def _place_teachers(self) -> None:
+        dtype = next(self.parameters()).dtype  # the first student's
+        for teacher in self.frozen_teachers():
+            teacher.to(device=self.device, dtype=dtype).eval()
+
+    def on_fit_start(self) -> None:
+        self._place_teachers()
+
+    def on_validation_start(self) -> None:
+        self._place_teachers()
+
+    def on_test_start(self) -> None:
+        self._place_teachers()
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Tensors to `device`, except `idx`: the teacher cache reads it on the CPU (on a GPU, a device copy would cost
+        a copy and a synchronising `tolist()` every step). Nothing moves when the device is the CPU."""
+        if device.type == "cpu" or not isinstance(batch, dict):
+            return batch if device.type == "cpu" else super().transfer_batch_to_device(batch, device, dataloader_idx)
+        return {
+            k: v.to(device, non_blocking=True)
+            if isinstance(v, torch.Tensor) and k != "idx"
+            else self.transfer_batch_to_device(v, device, dataloader_idx)
+            if isinstance(v, dict)
+            else v
+            for k, v in batch.items()
+        }
+
+    def _logs_now(self) -> bool:
+        """Whether Lightning hands this step's logged values to the loggers (every `trainer.log_every_n_steps`); on
+        other steps `self.log` would only feed the progress bar, at the cost of a few calls (and, on a GPU, a
+        synchronising `.item()` per value) every step. The bar shows the values of the last logged step."""
+        trainer = self._trainer
+        if trainer is None:
+            return False  # outside a Trainer self.log does nothing
+        return trainer._logger_connector.should_update_logs or bool(trainer.fast_dev_run)
+
+
+class BaseDistiller(Distiller):
     """Mix-step distillation: every adaptor trains at once; `sum(weight * loss)` is minimised.
 
     `adaptors`: names or mappings as in `distill.adaptors` (built against both models' sizes), or a built
@@ -69,7 +130,6 @@ class BaseDistiller(pl.LightningModule):
     """
 
     stages: ClassVar[tuple[str, ...]] = ("inter", "pred")
-    export_best: ClassVar[bool] = True  # export the best checkpoint on the validation metric (else the last)
 
     def __init__(
         self,
@@ -84,9 +144,7 @@ class BaseDistiller(pl.LightningModule):
         scorers: Mapping[str, Scorer] | None = None,
         **kwargs,
     ):
-        super().__init__()
-        self.optim, self.distill = settings(type(self).__name__, optim, distill, kwargs)
-        self.__dict__["dm"] = dm  # not a module: kept out of the state dict and hyperparameters
+        super().__init__(dm, optim, distill, kwargs)
         if not isinstance(adaptors, nn.ModuleList):
             try:
                 adaptors = build_adaptors(
@@ -134,12 +192,6 @@ class BaseDistiller(pl.LightningModule):
     def configure_trainable(self) -> None:
         """Mix-step trains the whole student (and the adaptors' projections)."""
 
-    def trainable_parameters(self):
-        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-
-    def configure_optimizers(self):
-        return configure_optimizers(self, self.trainable_parameters(), self.optim)
-
     def setup(self, stage: str) -> None:
         names = getattr(self.dm or self.trainer.datamodule, "label_names", None)
         if names is not None:
@@ -147,18 +199,8 @@ class BaseDistiller(pl.LightningModule):
             name_labels(self.student, names, "student")
 
     # -- teacher ----------------------------------------------------------------------------------------------------
-    def _place_teacher(self) -> None:
-        dtype = next(self.student.parameters()).dtype
-        self.teacher.to(device=self.device, dtype=dtype).eval()
-
-    def on_fit_start(self) -> None:
-        self._place_teacher()
-
-    def on_validation_start(self) -> None:
-        self._place_teacher()
-
-    def on_test_start(self) -> None:
-        self._place_teacher()
+    def frozen_teachers(self) -> list[nn.Module]:
+        return [self.teacher]
 
     def teacher_features(self, batch: dict) -> Features:
         """Teacher features of `batch` (teacher inputs), through the per-example cache when it is on.
@@ -188,29 +230,6 @@ class BaseDistiller(pl.LightningModule):
     # -- steps ------------------------------------------------------------------------------------------------------
     def student_inputs(self, batch: dict) -> dict:
         return model_inputs(batch.get("student", batch), self.student)
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Tensors to `device`, except `idx`: the teacher cache reads it on the CPU (on a GPU, a device copy would cost
-        a copy and a synchronising `tolist()` every step). Nothing moves when the device is the CPU."""
-        if device.type == "cpu" or not isinstance(batch, dict):
-            return batch if device.type == "cpu" else super().transfer_batch_to_device(batch, device, dataloader_idx)
-        return {
-            k: v.to(device, non_blocking=True)
-            if isinstance(v, torch.Tensor) and k != "idx"
-            else self.transfer_batch_to_device(v, device, dataloader_idx)
-            if isinstance(v, dict)
-            else v
-            for k, v in batch.items()
-        }
-
-    def _logs_now(self) -> bool:
-        """Whether Lightning hands this step's logged values to the loggers (every `trainer.log_every_n_steps`); on
-        other steps `self.log` would only feed the progress bar, at the cost of a few calls (and, on a GPU, a
-        synchronising `.item()` per value) every step. The bar shows the values of the last logged step."""
-        trainer = self._trainer
-        if trainer is None:
-            return False  # outside a Trainer self.log does nothing
-        return trainer._logger_connector.should_update_logs or bool(trainer.fast_dev_run)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         feats_t = self.teacher_features(batch)

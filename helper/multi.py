@@ -38,10 +38,10 @@ from helper.config import (
     StudentSpec,
     TeacherConfig,
 )
-from helper.distiller import settings
+from helper.distiller import Distiller
 from helper.metrics import Scorer, Scores
 from helper.teacher_cache import TeacherCache
-from helper.training import configure_optimizers, export_module
+from helper.training import export_module
 
 
 @dataclass
@@ -131,7 +131,7 @@ def tie_shared(students: Mapping[str, nn.Module], embeddings: bool = False, laye
             dst_layers[i] = src_layers[i]
 
 
-class MultiDistiller(pl.LightningModule):
+class MultiDistiller(Distiller):
     """Mix-step distillation of several students from several teachers at once (see the module docstring).
 
     `teachers`: `Teacher`s or modules (weight 1). `students`: `Student`s or (key, module) pairs. `dm`: the data module
@@ -140,8 +140,6 @@ class MultiDistiller(pl.LightningModule):
     are logged under `val/<key>/...` (and `val/<key>/<set>/...` with several validation sets), their mean over the
     students under `val/mean/<metric>`.
     """
-
-    export_best = True
 
     def __init__(
         self,
@@ -156,9 +154,7 @@ class MultiDistiller(pl.LightningModule):
         scorers: Mapping[str, Scorer] | None = None,
         **kwargs,
     ):
-        super().__init__()
-        self.optim, self.distill = settings(type(self).__name__, optim, distill, kwargs)
-        self.__dict__["dm"] = dm
+        super().__init__(dm, optim, distill, kwargs)
         teachers = [t if isinstance(t, Teacher) else Teacher(t) for t in teachers]
         students = [s if isinstance(s, Student) else Student(*s) for s in students]
         if not teachers or not students:
@@ -259,14 +255,6 @@ class MultiDistiller(pl.LightningModule):
         self.adaptors[s.key] = built
         self.adaptor_teacher[s.key] = chosen
 
-    # -- what trains ------------------------------------------------------------------------------------------------
-    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """Every trainable parameter once: `named_parameters` drops the repeats of shared (tied) modules."""
-        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-
-    def configure_optimizers(self):
-        return configure_optimizers(self, self.trainable_parameters(), self.optim)
-
     def setup(self, stage: str) -> None:
         names = getattr(self.dm or self.trainer.datamodule, "label_names", None)
         if names is not None:
@@ -276,19 +264,8 @@ class MultiDistiller(pl.LightningModule):
                 name_labels(student, names, f"student {key!r}")
 
     # -- teachers ---------------------------------------------------------------------------------------------------
-    def _place_teachers(self) -> None:
-        dtype = next(self.students.parameters()).dtype
-        for teacher in self.teachers:
-            teacher.to(device=self.device, dtype=dtype).eval()
-
-    def on_fit_start(self) -> None:
-        self._place_teachers()
-
-    def on_validation_start(self) -> None:
-        self._place_teachers()
-
-    def on_test_start(self) -> None:
-        self._place_teachers()
+    def frozen_teachers(self) -> list[nn.Module]:
+        return self.teachers
 
     @staticmethod
     def view(batch: dict, view: str | None) -> dict:
@@ -338,19 +315,24 @@ class MultiDistiller(pl.LightningModule):
         n = len(labels)
         memo: dict = {}
         total = 0.0
+        losses: dict[str, torch.Tensor] = {}
         for key in self.students:
             _, feats_s = self.rec_s[key](**self.student_inputs(batch, key))
             loss_s = 0.0
             for adaptor, teacher in zip(self.adaptors[key], self.adaptor_teacher[key]):
                 loss = adaptor(self.target(feats_t, adaptor, teacher, memo), feats_s, labels)
-                self.log(f"train/{key}/{adaptor.key}", loss, batch_size=n)
+                losses[f"{key}/{adaptor.key}"] = loss
                 loss_s = loss_s + adaptor.weight * loss
-            self.log(f"train/{key}/loss", loss_s, batch_size=n)
+            losses[f"{key}/loss"] = loss_s
             total = total + loss_s
-        self.log("train/loss", total, prog_bar=True, batch_size=n)
-        for i, cache in enumerate(self.teacher_caches):
-            if cache is not None:
-                self.log(f"train/teacher_cache_hit_rate/{i}", cache.hit_rate)
+        self.step_losses = {k: v.detach() for k, v in losses.items()}  # NonFiniteGuard names them
+        if self._logs_now():
+            for name, loss in losses.items():
+                self.log(f"train/{name}", loss, batch_size=n)
+            self.log("train/loss", total, prog_bar=True, batch_size=n)
+            for i, cache in enumerate(self.teacher_caches):
+                if cache is not None:
+                    self.log(f"train/teacher_cache_hit_rate/{i}", cache.hit_rate)
         return total
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
