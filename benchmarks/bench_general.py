@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_general")
     parser.add_argument("--result", type=Path, default=ROOT / "benchmarks" / "results" / "general.json")
+    parser.add_argument("--general-extra", nargs="*", default=[], help="more overrides for step 1 (optim.lr=5e-4)")
+    parser.add_argument("--inits", nargs="+", choices=INITS, default=list(INITS), help="encoders to fine-tune")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every stage (smoke runs)")
     args = parser.parse_args(argv)
     quiet()
@@ -102,12 +104,12 @@ def main(argv: list[str] | None = None) -> dict:
     common = ["logger.wandb=false", f"logger.output_dir={args.out}", *args.extra]
     general = [
         "distillation_general.py", f"data.train={texts}", f"trainer.max_epochs={args.general_epochs}",
-        "logger.run_name=general", *common,
+        "logger.run_name=general", *common, *args.general_extra,
     ]  # fmt: skip
     general_seconds = run(general, args.out, "general")
     print(f"general distillation: {general_seconds:.0f} s", flush=True)
     rows = {}
-    for init in INITS:
+    for init in args.inits:
         runs = []
         for seed in args.seeds:
             model = args.out / "general" / "student" if init == "general" else save_init(init, seed, args.out)
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "texts": sum(1 for _ in texts.open()),
         "general_epochs": args.general_epochs,
+        "general_extra": args.general_extra,
         "general_seconds": round(general_seconds, 1),
         "finetune_epochs": args.finetune_epochs,
         "seeds": args.seeds,
