@@ -82,9 +82,7 @@ def transfer_file(args, n_iter: int, out: Path) -> tuple[Path, dict]:
         ]  # fmt: skip
         seconds = run(cmd, out / f"{name}.log")
         (out / name / "build_seconds.json").write_text(json.dumps({"seconds": seconds}))
-    summary = [
-        line for line in (out / f"{name}.log").read_text().splitlines() if "rows/s" in line or "sentences/s" in line
-    ]
+    summary = [line for line in (out / f"{name}.log").read_text().splitlines() if line.startswith("transfer set:")]
     return path, {
         "build_seconds": json.loads((out / name / "build_seconds.json").read_text())["seconds"],
         "log": summary,
