@@ -17,23 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import SST2, loadavg, quiet, save_result  # noqa: E402
+from benchmarks.common import SST2, SST2_OVERRIDES, loadavg, quiet, run_stage, save_result, summarise_test_acc  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
-SST2_ARGS = [
-    "data.source=label_text",
-    f"data.train={SST2 / 'stsa.binary.train'}",
-    f"data.validation={SST2 / 'stsa.binary.dev'}",
-    f"data.test={SST2 / 'stsa.binary.test'}",
-]
 INITS = ("general", "random", "cut")
 
 
@@ -46,21 +37,6 @@ def write_texts(out: Path) -> Path:
     path = out / "texts.txt"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def run(cmd: list[str], out: Path, name: str) -> float:
-    """Run a stage once per command line: its seconds (0.0 when an earlier identical run is reused)."""
-    done = out / f"{name}.done.json"
-    if done.is_file() and json.loads(done.read_text())["cmd"] == cmd:
-        return json.loads(done.read_text())["seconds"]
-    start = time.perf_counter()
-    with (out / f"{name}.log").open("w") as log:
-        code = subprocess.run([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
-    if code:
-        raise SystemExit(f"error: {cmd[0]} failed (exit {code}); see {out / f'{name}.log'}")
-    seconds = time.perf_counter() - start
-    done.write_text(json.dumps({"cmd": cmd, "seconds": seconds}))
-    return seconds
 
 
 def save_init(kind: str, seed: int, out: Path) -> Path:
@@ -106,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         "distillation_general.py", f"data.train={texts}", f"trainer.max_epochs={args.general_epochs}",
         "logger.run_name=general", *common, *args.general_extra,
     ]  # fmt: skip
-    general_seconds = run(general, args.out, "general")
+    general_seconds = run_stage(general, args.out, "general")
     print(f"general distillation: {general_seconds:.0f} s", flush=True)
     rows = {}
     for init in args.inits:
@@ -115,20 +91,15 @@ def main(argv: list[str] | None = None) -> dict:
             model = args.out / "general" / "student" if init == "general" else save_init(init, seed, args.out)
             name = f"ft_{init}_s{seed}"
             cmd = [
-                "finetune.py", *SST2_ARGS, f"model.name={model}", "optim.lr=1e-4",
+                "finetune.py", *SST2_OVERRIDES, f"model.name={model}", "optim.lr=1e-4",
                 f"trainer.max_epochs={args.finetune_epochs}", f"trainer.seed={seed}", f"logger.run_name={name}",
                 *common,
             ]  # fmt: skip
-            seconds = run(cmd, args.out, name)
+            seconds = run_stage(cmd, args.out, name)
             metrics = json.loads((args.out / name / "metrics.json").read_text())
             runs.append({"seed": seed, "seconds": round(seconds, 1), **metrics})
             print(f"{name}: test acc {metrics['test/acc']:.4f}", flush=True)
-        accs = [r["test/acc"] for r in runs]
-        rows[init] = {
-            "test_acc_mean": statistics.mean(accs),
-            "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-            "runs": runs,
-        }
+        rows[init] = {**summarise_test_acc([r["test/acc"] for r in runs]), "runs": runs}
     result = {
         "texts": sum(1 for _ in texts.open()),
         "general_epochs": args.general_epochs,

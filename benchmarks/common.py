@@ -1,4 +1,5 @@
-"""What the benchmarks share: SST-2 sentences, a tiny model directory, the teacher, quiet logs, the result file."""
+"""What the benchmarks share: SST-2 sentences, a tiny model directory, the teacher, quiet logs, the result file, stage
+runs that are not repeated, interleaved timing."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import datetime
 import json
 import os
 import platform
+import statistics
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -21,6 +25,12 @@ from helper.report import machine_info
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 FINETUNED_TEACHER = ROOT / "runs" / "sst2_teacher" / "model"
+SST2_OVERRIDES = [  # the stages' `data:` for SST-2 from ../shared/data
+    "data.source=label_text",
+    f"data.train={SST2 / 'stsa.binary.train'}",
+    f"data.validation={SST2 / 'stsa.binary.dev'}",
+    f"data.test={SST2 / 'stsa.binary.test'}",
+]
 FALLBACK_SENTENCES = [
     "1 a gorgeous , witty , seductive movie .",
     "0 a tedious mess that goes nowhere .",
@@ -131,3 +141,25 @@ class Interleave(pl.Callback):
         if batch_idx < self.warmup + self.rounds:
             self._run(self._order(batch_idx)[1], batch, batch_idx >= self.warmup)
         self._inside = time.perf_counter() - start
+
+
+def run_stage(cmd: list[str], out: Path, name: str) -> float:
+    """Run a stage script (`cmd`: the script and its overrides) from the repository root, its output in
+    `<out>/<name>.log`; the seconds it took. A finished run of the same command (`<out>/<name>.done.json`) is not
+    repeated: its recorded seconds are returned."""
+    done = out / f"{name}.done.json"
+    if done.is_file() and json.loads(done.read_text())["cmd"] == cmd:
+        return json.loads(done.read_text())["seconds"]
+    start = time.perf_counter()
+    with (out / f"{name}.log").open("w") as log:
+        code = subprocess.run([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code:
+        raise SystemExit(f"error: {cmd[0]} failed (exit {code}); see {out / f'{name}.log'}")
+    seconds = time.perf_counter() - start
+    done.write_text(json.dumps({"cmd": cmd, "seconds": seconds}))
+    return seconds
+
+
+def summarise_test_acc(accs: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for one value) of test accuracies over seeds."""
+    return {"test_acc_mean": statistics.mean(accs), "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0}
