@@ -103,7 +103,7 @@ def time_pair(path: str, dm, epochs: int, cache: bool) -> dict:
         fits[key] = TimedFit(module, dm)
     names = list(fits)
     for epoch in range(epochs):
-        for name in names[epoch % 3 :] + names[: epoch % 3]:
+        for name in names[epoch % len(names) :] + names[: epoch % len(names)]:
             fits[name].fit(1)
     out: dict = {name: fit.seconds for name, fit in fits.items()}
     out["dev_acc"] = {
