@@ -7,6 +7,7 @@ import sys
 import time
 
 import lightning.pytorch as pl
+from lightning.pytorch.trainer.states import TrainerFn
 
 
 class ProgressLines(pl.Callback):
@@ -47,7 +48,9 @@ class ProgressLines(pl.Callback):
             return
         shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val", "teacher/val"))}
         text = ", ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items()))
-        print(f"validation after epoch {trainer.current_epoch + 1}: {text}", file=self.stream, flush=True)
+        fitting = trainer.state.fn == TrainerFn.FITTING  # else `trainer.validate` after the fit, of the chosen weights
+        when = f"after epoch {trainer.current_epoch + 1}" if fitting else "after training"
+        print(f"validation {when}: {text}", file=self.stream, flush=True)
 
 
 def _clock(seconds: float) -> str:

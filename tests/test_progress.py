@@ -33,3 +33,5 @@ def test_lines_name_step_loss_speed_and_eta(clf_csv, tokenizer):
     assert len(steps) == 8  # 32 examples / 8 per batch, 2 epochs: one line per step when every_s is 0
     assert re.fullmatch(r"epoch 2/2 step 8/8 loss \d+\.\d{4} \| \d+ examples/s \| ETA 0:00:00", steps[-1])
     assert sum(line.startswith("validation after epoch") and "val/acc" in line for line in lines) == 2
+    trainer.validate(trainer.lightning_module, datamodule=dm, verbose=False)
+    assert stream.getvalue().splitlines()[-1].startswith("validation after training: ")
