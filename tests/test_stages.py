@@ -7,6 +7,7 @@ import json
 import runpy
 import subprocess
 import sys
+import warnings
 
 import lightning.pytorch as pl
 import pytest
@@ -161,7 +162,10 @@ def test_resume_after_interruption(tmp_path, clf_csv, tiny_model_dir, monkeypatc
             run("ms", tmp_path, clf_csv, tiny_model_dir, **extra)
     run_dir = tmp_path / "distill_ms"
     assert not (run_dir / "student").exists()
-    run("ms", tmp_path, clf_csv, tiny_model_dir, **extra, **{"trainer.resume": "last"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run("ms", tmp_path, clf_csv, tiny_model_dir, **extra, **{"trainer.resume": "last"})
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]  # the resume's own checkpoints
     steps_per_epoch = 32 // 8
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3 * steps_per_epoch
     first, second = (
