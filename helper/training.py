@@ -7,6 +7,7 @@ import concurrent.futures
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -29,6 +30,9 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from bert.errors import UserError
 from helper.config import LoggerConfig, OptimConfig, TrainerConfig, save_config, to_dict
 from helper.progress import ProgressLines
+
+# Every Lightning Trainer advertises its cloud logger ("Tip: ... litlogger"); the stages choose their loggers.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
 
 
 def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -544,6 +548,8 @@ def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple
         callbacks.append(
             EarlyStopping(monitor=tcfg.monitor, mode=monitor_mode(tcfg.monitor), patience=tcfg.early_stopping_patience)
         )
+    # Lightning's own use of a pytree API that torch deprecates: nothing a user can change.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # The training sampler resumes mid-epoch itself (ResumeState), which Lightning cannot see.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     if resume is not None:  # a resumed run goes on writing its own checkpoints
@@ -559,9 +565,9 @@ def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple
         accumulate_grad_batches=tcfg.accumulate_grad_batches,
         gradient_clip_val=tcfg.gradient_clip_val,
         deterministic=tcfg.deterministic,
-        val_check_interval=tcfg.val_check_interval,
-        limit_train_batches=tcfg.limit_train_batches,
-        limit_val_batches=tcfg.limit_val_batches,
+        val_check_interval=whole_or_given(tcfg.val_check_interval),
+        limit_train_batches=whole_or_given(tcfg.limit_train_batches),
+        limit_val_batches=whole_or_given(tcfg.limit_val_batches),
         log_every_n_steps=tcfg.log_every_n_steps,
         fast_dev_run=tcfg.fast_dev_run,
         logger=build_loggers(cfg.logger, out, stage, cfg),
@@ -593,6 +599,11 @@ class GradNorms(Callback):
 def monitor_mode(monitor: str) -> str:
     """A loss is minimised, a metric (accuracy, F1) maximised."""
     return "min" if monitor.endswith("loss") else "max"
+
+
+def whole_or_given(batches: int | float) -> int | float | None:
+    """None for 1.0 (all batches: Lightning's own default, which it does not announce), else the value."""
+    return None if isinstance(batches, float) and batches == 1.0 else batches
 
 
 def resolve_resume(resume: str | None, ckpt_dir: Path) -> str | None:

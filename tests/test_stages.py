@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import runpy
 import subprocess
 import sys
@@ -175,6 +176,23 @@ def test_resume_after_interruption(tmp_path, clf_csv, tiny_model_dir, monkeypatc
     trained_again = [r for r in second if r["train/loss"]]
     assert {r["epoch"] for r in trained_again} == {"1", "2"}
     assert (run_dir / "student" / "model.safetensors").is_file()
+
+
+def test_no_notices_about_our_own_settings(tmp_path, clf_csv, tiny_model_dir):
+    """Lightning's notices about values the stage passes itself (all batches, a logger tip) stay out of the log."""
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("lightning.pytorch").addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run("ms", tmp_path, clf_csv, tiny_model_dir, **{"distill.adaptors": "[LogitKL]"})
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(handler)
+    assert any("GPU available" in m for m in seen)  # the handler sees Lightning's notices
+    assert not [m for m in seen if "was configured so" in m or "litlogger" in m]
+    assert not [str(w.message) for w in caught if "LeafSpec" in str(w.message)]
 
 
 def test_two_tokenizers_with_sentence_level_adaptors(tmp_path, clf_csv, tiny_model_dir, other_tokenizer_dir):
