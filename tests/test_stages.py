@@ -183,13 +183,17 @@ def test_no_notices_about_our_own_settings(tmp_path, clf_csv, tiny_model_dir):
     seen: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())
-    logging.getLogger("lightning.pytorch").addHandler(handler)
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level  # the benchmarks' helpers silence Lightning
+    lightning_log.addHandler(handler)
+    lightning_log.setLevel(logging.INFO)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             run("ms", tmp_path, clf_csv, tiny_model_dir, **{"distill.adaptors": "[LogitKL]"})
     finally:
-        logging.getLogger("lightning.pytorch").removeHandler(handler)
+        lightning_log.removeHandler(handler)
+        lightning_log.setLevel(level)
     assert any("GPU available" in m for m in seen)  # the handler sees Lightning's notices
     assert not [m for m in seen if "was configured so" in m or "litlogger" in m]
     assert not [str(w.message) for w in caught if "LeafSpec" in str(w.message)]
