@@ -8,7 +8,7 @@ from helper.general_config import GeneralRunConfig
 
 
 def main(cfg: GeneralRunConfig) -> dict:
-    from helper.general import run_general  # heavy imports only once the config is checked
+    from helper.stages import run_general  # heavy imports only once the config is checked
 
     return run_general(cfg)
 

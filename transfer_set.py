@@ -7,7 +7,7 @@ from helper.config import TransferSetConfig, run_cli
 
 
 def main(cfg: TransferSetConfig):
-    from helper.transfer_set import run_transfer_set  # heavy imports only once the config is checked
+    from helper.stages import run_transfer_set  # heavy imports only once the config is checked
 
     return run_transfer_set(cfg)
 

@@ -163,7 +163,7 @@ def gradient_check(path: str, dm: ClfDataModule) -> float:
             adaptors = our_adaptors(teacher, student)
             distiller = BaseDistiller(teacher, student, adaptors, optim=OPTIM, cache_teacher=False)
             student.eval()  # the distiller put it in train mode
-            feats_t, (_, feats_s) = distiller.teacher_features(batch), distiller.rec_s(**inputs)
+            feats_t, (_, feats_s) = distiller.teacher_features(batch)[0], distiller.rec_s["student"](**inputs)
             loss = sum(a.weight * a(feats_t, feats_s, batch["labels"]) for a in adaptors)
         else:  # TextBrewer's kd_ce_loss + att_ce_loss on what peer_adaptor hands it
             student.eval()

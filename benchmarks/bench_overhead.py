@@ -107,8 +107,8 @@ def make_distiller(path: str, layers: list[int], cache: bool = False) -> BaseDis
 
 def distiller_loss(distiller: BaseDistiller, batch: dict) -> torch.Tensor:
     """The loss `training_step` minimises, without its logging (usable outside a Trainer)."""
-    feats_t = distiller.teacher_features(batch)
-    _, feats_s = distiller.rec_s(**distiller.student_inputs(batch))
+    feats_t = distiller.teacher_features(batch)[0]
+    _, feats_s = distiller.rec_s["student"](**distiller.student_inputs(batch))
     return sum(a.weight * a(feats_t, feats_s, batch["labels"]) for a in distiller.adaptors)
 
 

@@ -1,15 +1,28 @@
-"""Lightning modules of distillation: `BaseDistiller` (mix-step), `InterDistiller` (step 1), `PredDistiller` (step 2).
+"""The one distillation module, `Distiller`: N frozen teachers into M students, on labelled or unlabelled batches,
+classifiers or bare encoders, with logit, feature and masked-LM losses. kd-clf's `BaseDistiller` (mix-step),
+`InterDistiller` / `PredDistiller` (two-step), `MultiDistiller` and `GeneralDistiller` are configurations of it.
 
-The teacher is frozen, in eval mode, run under `no_grad` (not `inference_mode`: its tensors meet student tensors in the
-losses), kept out of the optimiser and out of checkpoints (it is not a registered submodule), and moved to the student's
-device and dtype. What it gives depends only on the example, so `TeacherCache` keeps it per training example.
+Teachers are frozen, in eval mode, run under `no_grad` (not `inference_mode`: their tensors meet student tensors in
+the losses), kept out of the optimiser and the checkpoints (not registered submodules), and moved to the first
+student's device and dtype. What a teacher gives depends only on the example, so `TeacherCache` keeps it per training
+example; teachers run once per batch for every student.
+
+With several teachers, a prediction-stage adaptor that reads only the teachers' logits compares the student with their
+weighted mean: of the softened distributions, mean_i w_i softmax(z_i / T) (`LogitKL`, or any adaptor with
+`ensemble = "probs"`), else of the logits, mean_i w_i z_i (`LogitMSE`, `HardCE` with `teacher_labels`), as in Hinton et
+al. 2015 (arXiv:1503.02531) for an ensemble. Any other adaptor reads one teacher, named by `teacher: <index>` in its
+mapping. Students may share their embeddings and named encoder layers (the first student's modules, tied by reference,
+trained once, exported with every student). Each model reads its view of the batch (a tokenizer and a text column,
+`data/multi.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,17 +36,103 @@ from bert.families import check_features, get_family, logits_of, model_inputs
 from bert.features import Features, ModelDims, merge_requests
 from bert.loading import name_labels
 from bert.recorder import FeatureRecorder
-from helper.adaptors import build_adaptors
-from helper.config import DEFAULT_METRICS, DistillationRunConfig, DistillConfig, OptimConfig
+from helper.adaptors import Adaptor, LogitKL, build_adaptors
+from helper.config import DEFAULT_METRICS, DistillationRunConfig, OptimConfig, ShareConfig
+from helper.general_config import GeneralRunConfig
 from helper.hgckpt import HF_KEY, hf_export_info
 from helper.metrics import Scorer, Scores
 from helper.teacher_cache import TeacherCache, with_stored_logits
 from helper.training import configure_optimizers, export_module
 
-_OPTIM_KEYS = tuple(f.name for f in dataclasses.fields(OptimConfig))
-_DISTILL_KEYS = tuple(f.name for f in dataclasses.fields(DistillConfig) if f.name != "adaptors")
 # The distillers' own `transfer_batch_to_device` (keeps `idx` on the CPU) is meant to apply with any data module.
 warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device` in `LightningModule`")
+
+
+@dataclass
+class Teacher:
+    """A teacher: its weight in the mean of the teachers' targets (>= 0; the weights must sum to > 0), and the view
+    of the batch it reads (None: the batch's top level, the data module's first view)."""
+
+    model: nn.Module
+    weight: float = 1.0
+    view: str | None = None
+
+
+@dataclass
+class Student:
+    """A student: its key (metrics `val/<key>/acc`, export `<dir>/<key>`), its adaptors (names or mappings as
+    `distill.adaptors`, where `teacher: i` picks one teacher; default `distill.adaptors`), and its view."""
+
+    key: str
+    model: nn.Module
+    adaptors: list | nn.ModuleList | None = None
+    view: str | None = None
+
+
+def check_weights(weights: Sequence[float], where: str = "teacher weights") -> list[float]:
+    """The weights normalised to sum to 1; one line when one is negative or not finite, or they do not sum to > 0."""
+    for i, w in enumerate(weights):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise UserError(f"{where}: weight of teacher {i} is {w!r}; each must be a finite number >= 0")
+    total = float(sum(weights))
+    if not total > 0:
+        raise UserError(f"{where}: {list(weights)} sum to {total:g}; they must sum to a positive number")
+    return [w / total for w in weights]
+
+
+def _ensemble_kind(adaptor: Adaptor) -> str | None:
+    """'probs' or 'logits' for an adaptor that reads only the teachers' logits (their weighted mean), else None."""
+    if set(adaptor.request()[0]) - {"logits"}:
+        return None
+    return getattr(adaptor, "ensemble", "probs" if isinstance(adaptor, LogitKL) else "logits")
+
+
+def ensemble_logits(logits: Sequence[torch.Tensor], weights: Sequence[float], kind: str, temperature: float = 1.0):
+    """Logits whose softmax at `temperature` is mean_i w_i softmax(z_i / T) ('probs'), or mean_i w_i z_i ('logits').
+    `weights` sum to 1; (B, C) float32."""
+    pairs = [(w, z.float()) for w, z in zip(weights, logits) if w > 0]
+    if kind == "logits":
+        return sum(w * z for w, z in pairs)
+    probs = sum(w * (z / temperature).softmax(-1) for w, z in pairs)
+    return probs.clamp_min(torch.finfo(probs.dtype).tiny).log() * temperature
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, attr = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, attr, module)
+
+
+def _same_shapes(a: nn.Module, b: nn.Module, what: str, key: str, first: str) -> None:
+    shapes_a = {k: tuple(v.shape) for k, v in a.state_dict().items()}
+    shapes_b = {k: tuple(v.shape) for k, v in b.state_dict().items()}
+    if shapes_a != shapes_b:
+        name = next((k for k in shapes_a if shapes_a[k] != shapes_b.get(k)), None) or next(iter(shapes_b))
+        raise UserError(
+            f"share.{what}: student {key!r} has other shapes than student {first!r} ({name}: "
+            f"{shapes_b.get(name)} vs {shapes_a.get(name)}); share only modules of equal size"
+        )
+
+
+def tie_shared(students: Mapping[str, nn.Module], embeddings: bool = False, layers: Sequence[int] = ()) -> None:
+    """Make every student use the first student's embedding module and encoder `layers` (the same objects)."""
+    (first_key, first), *rest = students.items()
+    fam = get_family(first)
+    for key, model in rest:
+        fam_s = get_family(model)
+        if embeddings:
+            if fam.embeddings_path is None or fam_s.embeddings_path is None:
+                bad = first_key if fam.embeddings_path is None else key
+                raise UserError(f"share.embeddings: student {bad!r} has no embedding module of a transformer family")
+            src = fam.embeddings(first)
+            _same_shapes(src, fam_s.embeddings(model), "embeddings", key, first_key)
+            _set_submodule(model.base_model, fam_s.embeddings_path, src)
+        for i in layers:
+            src_layers, dst_layers = fam.layers(first), fam_s.layers(model)
+            for k, n in ((first_key, len(src_layers)), (key, len(dst_layers))):
+                if not 0 <= i < n:
+                    raise UserError(f"share.layers: layer {i} is out of range for student {k!r} with {n} layers")
+            _same_shapes(src_layers[i], dst_layers[i], f"layers[{i}]", key, first_key)
+            dst_layers[i] = src_layers[i]
 
 
 def head_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -46,34 +145,260 @@ def head_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if id(p) not in encoder_ids]
 
 
-def settings(owner: str, optim: OptimConfig | None, distill: DistillConfig | None, kwargs: dict[str, Any]):
-    """`optim` and `distill` (defaults: the distillation stages' own) with keyword settings applied on top."""
-    defaults = DistillationRunConfig()
-    unknown = [k for k in kwargs if k not in _OPTIM_KEYS + _DISTILL_KEYS]
-    if unknown:
-        raise UserError(f"{owner}: unknown setting {unknown[0]!r} (choices: {', '.join(_OPTIM_KEYS + _DISTILL_KEYS)})")
-    optim = dataclasses.replace(optim or defaults.optim, **{k: v for k, v in kwargs.items() if k in _OPTIM_KEYS})
-    distill = dataclasses.replace(
-        distill or defaults.distill, **{k: v for k, v in kwargs.items() if k in _DISTILL_KEYS}
-    )
-    return optim, distill
+def encoder_of(model: nn.Module) -> nn.Module:
+    """The bare encoder inside a masked LM (the model itself when it is one)."""
+    base = getattr(model, "base_model", model)
+    return base if base is not model else model
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    special: torch.Tensor,
+    mask_id: int,
+    vocab_size: int,
+    probability: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking (Devlin et al. 2019): of the real, non-special tokens, `probability` are chosen; of those 80%
+    become `mask_id`, 10% a random token, 10% stay. Returns (masked input_ids, labels: the original id at chosen
+    positions, -100 elsewhere).
+
+    Not transformers' `DataCollatorForLanguageModeling`: it masks in the loader, replacing the ids that the teachers
+    and the distillation pass read, and cannot give validation the same masks every time (`generator`)."""
+    device = input_ids.device
+
+    def rand(shape):
+        return torch.rand(shape, generator=generator, device=generator.device if generator else device).to(device)
+
+    can = attention_mask.bool() & ~torch.isin(input_ids, special.to(device))
+    chosen = can & (rand(input_ids.shape) < probability)
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    draw = rand(input_ids.shape)
+    to_mask = chosen & (draw < 0.8)
+    to_random = chosen & (draw >= 0.8) & (draw < 0.9)
+    random_ids = (rand(input_ids.shape) * vocab_size).long().clamp_max(vocab_size - 1)
+    out = torch.where(to_mask, torch.full_like(input_ids, mask_id), input_ids)
+    return torch.where(to_random, random_ids, out), labels
 
 
 class Distiller(pl.LightningModule):
-    """What every distiller shares (`BaseDistiller`, `MultiDistiller`): the settings and the data module, the optimiser
-    over the trainable parameters, frozen teachers placed on the students' device and dtype, batches moved without
-    `idx`, and training values logged only on the steps the loggers write."""
+    """Distils `teachers` into `students` (see the module docstring): `sum(weight * adaptor loss)` over every student
+    [+ `distill.mlm.weight` * its masked-LM loss], minimised at once.
 
+    `teachers`: `Teacher`s or modules (weight 1). `students`: `Student`s or (key, module) pairs. `dm`: the data module
+    (its tokenizers are exported with the students; a `MultiDataModule` when models read different views). `share`:
+    `ShareConfig` or {embeddings: bool, layers: [...]}. `optim`/`distill` are the config sections; keyword settings
+    (`lr=3e-5`, `temperature=4`, `cache_teacher=False`, ...) override single fields of either. `metrics` and
+    `scorers` (the user's functions of logits and labels) score the students on every validation set.
+
+    Labelled data (`labelled`): each student is scored on validation (`val/<key>/acc`, their mean `val/mean/acc`)
+    and test. Unlabelled data (general distillation): validation is the same losses on held-out text, the teachers
+    running live. `flat`: one teacher and one student, logged without their keys (`val/acc`, `train/LogitMSE`).
+    """
+
+    stages: ClassVar[tuple[str, ...]] = ("inter", "pred")  # which adaptors it trains
     export_best: ClassVar[bool] = True  # export the best checkpoint on the validation metric (else the last)
+    labelled: ClassVar[bool] = True
+    run_config: ClassVar[type] = DistillationRunConfig  # where the default `optim` and `distill` come from
 
-    def __init__(self, dm, optim: OptimConfig | None, distill: DistillConfig | None, kwargs: dict[str, Any]):
+    def __init__(
+        self,
+        teachers: Sequence[Teacher | nn.Module],
+        students: Sequence[Student | tuple],
+        dm=None,
+        *,
+        share: ShareConfig | Mapping | None = None,
+        optim: OptimConfig | None = None,
+        distill: Any = None,
+        metrics: Sequence[str] = DEFAULT_METRICS,
+        scorers: Mapping[str, Scorer] | None = None,
+        tokenizer=None,
+        flat: bool = False,
+        **kwargs,
+    ):
         super().__init__()
-        self.optim, self.distill = settings(type(self).__name__, optim, distill, kwargs)
+        self.optim, self.distill = self._settings(optim, distill, kwargs)
         self.__dict__["dm"] = dm  # not a module: kept out of the state dict and hyperparameters
+        self.__dict__["tokenizer"] = tokenizer  # exported with the students when the data module has none
+        teachers = [t if isinstance(t, Teacher) else Teacher(t) for t in teachers]
+        students = [s if isinstance(s, Student) else Student(*s) for s in students]
+        if not teachers or not students:
+            raise UserError(f"{type(self).__name__}: needs at least one teacher and one student")
+        self.flat = flat and len(teachers) == 1 and len(students) == 1
+        self.weights = check_weights([t.weight for t in teachers])
+        keys = [s.key for s in students]
+        dup = next((k for k in keys if keys.count(k) > 1), None)
+        if dup is not None:
+            raise UserError(f"students: key {dup!r} is used twice; give every student its own key")
+        views = getattr(dm, "views", None)
+        first_view = next(iter(views)) if views else None
+        for who, view in [
+            *((f"teacher {i}", t.view) for i, t in enumerate(teachers)),
+            *((s.key, s.view) for s in students),
+        ]:
+            if view is not None and (views is None or view not in views):
+                raise UserError(f"{who}: view {view!r} is not one of the data module's ({', '.join(views or [])})")
+        self.teacher_views = [t.view or first_view for t in teachers]
+        self.student_views = {s.key: s.view or first_view for s in students}
+        # unregistered: out of the optimiser and the checkpoints
+        self.__dict__["teachers"] = [t.model.eval().requires_grad_(False) for t in teachers]
+        self.students = nn.ModuleDict({s.key: s.model.train() for s in students})  # from_pretrained gives eval mode
+        share = ShareConfig(**share) if isinstance(share, Mapping) else share or ShareConfig()
+        if len(students) > 1 and (share.embeddings or share.layers):
+            tie_shared(self.students, share.embeddings, share.layers)
+        self.adaptors = nn.ModuleDict()
+        self.adaptor_teacher: dict[str, list[int | None]] = {}  # per adaptor: its teacher, None for the weighted mean
+        requests_t: list[list] = [[] for _ in teachers]
+        for s in students:
+            self._build_adaptors(s, requests_t)
+        self.rec_t = []
+        for i, teacher in enumerate(self.teachers):
+            request = merge_requests(*requests_t[i])
+            check_features(teacher, request, self._role("teacher", i))
+            self.rec_t.append(FeatureRecorder(teacher, request))
+        self.rec_s = {}
+        for key, student in self.students.items():
+            request = merge_requests(*(a.request()[1] for a in self.adaptors[key]))
+            check_features(student, request, self._role("student", key))
+            self.rec_s[key] = FeatureRecorder(student, request)
+        cache = self.distill.cache_teacher
+        self.teacher_caches = [
+            TeacherCache(self.distill.cache_max_mb) if cache and r.request else None for r in self.rec_t
+        ]
+        self.mlm = getattr(self.distill, "mlm", None)
+        self._special: dict[str, torch.Tensor] = {}
+        if self.mlm is not None:
+            self._check_mlm()
+        if self.labelled:
+            n = self._num_labels()
+            sets = getattr(dm, "validation_names", None)
+            self.val_scores = nn.ModuleDict({k: Scores(n, self._key("val", k), sets, metrics, scorers) for k in keys})
+            self.test_scores = nn.ModuleDict({k: Scores(n, self._key("test", k), None, metrics, scorers) for k in keys})
+            self.teacher_val_scores = nn.ModuleList(
+                Scores(n, "teacher/val" if self.flat else f"teacher/{i}/val", sets, metrics)
+                for i in range(len(teachers))
+            )
+        self._teacher_evaluated = False
+        self.configure_trainable()
 
-    def frozen_teachers(self) -> list[nn.Module]:
-        """The teachers: unregistered modules (no optimiser, no checkpoint), moved with the students."""
-        raise NotImplementedError
+    # -- settings and names -----------------------------------------------------------------------------------------
+    def _settings(self, optim: OptimConfig | None, distill, kwargs: dict[str, Any]):
+        """`optim` and `distill` (defaults: the stage's own, `run_config`) with keyword settings applied on top."""
+        defaults = self.run_config()
+        optim_keys = [f.name for f in dataclasses.fields(OptimConfig)]
+        distill_keys = [f.name for f in dataclasses.fields(type(defaults.distill)) if f.name != "adaptors"]
+        choices = optim_keys + distill_keys
+        unknown = [k for k in kwargs if k not in choices]
+        if unknown:
+            raise UserError(f"{type(self).__name__}: unknown setting {unknown[0]!r} (choices: {', '.join(choices)})")
+        optim = dataclasses.replace(optim or defaults.optim, **{k: v for k, v in kwargs.items() if k in optim_keys})
+        distill = dataclasses.replace(
+            distill or defaults.distill, **{k: v for k, v in kwargs.items() if k in distill_keys}
+        )
+        return optim, distill
+
+    def _key(self, prefix: str, key: str) -> str:
+        """A log key of one student: `<prefix>/<key>`, or `<prefix>` alone when flat."""
+        return prefix if self.flat else f"{prefix}/{key}"
+
+    def _role(self, role: str, which: int | str) -> str:
+        """How errors name a model: 'teacher', or 'teacher 1' / "student 'small'" with several."""
+        return role if self.flat else f"{role} {which!r}" if isinstance(which, str) else f"{role} {which}"
+
+    def _num_labels(self) -> int:
+        names = getattr(self.dm, "label_names", None)
+        if names:
+            return len(names)
+        for model in [*self.students.values(), *self.teachers]:
+            n = getattr(getattr(model, "config", None), "num_labels", None)
+            if n:
+                return n
+        raise UserError(
+            f"{type(self).__name__}: the number of labels is unknown: no model has a `.config` with num_labels and "
+            "the data module gives no label_names; pass the ClfDataModule as `dm`"
+        )
+
+    def _build_adaptors(self, s: Student, requests_t: list[list]) -> None:
+        n = len(self.teachers)
+        if isinstance(s.adaptors, nn.ModuleList):  # built by the caller
+            specs: list = list(s.adaptors)
+        else:
+            specs = self.distill.adaptors if s.adaptors is None else s.adaptors
+            if not isinstance(specs, (list, tuple)) or not specs:
+                raise UserError(f"{self._where(s.key)}adaptors: expected a non-empty list, got {specs!r}")
+        dims_s = ModelDims.of(getattr(s.model, "config", None))
+        built, chosen, seen = nn.ModuleList(), [], {}
+        for i, spec in enumerate(specs):
+            where = f"{self._where(s.key)}adaptors[{i}]"
+            teacher = None
+            if isinstance(spec, Mapping) and "teacher" in spec:
+                spec = dict(spec)
+                teacher = spec.pop("teacher")
+                if isinstance(teacher, bool) or not isinstance(teacher, int) or not 0 <= teacher < n:
+                    raise UserError(f"{where}: teacher {teacher!r} is not a teacher index (0..{n - 1})")
+            if isinstance(spec, Adaptor):
+                adaptor = spec
+            else:
+                dims_t = ModelDims.of(getattr(self.teachers[teacher or 0], "config", None))
+                try:
+                    tau = getattr(self.distill, "temperature", 1.0)  # general distillation has none
+                    adaptor = build_adaptors([spec], dims_t, dims_s, temperature=tau)[0]
+                except UserError as err:
+                    raise UserError(f"{where}{str(err).removeprefix('adaptors[0]')}") from None
+            where += f" ({adaptor.key})"
+            if adaptor.key in seen:
+                raise UserError(f"{where}: log key {adaptor.key!r} is already used by adaptors[{seen[adaptor.key]}]")
+            seen[adaptor.key] = i
+            if teacher is None and n == 1:
+                teacher = 0
+            if teacher is None and _ensemble_kind(adaptor) is None:
+                features = ", ".join(sorted(adaptor.request()[0]))
+                raise UserError(
+                    f"{where}: reads {features} of one teacher; with {n} teachers give it `teacher: <index>` "
+                    f"(0..{n - 1}); only logit adaptors compare with the teachers' weighted mean"
+                )
+            if not adaptor.sentence_level and self.teacher_views[teacher] != self.student_views[s.key]:
+                raise UserError(
+                    f"{where}: compares tokens, but teacher {teacher} reads view {self.teacher_views[teacher]!r} and "
+                    f"the student {self.student_views[s.key]!r}; token-level adaptors need the same tokenizer and text"
+                )
+            for t in range(n) if teacher is None else [teacher]:
+                if teacher is not None or self.weights[t] > 0:
+                    requests_t[t].append(adaptor.request()[0])
+            built.append(adaptor)
+            chosen.append(teacher)
+        where = f"{self._where(s.key)}adaptors"
+        wrong = [a.key for a in built if a.stage not in self.stages]
+        if wrong:
+            raise UserError(
+                f"{where}: {', '.join(wrong)} cannot train in {type(self).__name__} (it takes "
+                f"{' and '.join(self.stages)}-stage adaptors)"
+            )
+        token_level = [a.key for a in built if not a.sentence_level]
+        if token_level and s.view is None and getattr(self.dm, "student_tokenizer", None) is not None:
+            raise UserError(
+                f"{where}: {', '.join(token_level)} compare tokens, but teacher and student tokenize differently; only "
+                "sentence-level adaptors (logits, [CLS]) are allowed"
+            )
+        self.adaptors[s.key] = built
+        self.adaptor_teacher[s.key] = chosen
+
+    def _where(self, key: str) -> str:
+        return "distill." if self.flat else f"student {key!r}: "
+
+    def _check_mlm(self) -> None:
+        for key, student in self.students.items():
+            if getattr(student, "get_output_embeddings", lambda: None)() is None:
+                raise UserError(f"distill.mlm: the student {type(student).__name__} has no masked-LM head")
+            tok = self.tokenizer_of(key)
+            if tok is None or tok.mask_token_id is None:
+                raise UserError(f"distill.mlm: tokenizer {getattr(tok, 'name_or_path', None)} has no mask token")
+            self._special[key] = torch.tensor(sorted(set(tok.all_special_ids)))
+
+    # -- what trains ------------------------------------------------------------------------------------------------
+    def configure_trainable(self) -> None:
+        """Every student (and the adaptors' projections) trains; two-step distillers freeze a part."""
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Every trainable parameter once (`named_parameters` drops the repeats of shared, tied modules)."""
@@ -82,9 +407,18 @@ class Distiller(pl.LightningModule):
     def configure_optimizers(self):
         return configure_optimizers(self, self.trainable_parameters(), self.optim)
 
+    def setup(self, stage: str) -> None:
+        names = getattr(self.dm or self.trainer.datamodule, "label_names", None)
+        if names is not None:
+            for i, teacher in enumerate(self.teachers):
+                name_labels(teacher, names, self._role("teacher", i))
+            for key, student in self.students.items():
+                name_labels(student, names, self._role("student", key))
+
+    # -- teachers ---------------------------------------------------------------------------------------------------
     def _place_teachers(self) -> None:
         dtype = next(self.parameters()).dtype  # the first student's
-        for teacher in self.frozen_teachers():
+        for teacher in self.teachers:
             teacher.to(device=self.device, dtype=dtype).eval()
 
     def on_fit_start(self) -> None:
@@ -95,6 +429,195 @@ class Distiller(pl.LightningModule):
 
     def on_test_start(self) -> None:
         self._place_teachers()
+
+    @staticmethod
+    def view(batch: dict, view: str | None) -> dict:
+        """The inputs of one view of `batch` (its top level when there are no views)."""
+        return batch["views"][view] if view is not None and "views" in batch else batch
+
+    def teacher_features(self, batch: dict, cached: bool = True) -> list[Features | None]:
+        """Every teacher's requested features of `batch` (None for a teacher nothing reads): one pass each, through
+        its cache when `cached` and it is on.
+
+        Transfer-set rows carry the teacher's logits (`teacher_logits`): when logits are all the adaptors read from
+        the one teacher, it does not run for them; token features need the teacher on every row."""
+        if any(c is not None for c in self.teacher_caches) and "idx" not in batch:
+            warnings.warn(
+                "teacher cache off: the batches carry no `idx` (example index), so examples cannot be told apart; "
+                "ClfDataModule's collator adds it",
+                stacklevel=1,
+            )
+            self.teacher_caches = [None for _ in self.teachers]
+        out = []
+        with torch.no_grad():
+            for i, rec in enumerate(self.rec_t):
+                if not rec.request:
+                    out.append(None)
+                    continue
+                inputs = self.view(batch, self.teacher_views[i])
+                if "idx" in batch:
+                    inputs = {**inputs, "idx": batch["idx"]}
+                cache = self.teacher_caches[i] if cached else None
+                if "teacher_logits" in batch and len(self.teachers) == 1 and set(rec.request) == {"logits"}:
+                    out.append(with_stored_logits(batch, lambda sub, _i=i, _c=cache: self._run_teacher(_i, sub, _c)))
+                else:
+                    out.append(self._run_teacher(i, inputs, cache))
+        return out
+
+    def _run_teacher(self, i: int, inputs: dict, cache: TeacherCache | None) -> Features:
+        rec, teacher = self.rec_t[i], self.teachers[i]
+        if cache is None:
+            return rec(**model_inputs(inputs, teacher))[1]
+        dtype = next(teacher.parameters()).dtype
+        return cache.features({**model_inputs(inputs, teacher), "idx": inputs["idx"]}, lambda **kw: rec(**kw)[1], dtype)
+
+    def target(self, feats_t: list[Features | None], adaptor: Adaptor, teacher: int | None, memo: dict) -> Features:
+        """What `adaptor` compares the student with: one teacher's features, or the teachers' weighted mean."""
+        if not adaptor.request()[0]:  # reads nothing of a teacher (HardCE on gold labels)
+            return Features(attention_mask=torch.ones(1, 1))
+        if teacher is not None:
+            return feats_t[teacher]
+        kind = _ensemble_kind(adaptor)
+        tau = getattr(adaptor, "temperature", 1.0) if kind == "probs" else 1.0
+        if (kind, tau) not in memo:
+            present = [(w, f) for w, f in zip(self.weights, feats_t) if w > 0]
+            logits = ensemble_logits([f.logits for _, f in present], [w for w, _ in present], kind, tau)
+            memo[kind, tau] = Features(attention_mask=present[0][1].attention_mask, logits=logits)
+        return memo[kind, tau]
+
+    # -- losses -----------------------------------------------------------------------------------------------------
+    def student_inputs(self, batch: dict, key: str | None = None) -> dict:
+        """The inputs of a student (default: the first): its view, or the student tokens of a `ClfDataModule` batch
+        when teacher and student tokenize differently."""
+        key = key or next(iter(self.students))
+        view = self.student_views[key]
+        inputs = self.view(batch, view) if view is not None else batch.get("student", batch)
+        return model_inputs(inputs, self.students[key])
+
+    def losses(self, batch: dict, cached: bool = True, generator: torch.Generator | None = None):
+        """({log name: unweighted loss}, the weighted total): every student's adaptors (and MLM loss), and with several
+        students each one's own total `<key>/loss`."""
+        feats_t = self.teacher_features(batch, cached)  # once for every student
+        labels = batch.get("labels")
+        memo: dict = {}
+        out: dict[str, torch.Tensor] = {}
+        total = 0.0
+        for key in self.students:
+            _, feats_s = self.rec_s[key](**self.student_inputs(batch, key))
+            loss_s = 0.0
+            for adaptor, teacher in zip(self.adaptors[key], self.adaptor_teacher[key]):
+                loss = adaptor(self.target(feats_t, adaptor, teacher, memo), feats_s, labels)
+                out[self._name(key, adaptor.key)] = loss
+                loss_s = loss_s + adaptor.weight * loss
+            if self.mlm is not None:
+                out[self._name(key, "mlm")] = mlm = self.mlm_loss(batch, key, generator)
+                loss_s = loss_s + self.mlm.weight * mlm
+            if not self.flat:
+                out[f"{key}/loss"] = loss_s
+            total = total + loss_s
+        return out, total
+
+    def _name(self, key: str, name: str) -> str:
+        return name if self.flat else f"{key}/{name}"
+
+    def mlm_loss(self, batch: dict, key: str, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Cross-entropy of the student's predictions at the masked positions (a second, masked, student pass)."""
+        student = self.students[key]
+        inputs = self.student_inputs(batch, key)
+        inputs["input_ids"], labels = mask_tokens(
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            self._special[key],
+            self.tokenizer_of(key).mask_token_id,
+            student.config.vocab_size,
+            self.mlm.probability,
+            generator,
+        )
+        logits = student(**inputs).logits  # (B, T, V)
+        if not bool((labels != -100).any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+
+    # -- steps ------------------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses, total = self.losses(batch)
+        self.step_losses = {k: v.detach() for k, v in losses.items()}  # NonFiniteGuard names them
+        n = len(batch["idx"] if "idx" in batch else batch["labels"])
+        if self._logs_now():
+            for name, loss in losses.items():
+                self.log(f"train/{name}", loss, batch_size=n)
+            self.log("train/loss", total, prog_bar=True, batch_size=n)
+            for i, cache in enumerate(self.teacher_caches):
+                if cache is not None:
+                    self.log(self._key("train/teacher_cache_hit_rate", str(i)), cache.hit_rate)
+        if self.labelled and getattr(self.dm, "transfer_rows", 0):  # rows without a gold label (-1), per epoch
+            unlabelled = (batch["labels"] < 0).sum().float()
+            self.log("train/unlabelled_rows", unlabelled, on_step=False, on_epoch=True, reduce_fx="sum")
+        return total
+
+    def _logs_now(self) -> bool:
+        """Whether Lightning hands this step's logged values to the loggers (every `trainer.log_every_n_steps`); on
+        other steps `self.log` would only feed the progress bar, at the cost of a few calls (and, on a GPU, a
+        synchronising `.item()` per value) every step. The bar shows the values of the last logged step."""
+        trainer = self._trainer
+        if trainer is None:
+            return False  # outside a Trainer self.log does nothing
+        return trainer._logger_connector.should_update_logs or bool(trainer.fast_dev_run)
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not self.labelled:  # the same losses on held-out text, the teachers live, the same masks every time
+            generator = torch.Generator().manual_seed(batch_idx) if self.mlm is not None else None
+            losses, total = self.losses(batch, cached=False, generator=generator)
+            n = len(batch["idx"])
+            for name, loss in losses.items():
+                self.log(f"val/{name}", loss, batch_size=n)
+            self.log("val/loss", total, prog_bar=True, batch_size=n)
+            return
+        labels = batch["labels"]
+        for key, student in self.students.items():
+            logits = logits_of(student(**self.student_inputs(batch, key)), student)
+            self.val_scores[key].update(logits, labels, dataloader_idx)
+            if dataloader_idx == 0:  # the first validation set's loss
+                loss = F.cross_entropy(logits.float(), labels)
+                self.log(self._key("val", key) + "/loss", loss, batch_size=len(labels), add_dataloader_idx=False)
+                if self.flat:
+                    self.log("val_loss", loss, batch_size=len(labels), add_dataloader_idx=False)
+        if not self._teacher_evaluated and not self.trainer.sanity_checking:  # once, on the whole validation set
+            for i, teacher in enumerate(self.teachers):
+                inputs = model_inputs(self.view(batch, self.teacher_views[i]), teacher)
+                self.teacher_val_scores[i].update(logits_of(teacher(**inputs), teacher), labels, dataloader_idx)
+
+    def _log_scores(self, scores: Mapping[str, Scores], split: str) -> None:
+        """Log every student's scores, and under `<split>/mean/` their mean over the students (the first set's)."""
+        values: dict[str, list[float]] = {}
+        for key in self.students:
+            for name, value in scores[key].log(self, prog_bar=split == "val").items():
+                metric = name.removeprefix(f"{split}/{key}/")
+                if "/" not in metric:  # not one of several validation sets' own keys
+                    values.setdefault(metric, []).append(value)
+        if self.flat:
+            return
+        for metric, per_student in values.items():
+            if len(per_student) == len(self.students):
+                self.log(f"{split}/mean/{metric}", sum(per_student) / len(per_student), prog_bar=split == "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.labelled:
+            return
+        self._log_scores(self.val_scores, "val")
+        # Every rank takes the same branch; the teacher's metrics are reduced by torchmetrics like the student's.
+        if not self.trainer.sanity_checking and not self._teacher_evaluated:
+            for scores in self.teacher_val_scores:
+                scores.log(self)
+            self._teacher_evaluated = True
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        for key, student in self.students.items():
+            logits = logits_of(student(**self.student_inputs(batch, key)), student)
+            self.test_scores[key].update(logits, batch["labels"])
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores(self.test_scores, "test")
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Tensors to `device`, except `idx`: the teacher cache reads it on the CPU (on a GPU, a device copy would cost
@@ -110,187 +633,66 @@ class Distiller(pl.LightningModule):
             for k, v in batch.items()
         }
 
-    def _logs_now(self) -> bool:
-        """Whether Lightning hands this step's logged values to the loggers (every `trainer.log_every_n_steps`); on
-        other steps `self.log` would only feed the progress bar, at the cost of a few calls (and, on a GPU, a
-        synchronising `.item()` per value) every step. The bar shows the values of the last logged step."""
-        trainer = self._trainer
-        if trainer is None:
-            return False  # outside a Trainer self.log does nothing
-        return trainer._logger_connector.should_update_logs or bool(trainer.fast_dev_run)
+    # -- export -----------------------------------------------------------------------------------------------------
+    def tokenizer_of(self, key: str):
+        """The tokenizer a student reads (exported with it)."""
+        views = getattr(self.dm, "views", None)
+        if views and self.student_views[key] is not None:
+            return views[self.student_views[key]][0]
+        if self.dm is None or getattr(self.dm, "tokenizer", None) is None:
+            return self.tokenizer
+        return getattr(self.dm, "student_tokenizer", None) or self.dm.tokenizer
+
+    def exported_model(self, key: str) -> nn.Module:
+        """What is exported of a student: the classifier, or the encoder of a general-distillation student."""
+        student = self.students[key]
+        return student if self.labelled else encoder_of(student)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.flat and self.labelled:  # HgCkptIO writes the student beside the checkpoint
+            key = next(iter(self.students))
+            checkpoint[HF_KEY] = hf_export_info(self.students[key], f"students.{key}.", self.tokenizer_of(key))
+
+    def export(self, out_dir: str | Path, tokenizer=None) -> Path:
+        """Write the students as Hugging Face directories (safetensors + tokenizer), atomically: the best checkpoint's
+        weights when the run has one (`export_best`), else the current ones. One student (flat) goes to `out_dir`,
+        several to `<out_dir>/<key>` each (shared modules copied into each)."""
+        for key in self.students:
+            out = Path(out_dir) if self.flat else Path(out_dir) / key
+            export_module(self, self.exported_model(key), tokenizer or self.tokenizer_of(key), out)
+        return Path(out_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# kd-clf's names, and the other configurations
 
 
 class BaseDistiller(Distiller):
-    """Mix-step distillation: every adaptor trains at once; `sum(weight * loss)` is minimised.
+    """Mix-step distillation of one teacher into one student: every adaptor trains at once.
 
     `adaptors`: names or mappings as in `distill.adaptors` (built against both models' sizes), or a built
     `nn.ModuleList`; default `distill.adaptors`. `dm`: the `ClfDataModule` (its tokenizers tell whether teacher and
-    student read the same tokens, and are exported with the student). `optim`/`distill` are the config sections;
-    keyword settings (`lr=3e-5`, `temperature=4`, `cache_teacher=False`, ...) override single fields of either.
+    student read the same tokens, and are exported with the student). Other settings as `Distiller`.
     """
 
-    stages: ClassVar[tuple[str, ...]] = ("inter", "pred")
-
     def __init__(
-        self,
-        teacher: nn.Module,
-        student: nn.Module,
-        adaptors: list | nn.ModuleList | None = None,
-        dm=None,
-        *,
-        optim: OptimConfig | None = None,
-        distill: DistillConfig | None = None,
-        metrics: Sequence[str] = DEFAULT_METRICS,
-        scorers: Mapping[str, Scorer] | None = None,
-        **kwargs,
+        self, teacher: nn.Module, student: nn.Module, adaptors: list | nn.ModuleList | None = None, dm=None, **kw
     ):
-        super().__init__(dm, optim, distill, kwargs)
-        if not isinstance(adaptors, nn.ModuleList):
-            try:
-                adaptors = build_adaptors(
-                    self.distill.adaptors if adaptors is None else adaptors,
-                    ModelDims.of(teacher.config),
-                    ModelDims.of(getattr(student, "config", None)),
-                    temperature=self.distill.temperature,
-                )
-            except UserError as err:
-                raise UserError(f"distill.{err}") from None
-        wrong = [a.key for a in adaptors if a.stage not in self.stages]
-        if wrong:
-            raise UserError(
-                f"distill.adaptors: {', '.join(wrong)} cannot train in {type(self).__name__} "
-                f"(it takes {' and '.join(self.stages)}-stage adaptors)"
-            )
-        if not len(adaptors):
+        super().__init__([teacher], [Student("student", student, adaptors)], dm, flat=True, **kw)
+        if not len(self.adaptors["student"]):
             raise UserError(f"distill.adaptors: {type(self).__name__} needs at least one adaptor")
-        token_level = [a.key for a in adaptors if not a.sentence_level]
-        if token_level and getattr(dm, "student_tokenizer", None) is not None:
-            raise UserError(
-                f"distill.adaptors: {', '.join(token_level)} compare tokens, but teacher and student tokenize "
-                "differently; only sentence-level adaptors (logits, [CLS]) are allowed"
-            )
-        self.__dict__["teacher"] = teacher.eval().requires_grad_(False)  # unregistered: no optimiser, no checkpoint
-        self.student = student.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes
-        self.adaptors = adaptors
-        request_t = merge_requests(*(a.request()[0] for a in adaptors))
-        request_s = merge_requests(*(a.request()[1] for a in adaptors))
-        check_features(teacher, request_t, "teacher")
-        check_features(student, request_s, "student")
-        self.rec_t = FeatureRecorder(teacher, request_t)
-        self.rec_s = FeatureRecorder(student, request_s)
-        use_cache = self.distill.cache_teacher and bool(request_t)
-        self.teacher_cache = TeacherCache(self.distill.cache_max_mb) if use_cache else None
-        num_labels = getattr(getattr(student, "config", None), "num_labels", None) or teacher.config.num_labels
-        sets = getattr(dm, "validation_names", None)
-        self.val_scores = Scores(num_labels, "val", sets, metrics, scorers)
-        self.test_scores = Scores(num_labels, "test", None, metrics, scorers)
-        self.teacher_val_scores = Scores(num_labels, "teacher/val", sets, metrics)
-        self._teacher_evaluated = False
-        self.configure_trainable()
 
-    # -- what trains ------------------------------------------------------------------------------------------------
-    def configure_trainable(self) -> None:
-        """Mix-step trains the whole student (and the adaptors' projections)."""
+    @property
+    def teacher(self) -> nn.Module:
+        return self.teachers[0]
 
-    def setup(self, stage: str) -> None:
-        names = getattr(self.dm or self.trainer.datamodule, "label_names", None)
-        if names is not None:
-            name_labels(self.teacher, names, "teacher")
-            name_labels(self.student, names, "student")
+    @property
+    def student(self) -> nn.Module:
+        return self.students["student"]
 
-    # -- teacher ----------------------------------------------------------------------------------------------------
-    def frozen_teachers(self) -> list[nn.Module]:
-        return [self.teacher]
-
-    def teacher_features(self, batch: dict) -> Features:
-        """Teacher features of `batch` (teacher inputs), through the per-example cache when it is on.
-
-        Transfer-set rows carry the teacher's logits (`teacher_logits`): when logits are all the adaptors read from
-        the teacher, it does not run for them (cache on or off); token features need the teacher on every row."""
-        if "teacher_logits" in batch and set(self.rec_t.request) == {"logits"}:
-            return with_stored_logits(batch, self._teacher_features)
-        return self._teacher_features(batch)
-
-    def _teacher_features(self, batch: dict) -> Features:
-        with torch.no_grad():
-            if not self.rec_t.request:  # e.g. HardCE alone: nothing to read from the teacher
-                return Features(attention_mask=batch["attention_mask"])
-            if self.teacher_cache is not None and "idx" not in batch:
-                warnings.warn(
-                    "teacher cache off: the batches carry no `idx` (example index), so examples cannot be told apart; "
-                    "ClfDataModule's collator adds it",
-                    stacklevel=1,
-                )
-                self.teacher_cache = None
-            if self.teacher_cache is None:
-                return self.rec_t(**model_inputs(batch))[1]
-            dtype = next(self.teacher.parameters()).dtype
-            return self.teacher_cache.features(batch, lambda **inputs: self.rec_t(**inputs)[1], dtype)
-
-    # -- steps ------------------------------------------------------------------------------------------------------
-    def student_inputs(self, batch: dict) -> dict:
-        return model_inputs(batch.get("student", batch), self.student)
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        feats_t = self.teacher_features(batch)
-        _, feats_s = self.rec_s(**self.student_inputs(batch))
-        labels = batch["labels"]
-        total = 0.0
-        losses = []
-        for adaptor in self.adaptors:
-            loss = adaptor(feats_t, feats_s, labels)
-            losses.append(loss)
-            total = total + adaptor.weight * loss
-        self.step_losses = {a.key: loss.detach() for a, loss in zip(self.adaptors, losses)}  # NonFiniteGuard names them
-        if self._logs_now():
-            for adaptor, loss in zip(self.adaptors, losses):
-                self.log(f"train/{adaptor.key}", loss, batch_size=len(labels))
-            self.log("train/loss", total, prog_bar=True, batch_size=len(labels))
-            if self.teacher_cache is not None:
-                self.log("train/teacher_cache_hit_rate", self.teacher_cache.hit_rate)
-        if getattr(self.dm, "transfer_rows", 0):  # rows without a gold label (label -1), per epoch; HardCE skips them
-            unlabelled = (labels < 0).sum().float()
-            self.log("train/unlabelled_rows", unlabelled, on_step=False, on_epoch=True, reduce_fx="sum")
-        return total
-
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        labels = batch["labels"]
-        logits_s = logits_of(self.student(**self.student_inputs(batch)), self.student)
-        self.val_scores.update(logits_s, labels, dataloader_idx)
-        if dataloader_idx == 0:  # the first validation set's loss
-            loss = F.cross_entropy(logits_s.float(), labels)
-            self.log("val/loss", loss, batch_size=len(labels), add_dataloader_idx=False)
-            self.log("val_loss", loss, batch_size=len(labels), add_dataloader_idx=False)
-        if not self._teacher_evaluated and not self.trainer.sanity_checking:  # once, on the whole validation set
-            logits_t = logits_of(self.teacher(**model_inputs(batch, self.teacher)), self.teacher)
-            self.teacher_val_scores.update(logits_t, labels, dataloader_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        self.val_scores.log(self, prog_bar=True)
-        # Every rank takes the same branch; the teacher's metrics are reduced by torchmetrics like the student's.
-        if not self.trainer.sanity_checking and not self._teacher_evaluated:
-            self.teacher_val_scores.log(self)
-            self._teacher_evaluated = True
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        logits = logits_of(self.student(**self.student_inputs(batch)), self.student)
-        self.test_scores.update(logits, batch["labels"])
-
-    def on_test_epoch_end(self) -> None:
-        self.test_scores.log(self)
-
-    # -- export -----------------------------------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        tokenizer = None if self.dm is None else self.dm.student_tokenizer or self.dm.tokenizer
-        checkpoint[HF_KEY] = hf_export_info(self.student, "student.", tokenizer)
-
-    def export(self, out_dir: str | Path, tokenizer=None) -> Path:
-        """Write the student as a Hugging Face directory (safetensors + tokenizer), atomically: the best checkpoint's
-        weights when the run has one (`export_best`), else the current ones. The tokenizer defaults to the data
-        module's student tokenizer."""
-        if tokenizer is None and self.dm is not None:
-            tokenizer = self.dm.student_tokenizer or self.dm.tokenizer
-        return export_module(self, self.student, tokenizer, out_dir)
+    @property
+    def teacher_cache(self) -> TeacherCache | None:
+        return self.teacher_caches[0]
 
 
 class InterDistiller(BaseDistiller):
@@ -318,3 +720,23 @@ class PredDistiller(BaseDistiller):
             head = {id(p) for _, p in head_parameters(self.student)}
             for p in self.student.parameters():
                 p.requires_grad_(id(p) in head)
+
+
+class MultiDistiller(Distiller):
+    """Mix-step distillation of several students from several teachers at once; each student's scores under
+    `val/<key>/...` (and `val/<key>/<set>/...` with several validation sets), their mean under `val/mean/<metric>`."""
+
+
+class GeneralDistiller(BaseDistiller):
+    """General (task-agnostic) distillation of a bare encoder `teacher` into `student` (a bare encoder, or a masked LM
+    when `distill.mlm` is set) on unlabelled text: the self-attention relations of MiniLM (arXiv:2002.10957) and
+    MiniLMv2 (arXiv:2012.15828), or the hidden states of TinyBERT's general distillation (arXiv:1909.10351).
+    Validation is the same loss on held-out windows (`val/loss`, `val/<adaptor key>`, `val/mlm`); the export is the
+    student's encoder with `tokenizer`, which also gives the MLM its [MASK] and special ids."""
+
+    stages = ("inter",)
+    labelled = False
+    run_config = GeneralRunConfig
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, tokenizer, dm=None, **kw):
+        super().__init__(teacher, student, None, dm, tokenizer=tokenizer, **kw)

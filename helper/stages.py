@@ -1,23 +1,54 @@
-"""The wiring every stage shares: data, models, the module, fit, then one after-training sequence (best weights,
-validation and test metrics, export, metrics.json, report)."""
+"""The one stage runner. A stage is a script, a YAML file, its config class and one build function here:
+
+run_stage(cfg, stage, build)
+  prologue  checks that need no model (trainer.monitor, ...), the run directory and its lock, the seed, wandb
+            started early (it overlaps the loading), then `build(cfg)`: tokenizers, data module, models, their
+            checks, the module
+  epilogue  fit, the best weights, validation and test metrics, export, metrics.json, the report
+            (a stage that trains nothing, the transfer set, writes its file instead)
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 
 from bert.errors import UserError
 from bert.families import get_family
 from bert.loading import load_model_config, load_tokenizer, resolve_model_path
-from data.datamodule import ClfDataModule
+from data.datamodule import ClfDataModule, tokenizer_id
+from helper.adaptors import ADAPTORS
 from helper.checkpoint import check_max_length, load_classifier
-from helper.config import DistillationRunConfig, FinetuneConfig
-from helper.distiller import BaseDistiller, InterDistiller, PredDistiller
+from helper.config import (
+    DistillationRunConfig,
+    FinetuneConfig,
+    StudentSpec,
+    TeacherConfig,
+    TransferSetConfig,
+    save_config,
+)
+from helper.distiller import (
+    BaseDistiller,
+    GeneralDistiller,
+    InterDistiller,
+    MultiDistiller,
+    PredDistiller,
+    Student,
+    Teacher,
+    check_weights,
+)
 from helper.finetuner import ClfFinetune
+from helper.general_config import GeneralRunConfig
 from helper.heatmap import AttentionHeatmap
-from helper.students import build_student
+from helper.students import build_encoder_student, build_student, load_encoder
 from helper.training import (
     best_checkpoint,
     build_trainer,
@@ -36,104 +67,51 @@ DISTILLERS: dict[str, type[BaseDistiller]] = {
 }
 
 
-def run_finetune(cfg: FinetuneConfig) -> dict:
-    """Fine-tune `cfg.model` on `cfg.data`; export it to `<run dir>/model`."""
-    if cfg.data.transfer:
-        raise UserError("data.transfer: only the distillation stages read a transfer set (its rows have no gold label)")
-    one_model_monitor(cfg)
-    out = prepare_run(cfg, "finetune")  # before heavy work: writable run directory, its lock
-    try:
-        return _run_finetune(cfg)
-    finally:
-        release_run_dir(out)
+@dataclass
+class Job:
+    """What a stage's build function hands the runner: the data module and the module to fit, where the export goes
+    (`<run dir>/<export>`), the summary line's subject, extra callbacks, and the report written after the export
+    (`report(run dir, export) -> summary`). A stage that trains nothing gives `produce(run dir) -> its file`."""
+
+    dm: Any
+    module: pl.LightningModule | None = None
+    export: str = "student"
+    what: str = "student"
+    callbacks: list = field(default_factory=list)
+    report: Callable[[Path, Path], Any] | None = None
+    produce: Callable[[Path], Path] | None = None
 
 
-def _run_finetune(cfg: FinetuneConfig) -> dict:
-    check_max_length(cfg.data.max_length, load_model_config(cfg.model.name), "model", cfg.model.name)
-    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # the new classifier head too
-    start_loggers_early(cfg, "finetune")  # wandb starts while data and model load
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name)
-    dm = ClfDataModule(cfg.data, tokenizer)
-    dm.setup("fit")
-    model = load_classifier(cfg.model.name, dm.label_names, cfg.model.attn_implementation, cfg.model.dropout)
-    module = ClfFinetune(model, dm, optim=cfg.optim, metrics=cfg.trainer.metrics)
-    metrics, _, _ = fit_and_export(cfg, "finetune", module, dm, "model", "teacher")
-    return metrics
-
-
-def run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
-    """Distil `cfg.teacher` into the student; export it to `<run dir>/student` and write the report."""
-    several = isinstance(cfg.teacher, list) or cfg.students is not None
-    if not several:
-        one_model_monitor(cfg)
+def run_stage(cfg, stage: str, build: Callable[[Any], Job], check: Callable[[Any], Any] | None = None):
+    """Prologue, `build(cfg)`, epilogue (the module docstring). `check(cfg)` runs first: the checks that need no
+    model, and what they resolve (here: the monitored metric). Returns the metrics, or the file a stage produces."""
+    if check is not None:
+        check(cfg)
+    training = hasattr(cfg, "trainer")
     out = prepare_run(cfg, stage)  # before heavy work: writable run directory, its lock
     try:
-        if several:  # several teachers or students: helper/multi.py
-            from helper.multi import run_multi
-
-            return run_multi(cfg, stage)
-        return _run_distillation(cfg, stage)
+        if training:
+            pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # new heads, students, projections too
+            start_loggers_early(cfg, stage)  # wandb starts while data and models load
+        job = build(cfg)
+        if job.produce is not None:
+            save_config(cfg, out / "config.yaml")
+            return job.produce(out)
+        metrics, exported = fit_and_export(cfg, stage, job)
+        if exported is not None and job.report is not None:
+            metrics["summary"] = job.report(out, exported)
+        return metrics
     finally:
         release_run_dir(out)
 
 
-def _run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
-    check_max_length(cfg.data.max_length, load_model_config(cfg.teacher.name), "teacher", cfg.teacher.name)
-    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # a random-init student and projections too
-    start_loggers_early(cfg, stage)  # wandb starts while data and models load
-    tok_t = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
-    name_s = cfg.student.tokenizer or (cfg.student.name if has_tokenizer(cfg.student.name) else None)
-    dm = ClfDataModule(cfg.data, tok_t, load_tokenizer(name_s) if name_s else None)
-    dm.setup("fit")
-    teacher = load_classifier(cfg.teacher.name, dm.label_names, cfg.teacher.attn_implementation, None, "teacher", True)
-    student = build_student(cfg.student, teacher, cfg.teacher.name, dm.label_names, tok_t)
-    check_max_length(cfg.data.max_length, student.config, "student", cfg.student.name or "the student")
-    check_vocab(tok_t, teacher, "teacher")
-    check_vocab(dm.student_tokenizer or tok_t, student, "student")
-    distiller = DISTILLERS[stage](
-        teacher, student, dm=dm, optim=cfg.optim, distill=cfg.distill, metrics=cfg.trainer.metrics
-    )
-    both_attend = all("attentions" in get_family(m).features for m in (teacher, student))
-    heatmap = [AttentionHeatmap(run_dir(cfg.logger, stage) / "attention")] if both_attend else []
-    metrics, out, student_dir = fit_and_export(cfg, stage, distiller, dm, "student", "student", heatmap)
-    if student_dir is not None and cfg.distill.report:
-        from helper.report import write_report
+def fit_and_export(cfg, stage: str, job: Job) -> tuple[dict, Path | None]:
+    """Fit, take the best weights, validate and test, export to `<run dir>/<job.export>`, write metrics.json.
 
-        split = "test" if dm.has_test else "validation"
-        loader = dm.test_dataloader() if dm.has_test else dm.val_dataloader()
-        metrics["summary"] = write_report(
-            teacher,
-            student,
-            resolve_model_path(cfg.teacher.name),
-            student_dir,
-            loader,
-            split,
-            out,
-            n_latency=cfg.distill.report_batches,
-            validation_sets=dict(zip(dm.validation_names, dm.val_dataloader())) if dm.validation_names else None,
-        )
-    return metrics
-
-
-def one_model_monitor(cfg) -> None:
-    """`trainer.monitor` of a one-model run: val/<name>/<metric> must name one of its validation sets."""
-    parts = cfg.trainer.monitor.split("/")
-    sets = list(cfg.data.validation) if isinstance(cfg.data.validation, dict) else []
-    if len(parts) == 3 and parts[1] not in sets:
-        raise UserError(
-            f"trainer.monitor: {cfg.trainer.monitor!r} names no validation set (sets: {', '.join(sets) or 'one'}); "
-            "use val/<metric>, val/<set>/<metric> or val/loss"
-        )
-
-
-def fit_and_export(
-    cfg, stage: str, module: pl.LightningModule, dm: ClfDataModule, export_name: str, what: str, callbacks=()
-) -> tuple[dict, Path, Path | None]:
-    """Fit, take the best weights, validate and test, export to `<run dir>/<export_name>`, write metrics.json.
-
-    Returns the metrics, the run directory and the export (None on ranks other than 0).
+    Returns the metrics and the export (None on ranks other than 0).
     """
-    trainer, out, resume = build_trainer(cfg, stage, list(callbacks))
+    module, dm = job.module, job.dm
+    trainer, out, resume = build_trainer(cfg, stage, list(job.callbacks))
     check_resume(resume, module, dm, cfg)
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
     if module.export_best:
@@ -143,10 +121,33 @@ def fit_and_export(
         metrics.update({k: float(v) for k, v in trainer.test(module, datamodule=dm, verbose=False)[0].items()})
     exported = None
     if trainer.is_global_zero:
-        exported = module.export(out / export_name)
+        exported = module.export(out / job.export)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        print(f"{what}: {', '.join(f'{k} {v:.4f}' for k, v in sorted(metrics.items()))} -> {exported}")
-    return metrics, out, exported
+        print(f"{job.what}: {', '.join(f'{k} {v:.4f}' for k, v in sorted(metrics.items()))} -> {exported}")
+    return metrics, exported
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checks before heavy work
+
+
+def check_monitor(cfg, students: list[str] | None = None) -> None:
+    """`trainer.monitor` names what the run logs: val/<name>/<metric> one of its validation sets, or with several
+    students one of their keys or `mean` (val/<metric> then means the students' mean, and is rewritten so)."""
+    monitor = cfg.trainer.monitor
+    parts = monitor.split("/")
+    if students is None:
+        sets = list(cfg.data.validation) if isinstance(cfg.data.validation, dict) else []
+        if len(parts) == 3 and parts[1] not in sets:
+            raise UserError(
+                f"trainer.monitor: {monitor!r} names no validation set (sets: {', '.join(sets) or 'one'}); "
+                "use val/<metric>, val/<set>/<metric> or val/loss"
+            )
+        return
+    if len(parts) == 2 and monitor != "val/loss":
+        cfg.trainer.monitor = monitor = monitor.replace("val/", "val/mean/")
+    if monitor.split("/")[1] not in [*students, "mean"]:
+        raise UserError(f"trainer.monitor: {monitor!r} names no student (keys: {', '.join(students)}; or mean)")
 
 
 def has_tokenizer(name: str | None) -> bool:
@@ -167,3 +168,266 @@ def check_vocab(tokenizer, model, role: str) -> None:
             f"{role}.tokenizer: {tokenizer.name_or_path} has {len(tokenizer)} tokens but the {role}'s embeddings have "
             f"{rows} rows; use the {role}'s own tokenizer or give it a matching vocab_size"
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Fine-tuning
+
+
+def check_finetune(cfg: FinetuneConfig) -> None:
+    if cfg.data.transfer:
+        raise UserError("data.transfer: only the distillation stages read a transfer set (its rows have no gold label)")
+    check_monitor(cfg)
+
+
+def build_finetune(cfg: FinetuneConfig) -> Job:
+    """Fine-tune `cfg.model` on `cfg.data`; export it to `<run dir>/model`."""
+    check_max_length(cfg.data.max_length, load_model_config(cfg.model.name), "model", cfg.model.name)
+    dm = ClfDataModule(cfg.data, load_tokenizer(cfg.model.tokenizer or cfg.model.name))
+    dm.setup("fit")
+    model = load_classifier(cfg.model.name, dm.label_names, cfg.model.attn_implementation, cfg.model.dropout)
+    return Job(dm, ClfFinetune(model, dm, optim=cfg.optim, metrics=cfg.trainer.metrics), "model", "teacher")
+
+
+def run_finetune(cfg: FinetuneConfig) -> dict:
+    return run_stage(cfg, "finetune", build_finetune, check_finetune)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Distillation: one teacher and one student (kd-clf's three stages), or several of each (mix-step)
+
+
+def model_specs(cfg: DistillationRunConfig) -> tuple[list[TeacherConfig], list[StudentSpec]]:
+    """The teachers and students of a config, the single `teacher` and `student` mappings as lists of one."""
+    teachers = cfg.teacher if isinstance(cfg.teacher, list) else [TeacherConfig(**dataclasses.asdict(cfg.teacher))]
+    if cfg.students is not None:
+        students = cfg.students
+    else:
+        names = [f.name for f in dataclasses.fields(type(cfg.student))]
+        students = [StudentSpec(**{n: getattr(cfg.student, n) for n in names})]
+    if not teachers or not students:
+        raise UserError("teacher and students: each needs at least one entry")
+    return teachers, students
+
+
+def several(cfg: DistillationRunConfig) -> bool:
+    return isinstance(cfg.teacher, list) or cfg.students is not None
+
+
+def check_distillation(cfg: DistillationRunConfig, stage: str) -> None:
+    if not several(cfg):
+        return check_monitor(cfg)
+    if stage != "distill_ms":
+        raise UserError("several teachers or students train in one step: use distillation_ms.py")
+    teachers, students = model_specs(cfg)
+    check_weights([t.weight for t in teachers], "teacher[].weight")
+    keys = [s.key for s in students]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup is not None:
+        raise UserError(f"students: key {dup!r} is used twice; give every student its own `key:`")
+    check_monitor(cfg, keys)
+
+
+def build_distillation(cfg: DistillationRunConfig, stage: str) -> Job:
+    """Distil the teachers into the students; export to `<run dir>/student` (one) or `<run dir>/students/<key>`,
+    and write the report (one per student)."""
+    if several(cfg):
+        return _build_several(cfg)
+    check_max_length(cfg.data.max_length, load_model_config(cfg.teacher.name), "teacher", cfg.teacher.name)
+    tok_t = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
+    name_s = cfg.student.tokenizer or (cfg.student.name if has_tokenizer(cfg.student.name) else None)
+    dm = ClfDataModule(cfg.data, tok_t, load_tokenizer(name_s) if name_s else None)
+    dm.setup("fit")
+    teacher = load_classifier(cfg.teacher.name, dm.label_names, cfg.teacher.attn_implementation, None, "teacher", True)
+    student = build_student(cfg.student, teacher, cfg.teacher.name, dm.label_names, tok_t)
+    check_max_length(cfg.data.max_length, student.config, "student", cfg.student.name or "the student")
+    check_vocab(tok_t, teacher, "teacher")
+    check_vocab(dm.student_tokenizer or tok_t, student, "student")
+    distiller = DISTILLERS[stage](
+        teacher, student, dm=dm, optim=cfg.optim, distill=cfg.distill, metrics=cfg.trainer.metrics
+    )
+    both_attend = all("attentions" in get_family(m).features for m in (teacher, student))
+    heatmap = [AttentionHeatmap(run_dir(cfg.logger, stage) / "attention")] if both_attend else []
+
+    def report(out: Path, student_dir: Path) -> str:
+        from helper.report import write_report
+
+        split = "test" if dm.has_test else "validation"
+        loader = dm.test_dataloader() if dm.has_test else dm.val_dataloader()
+        sets = dict(zip(dm.validation_names, dm.val_dataloader())) if dm.validation_names else None
+        path_t = resolve_model_path(cfg.teacher.name)
+        n = cfg.distill.report_batches
+        return write_report(
+            teacher, student, path_t, student_dir, loader, split, out, n_latency=n, validation_sets=sets
+        )
+
+    return Job(dm, distiller, "student", "student", heatmap, report if cfg.distill.report else None)
+
+
+def _build_several(cfg: DistillationRunConfig) -> Job:
+    from data.multi import MultiDataModule
+
+    teachers_cfg, students_cfg = model_specs(cfg)
+    tokenizers: dict[str, Any] = {}  # name -> tokenizer
+
+    def tokenizer(name: str):
+        if name not in tokenizers:
+            tokenizers[name] = load_tokenizer(name)
+        return tokenizers[name]
+
+    tok_t = [tokenizer(t.tokenizer or t.name) for t in teachers_cfg]
+    tok_s = []
+    for s in students_cfg:
+        name = s.tokenizer or (s.name if has_tokenizer(s.name) else None)
+        tok_s.append(tokenizer(name) if name else tok_t[0])
+    views: dict[str, tuple] = {}  # view name -> (tokenizer, column); one per distinct (vocabulary, column)
+    by_id: dict[tuple, str] = {}
+
+    def view_of(tok, column: str | None) -> str:
+        column = column or cfg.data.text_column
+        ident = (tuple(sorted(tokenizer_id(tok).items())), column)
+        if ident not in by_id:
+            name = column if column not in views else f"{column}@{len(views)}"
+            by_id[ident], views[name] = name, (tok, column)
+        return by_id[ident]
+
+    view_t = [view_of(tok, t.text_column) for tok, t in zip(tok_t, teachers_cfg)]
+    view_s = [view_of(tok, s.text_column) for tok, s in zip(tok_s, students_cfg)]
+    dm = MultiDataModule(cfg.data, views)
+    dm.setup("fit")
+    teachers = [load_classifier(t.name, dm.label_names, t.attn_implementation) for t in teachers_cfg]
+    students = []
+    for i, (s, tok) in enumerate(zip(students_cfg, tok_s)):
+        students.append(build_student(s, teachers[0], teachers_cfg[0].name, dm.label_names, tok))
+        check_vocab(tok, students[-1], f"students[{i}]")
+    for i, (tok, teacher) in enumerate(zip(tok_t, teachers)):
+        check_vocab(tok, teacher, f"teacher[{i}]")
+    distiller = MultiDistiller(
+        [Teacher(m, t.weight, v) for m, t, v in zip(teachers, teachers_cfg, view_t)],
+        [Student(s.key, m, s.adaptors, v) for m, s, v in zip(students, students_cfg, view_s)],
+        dm,
+        share=cfg.share,
+        optim=cfg.optim,
+        distill=cfg.distill,
+        metrics=cfg.trainer.metrics,
+    )
+
+    def report(out: Path, exported: Path) -> dict:
+        from helper.report import write_report
+
+        split = "test" if dm.has_test else "validation"
+        batches = list(dm.test_dataloader() if dm.has_test else dm.val_dataloader())
+        summaries = {}
+        for (key, student), v in zip(distiller.students.items(), view_s):
+            remapped = [
+                {**b["views"][view_t[0]], "labels": b["labels"], "idx": b["idx"], "student": b["views"][v]}
+                for b in batches
+            ]
+            path_t = resolve_model_path(teachers_cfg[0].name)
+            n = cfg.distill.report_batches
+            summaries[key] = write_report(
+                teachers[0], student, path_t, exported / key, remapped, split, out / "reports" / key, n_latency=n
+            )
+        return summaries
+
+    return Job(dm, distiller, "students", "students", report=report if cfg.distill.report else None)
+
+
+def run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
+    return run_stage(cfg, stage, lambda c: build_distillation(c, stage), lambda c: check_distillation(c, stage))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# General (task-agnostic) distillation
+
+
+def check_general(cfg: GeneralRunConfig) -> None:
+    if cfg.student.tokenizer is not None:
+        raise UserError("student.tokenizer: general distillation compares tokens; the student uses the teacher's")
+    allowed = sorted(name for name, cls in ADAPTORS.items() if cls.stage == "inter")
+    names = [spec if isinstance(spec, str) else spec.get("name") for spec in cfg.distill.adaptors]
+    wrong = [n for n in names if n in ADAPTORS and ADAPTORS[n].stage != "inter"]
+    if wrong:
+        raise UserError(
+            f"distill.adaptors: {', '.join(wrong)} need logits or labels, which general distillation (bare encoders, "
+            f"unlabelled text) has not; allowed: {', '.join(allowed)}"
+        )
+
+
+def build_general(cfg: GeneralRunConfig) -> Job:
+    """A bare encoder student learns the teacher's encoder on unlabelled text; export to `<run dir>/student`."""
+    from data.text import TextDataModule
+
+    tokenizer = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
+    dm = TextDataModule(cfg.data, tokenizer)
+    dm.setup("fit")
+    teacher = load_encoder(cfg.teacher.name, cfg.teacher.attn_implementation)
+    check_max_length(cfg.data.max_length, teacher.config, "teacher", cfg.teacher.name)
+    student = build_encoder_student(cfg.student, teacher, cfg.teacher.name, cfg.distill.mlm is not None)
+    check_max_length(cfg.data.max_length, student.config, "student", cfg.student.name or "the student")
+    check_vocab(tokenizer, teacher, "teacher")
+    check_vocab(tokenizer, student, "student")
+    module = GeneralDistiller(teacher, student, tokenizer, dm, distill=cfg.distill, optim=cfg.optim)
+    n_train, n_val = (len(dm.datasets[s]) for s in ("train", "validation"))
+    print(
+        f"general distillation: {len(dm.texts['train'])} texts -> {n_train} windows (train), "
+        f"{len(dm.texts['validation'])} -> {n_val} (validation); teacher {resolve_model_path(cfg.teacher.name)}"
+    )
+    return Job(dm, module)
+
+
+def run_general(cfg: GeneralRunConfig) -> dict:
+    return run_stage(cfg, "distill_general", build_general, check_general)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The transfer set: nothing trains; the teacher labels the rows, one Parquet file is written
+
+
+def check_transfer_set(cfg: TransferSetConfig) -> None:
+    if cfg.data.transfer:
+        raise UserError("data.transfer: transfer_set.py builds a transfer set from data.train; it reads none")
+
+
+def build_transfer_set(cfg: TransferSetConfig) -> Job:
+    """The training set, augmented (and LM-sampled, and unlabelled) text, every row labelled by the teacher."""
+    from data.transfer import write_transfer
+    from helper.transfer_set import build_rows, label, read_unlabelled
+
+    t0 = time.perf_counter()
+    with_pairs = cfg.data.text_pair_column is not None
+    unlabelled = None
+    if cfg.transfer.unlabelled:  # read first: a bad file stops the run before anything heavy
+        unlabelled = read_unlabelled(cfg.transfer.unlabelled, cfg.data.encoding, with_pairs)
+    tokenizer = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
+    dm = ClfDataModule(cfg.data, tokenizer)
+    dm.setup("fit")
+    teacher = load_classifier(cfg.teacher.name, dm.label_names, cfg.teacher.attn_implementation)
+
+    def produce(out: Path) -> Path:
+        output = Path(cfg.transfer.output) if cfg.transfer.output else out / "transfer.parquet"
+        rows, timings = build_rows(cfg, dm, tokenizer, unlabelled)
+        pairs = rows["text_pair"] if with_pairs else None
+        logits, seconds = label(teacher, tokenizer, rows["text"], pairs, cfg.data.max_length, cfg.transfer.batch_size)
+        meta = {"teacher": resolve_model_path(cfg.teacher.name), "max_length": cfg.data.max_length}
+        write_transfer(output, rows, logits.numpy(), dm.label_names, meta)
+        n = len(rows["text"])
+        counts = Counter(rows["source"])
+        sources = ("original", "mask", "pos", "ngram", "generated", "unlabelled")
+        parts = [f"{n} rows ({', '.join(f'{s} {counts[s]}' for s in sources)})"]
+        if "augment" in timings:
+            k, s = timings["augment"]
+            parts.append(f"augmentation {k / max(s, 1e-9):.0f} sentences/s")
+        if "generate" in timings:
+            k, s = timings["generate"]
+            parts.append(f"generation {k / max(s, 1e-9):.1f} sentences/s")
+        parts.append(f"labelling {n / max(seconds, 1e-9):.0f} examples/s")
+        parts.append(f"total {time.perf_counter() - t0:.1f} s")
+        print(f"transfer set: {'; '.join(parts)} -> {output}")
+        return output
+
+    return Job(dm, produce=produce)
+
+
+def run_transfer_set(cfg: TransferSetConfig) -> Path:
+    return run_stage(cfg, "transfer_set", build_transfer_set, check_transfer_set)

@@ -1,14 +1,17 @@
-"""Build the student: (a) a Hugging Face name or directory, (b) a config with random init, (c) cut from the teacher."""
+"""Build the models of a stage: the student ((a) a Hugging Face name or directory, (b) a config with random init,
+(c) cut from the teacher, (d) a BiLSTM) as a classifier, or as a bare encoder or masked LM for general distillation;
+and a bare encoder teacher."""
 
 from __future__ import annotations
 
 import copy
 
 from torch import nn
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 from bert.errors import UserError
 from bert.families import family_of, get_family
+from bert.loading import load_model_config, load_named
 from helper.checkpoint import load_classifier
 from helper.config import StudentConfig
 
@@ -96,4 +99,50 @@ def lstm_student(teacher: nn.Module, cfg: StudentConfig, label_names: list[str],
     student = bilstm_student(teacher, tokenizer, label_names, teacher_embeddings=from_teacher, **sizes)
     if not from_teacher:
         init_from_word2vec(student, b.word_vectors, tokenizer)
+    return student
+
+
+def load_encoder(name: str, attn_implementation: str = "sdpa", role: str = "teacher") -> nn.Module:
+    """The bare encoder (`AutoModel`) of `name`: a pretrained encoder or a classifier's directory (its head dropped)."""
+    config = load_model_config(name)
+    impl = family_of(config).attn_implementation(attn_implementation)
+    model = load_named(role, AutoModel.from_pretrained, name, attn_implementation=impl)
+    get_family(model).layers(model)  # one line if it has no attention layers (a BiLSTM)
+    return model
+
+
+def build_encoder_student(cfg: StudentConfig, teacher: nn.Module, teacher_name: str, mlm: bool) -> nn.Module:
+    """The student of `cfg` as a bare encoder (`AutoModel`), or as a masked LM (`AutoModelForMaskedLM`) when `mlm`:
+    `name` loaded as such, `config` random init, `init_from_teacher` cut from the teacher's (or `model`'s) layers."""
+    if cfg.bilstm is not None:
+        raise UserError("student.bilstm: general distillation trains an encoder; use name, config or init_from_teacher")
+    cls = AutoModelForMaskedLM if mlm else AutoModel
+    if cfg.name is not None:
+        config = _student_config(load_model_config(cfg.name), cfg)
+        return load_named("student", cls.from_pretrained, cfg.name, config=config)
+    if cfg.config is not None:
+        config = _student_config(teacher.config, cfg, **cfg.config)
+        heads, hidden = config.num_attention_heads, config.hidden_size
+        if hidden % heads:
+            raise UserError(f"student.config: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+        return cls.from_config(config, attn_implementation=config._attn_implementation)
+    src = cfg.init_from_teacher
+    source = teacher if src.model is None else load_encoder(src.model, cfg.attn_implementation, "model")
+    family = get_family(source)
+    n = len(family.layers(source))
+    bad = [i for i in src.layers if not 0 <= i < n]
+    if bad:
+        raise UserError(
+            f"student.init_from_teacher.layers: {bad} out of range for {src.model or teacher_name} with {n} layers "
+            f"(0..{n - 1})"
+        )
+    cut = copy.deepcopy(source)
+    family.cut(cut, src.layers)
+    config = _student_config(cut.config, cfg)
+    student = cls.from_config(config, attn_implementation=config._attn_implementation)
+    missing, _ = student.base_model.load_state_dict(cut.state_dict(), strict=False)  # a masked LM has no pooler
+    if missing:
+        raise UserError(f"student.init_from_teacher: the cut encoder lacks {', '.join(missing[:3])}")
+    if not src.embeddings:
+        family.embeddings(student).apply(student._init_weights)
     return student

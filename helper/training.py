@@ -253,7 +253,8 @@ def check_precision(tcfg: TrainerConfig) -> None:
 
 def prepare_run(cfg, stage: str) -> Path:
     """Before any heavy work: settings only the machine can check, a writable run directory, and its lock."""
-    check_precision(cfg.trainer)
+    if hasattr(cfg, "trainer"):
+        check_precision(cfg.trainer)
     out = run_dir(cfg.logger, stage)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,27 +1,20 @@
-"""The transfer-set stage (Tang et al. 2019, arXiv:1903.12136, §3.3): build the rows (the training set, d-lite
-augmentation, LM samples, unlabelled text), label all of them with one pass of the fine-tuned teacher, write one Parquet
-file (`data/transfer.py` has the schema)."""
+"""The transfer set (Tang et al. 2019, arXiv:1903.12136, §3.3): build the rows (the training set, d-lite augmentation,
+LM samples, unlabelled text) and label all of them with one pass of the fine-tuned teacher; `helper.stages` writes them
+to one Parquet file (`data/transfer.py` has the schema)."""
 
 from __future__ import annotations
 
 import sys
 import time
-from collections import Counter
-from pathlib import Path
 
 import torch
 
 from bert.errors import UserError
 from bert.families import model_inputs
-from bert.loading import load_tokenizer, resolve_model_path
 from data.datamodule import ClfDataModule
 from data.sources import read_text, split_lines
-from data.transfer import write_transfer
-from helper.checkpoint import load_classifier
-from helper.config import TransferSetConfig, save_config
-from helper.training import run_dir
+from helper.config import TransferSetConfig
 
-STAGE = "transfer_set"
 PROGRESS_EVERY_S = 5.0
 
 
@@ -126,46 +119,3 @@ def label(teacher, tokenizer, texts: list[str], pairs: list[str] | None, max_len
                 last = now
                 say(f"label {done}/{len(ids)} rows, {done / (now - start):.0f} rows/s")
     return out, time.perf_counter() - start
-
-
-def run_transfer_set(cfg: TransferSetConfig) -> Path:
-    """Build, label and write the transfer set; returns the Parquet file."""
-    if cfg.data.transfer:
-        raise UserError("data.transfer: transfer_set.py builds a transfer set from data.train; it reads none")
-    t0 = time.perf_counter()
-    out_dir = run_dir(cfg.logger, STAGE)
-    output = Path(cfg.transfer.output) if cfg.transfer.output else out_dir / "transfer.parquet"
-    with_pairs = cfg.data.text_pair_column is not None
-    unlabelled = None
-    if cfg.transfer.unlabelled:  # read first: a bad file stops the run before anything heavy
-        unlabelled = read_unlabelled(cfg.transfer.unlabelled, cfg.data.encoding, with_pairs)
-    tokenizer = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
-    dm = ClfDataModule(cfg.data, tokenizer)
-    dm.setup("fit")
-    teacher = load_classifier(cfg.teacher.name, dm.label_names, cfg.teacher.attn_implementation)
-    rows, timings = build_rows(cfg, dm, tokenizer, unlabelled)
-    logits, seconds = label(
-        teacher,
-        tokenizer,
-        rows["text"],
-        rows["text_pair"] if with_pairs else None,
-        cfg.data.max_length,
-        cfg.transfer.batch_size,
-    )
-    n = len(rows["text"])
-    save_config(cfg, out_dir / "config.yaml")
-    meta = {"teacher": resolve_model_path(cfg.teacher.name), "max_length": cfg.data.max_length}
-    write_transfer(output, rows, logits.numpy(), dm.label_names, meta)
-    counts = Counter(rows["source"])
-    per_source = ", ".join(f"{s} {counts[s]}" for s in ("original", "mask", "pos", "ngram", "generated", "unlabelled"))
-    parts = [f"{n} rows ({per_source})"]
-    if "augment" in timings:
-        k, s = timings["augment"]
-        parts.append(f"augmentation {k / max(s, 1e-9):.0f} sentences/s")
-    if "generate" in timings:
-        k, s = timings["generate"]
-        parts.append(f"generation {k / max(s, 1e-9):.1f} sentences/s")
-    parts.append(f"labelling {n / max(seconds, 1e-9):.0f} examples/s")
-    parts.append(f"total {time.perf_counter() - t0:.1f} s")
-    print(f"transfer set: {'; '.join(parts)} -> {output}")
-    return output

@@ -47,7 +47,7 @@ def test_mix_step_as_in_kd_clf(tmp_path, dataset_dict, tiny_model_dir):
     best = checkpoint.best_model_path
     hf = AutoModelForSequenceClassification.from_pretrained(best.removesuffix(".ckpt") + "_hf")
     state = torch.load(best, weights_only=True)["state_dict"]
-    assert all(torch.equal(v, state[f"student.{k}"]) for k, v in hf.state_dict().items())
+    assert all(torch.equal(v, state[f"students.student.{k}"]) for k, v in hf.state_dict().items())
     assert hf.config.id2label == {0: "neg", 1: "pos"}
 
     out = distiller.export(tmp_path / "student")
@@ -146,7 +146,7 @@ def test_batches_without_idx_turn_the_cache_off_with_one_warning(dataset_dict, t
     batch = next(iter(dm.train_dataloader()))
     del batch["idx"]  # as a user's own collator gives it
     with pytest.warns(UserWarning, match="teacher cache off"):
-        feats = distiller.teacher_features(batch)
+        feats = distiller.teacher_features(batch)[0]
     assert distiller.teacher_cache is None and feats.logits.shape == (len(batch["labels"]), 2)
 
 
@@ -176,3 +176,20 @@ def test_two_validation_sets_metrics_by_name_and_a_custom_scorer(tmp_path, clf_c
     assert torch.equal(logged["val/acc"], logged["val/dev/acc"]) and set(calls) == {16}  # each set: 16 examples
     with pytest.raises(UserError, match=r"trainer.metrics: unknown metric 'auc' \(choices: accuracy, f1_macro"):
         BaseDistiller(teacher, student, ["LogitMSE"], dm, metrics=["auc"])
+
+
+def test_any_module_teacher(dataset_dict, tiny_model_dir):
+    """A teacher may be any module that returns logits, as a student may; one without `.config` and no data module
+    to tell the label count is one line."""
+    _, student = models(tiny_model_dir)
+    dm = ClfDataModule(dataset_dict, tokenizer=tiny_model_dir, batch_size=8, max_length=16, cache_dir=None)
+    teacher = MeanPool(student.config.vocab_size)
+    distiller = BaseDistiller(teacher, student, ["LogitMSE"], dm, lr=1e-2)
+    trainer = Trainer(**TRAINER, enable_checkpointing=False)
+    trainer.fit(distiller, dm)
+    assert {"val/acc", "teacher/val/acc"} <= set(trainer.callback_metrics)
+    with pytest.raises(UserError, match=r"AttnMiniLM\): the teacher has no encoder layers"):
+        BaseDistiller(teacher, student, ["AttnMiniLM"], dm)
+    with pytest.raises(UserError, match="the number of labels is unknown: no model has a `.config`") as err:
+        BaseDistiller(teacher, MeanPool(student.config.vocab_size), ["LogitMSE"])
+    assert "\n" not in str(err.value)

@@ -163,7 +163,7 @@ def test_hard_labels_alone_never_run_the_teacher(dm):
     calls = []
     distiller.teacher.register_forward_hook(lambda *_: calls.append(1))
     feats_t = distiller.teacher_features(next(iter(dm.train_dataloader())))
-    assert feats_t.logits is None and not calls
+    assert feats_t == [None] and not calls
 
 
 def test_cache_is_off_when_asked_or_when_the_teacher_gives_nothing():
@@ -177,9 +177,9 @@ def test_teacher_tensors_can_meet_student_tensors_in_backward(adaptor, dm):
     cls = InterDistiller if adaptor == "AttnMiniLM" else PredDistiller
     distiller = make(cls, [adaptor])
     batch = next(iter(dm.train_dataloader()))
-    feats_t = distiller.teacher_features(batch)
-    _, feats_s = distiller.rec_s(**distiller.student_inputs(batch))
-    distiller.adaptors[0](feats_t, feats_s).backward()
+    feats_t = distiller.teacher_features(batch)[0]
+    _, feats_s = distiller.rec_s["student"](**distiller.student_inputs(batch))
+    distiller.adaptors["student"][0](feats_t, feats_s).backward()
     assert all(p.grad is None for p in distiller.teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in distiller.student.parameters())
 
@@ -190,10 +190,10 @@ def test_inference_mode_teacher_tensors_would_break_backward(dm):
     distiller = make(InterDistiller, ["AttnMiniLM"])
     batch = next(iter(dm.train_dataloader()))
     with torch.inference_mode():
-        feats_inf = distiller.rec_t(**model_inputs(batch))[1]
-    _, feats_s = distiller.rec_s(**distiller.student_inputs(batch))
+        feats_inf = distiller.rec_t[0](**model_inputs(batch))[1]
+    _, feats_s = distiller.rec_s["student"](**distiller.student_inputs(batch))
     with pytest.raises(RuntimeError, match="[Ii]nference tensors"):
-        distiller.adaptors[0](feats_inf, feats_s).backward()
+        distiller.adaptors["student"][0](feats_inf, feats_s).backward()
 
 
 def test_two_tokenizers_with_sentence_level_adaptors(clf_csv, tokenizer, other_tokenizer_dir):
@@ -248,7 +248,7 @@ def test_cached_features_give_the_losses_of_fresh_ones_for_any_padding(dm, token
     calls = []
     distiller.teacher.register_forward_hook(lambda *_: calls.append(1))
     for batch in dm.train_dataloader():
-        distiller.teacher_features(batch)
+        distiller.teacher_features(batch)[0]
     cache, n = distiller.teacher_cache, len(dm.datasets["train"])
     assert (cache.hits, cache.misses, len(cache.rows)) == (0, n, n)
     row = cache.rows[0]
@@ -259,12 +259,12 @@ def test_cached_features_give_the_losses_of_fresh_ones_for_any_padding(dm, token
 
     before = len(calls)
     for batch in regrouped(dm.datasets["train"], tokenizer, extra=3):
-        cached = distiller.teacher_features(batch)
+        cached = distiller.teacher_features(batch)[0]
         assert len(calls) == before  # no teacher forward on a full hit
-        fresh = distiller.rec_t(**model_inputs(batch))[1]
+        fresh = distiller.rec_t[0](**model_inputs(batch))[1]
         before = len(calls)
-        _, feats_s = distiller.rec_s(**distiller.student_inputs(batch))
-        for adaptor in distiller.adaptors:
+        _, feats_s = distiller.rec_s["student"](**distiller.student_inputs(batch))
+        for adaptor in distiller.adaptors["student"]:
             expected = adaptor(fresh, feats_s, batch["labels"])
             torch.testing.assert_close(adaptor(cached, feats_s, batch["labels"]), expected, rtol=2e-2, atol=1e-3)
         pad_keys = ~batch["attention_mask"].bool()[:, None, None, :]  # (B, 1, 1, T)
@@ -277,7 +277,7 @@ def test_cached_features_give_the_losses_of_fresh_ones_for_any_padding(dm, token
 def test_cache_respects_its_memory_bound_and_the_teacher_covers_the_rest(dm):
     full = make(BaseDistiller, ["AttnMiniLM", "LogitMSE"])
     for batch in dm.train_dataloader():
-        full.teacher_features(batch)
+        full.teacher_features(batch)[0]
     n = len(dm.datasets["train"])
     budget_mb = full.teacher_cache.nbytes * 0.4 / 2**20  # about 40% of the examples
 
@@ -327,7 +327,7 @@ def test_cache_assembly_equals_row_by_row_padding(dm):
 
     distiller = make(BaseDistiller, EVERY_FEATURE)
     batch = next(iter(dm.train_dataloader()))
-    distiller.teacher_features(batch)
+    distiller.teacher_features(batch)[0]
     rows = [distiller.teacher_cache.rows[i] for i in batch["idx"].tolist()]
     mask = torch.nn.functional.pad(batch["attention_mask"], (0, 2))  # padded 2 more than any row
     feats = TeacherCache._assemble(rows, mask, torch.float32)

@@ -16,7 +16,7 @@ from data.text import TextDataModule, tokenize_windows
 from data.text_config import TextDataConfig
 from data.transfer import write_transfer
 from helper.config import FinetuneConfig, load_config
-from helper.general import mask_tokens
+from helper.distiller import mask_tokens
 from helper.general_config import GeneralRunConfig
 from tests.conftest import NEGATIVE, POSITIVE, ROOT, run_overrides
 

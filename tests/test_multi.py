@@ -15,7 +15,7 @@ from data.config import DataConfig
 from data.datamodule import ClfDataModule
 from data.multi import MultiDataModule
 from helper.config import DistillationRunConfig, InitFromConfig, OptimConfig, StudentConfig, load_config
-from helper.multi import MultiDistiller, Student, Teacher, tie_shared
+from helper.distiller import MultiDistiller, Student, Teacher, tie_shared
 from helper.students import build_student
 from tests.conftest import ROOT, run_overrides, tiny_bert_config
 

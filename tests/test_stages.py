@@ -118,15 +118,15 @@ def test_projections_train_but_stay_out_of_the_exported_student(tmp_path, clf_cs
     run_dir = tmp_path / "distill_ts_1st"
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     state = ckpt["state_dict"]
-    assert torch.equal(state["adaptors.0.projection.weight"], projection.weight)
+    assert torch.equal(state["adaptors.student.0.projection.weight"], projection.weight)
     assert not [k for k in state if k.startswith("teacher")]
     # the optimiser holds exactly the trainable student parameters and the projection: not the teacher
-    trainable = [k for k in state if k.startswith("adaptors.") or k.startswith("student.")]
-    head = [k for k in trainable if k.removeprefix("student.").startswith(("classifier.", "bert.pooler."))]
+    trainable = [k for k in state if k.startswith("adaptors.") or k.startswith("students.student.")]
+    head = [k for k in trainable if k.removeprefix("students.student.").startswith(("classifier.", "bert.pooler."))]
     assert sum(len(g["params"]) for g in ckpt["optimizer_states"][0]["param_groups"]) == len(trainable) - len(head)
 
     exported = hf_state(run_dir / "student")
-    assert exported.keys() == {k.removeprefix("student.") for k in state if k.startswith("student.")}
+    assert exported.keys() == {k.removeprefix("students.student.") for k in state if k.startswith("students.student.")}
     assert exported["bert.embeddings.word_embeddings.weight"].shape[1] == 64
 
 
@@ -268,9 +268,9 @@ def test_cache_max_mb_reaches_the_teacher_cache(tmp_path, clf_csv, tiny_model_di
     modules = []
     real = stages.fit_and_export
 
-    def wrapper(cfg, stage, module, *args, **kwargs):
-        modules.append(module)
-        return real(cfg, stage, module, *args, **kwargs)
+    def wrapper(cfg, stage, job):
+        modules.append(job.module)
+        return real(cfg, stage, job)
 
     monkeypatch.setattr(stages, "fit_and_export", wrapper)
     with pytest.warns(UserWarning, match="teacher cache full"):
@@ -356,7 +356,7 @@ def test_two_validation_sets_monitor_and_grad_norms_in_a_stage(tmp_path, clf_csv
         and "validation set other" in (tmp_path / "distill_ms" / "report.md").read_text()
     )
     log = (tmp_path / "distill_ms" / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"grad_norm/total", "grad_norm/student", "val/other/f1"} <= set(log)
+    assert {"grad_norm/total", "grad_norm/students", "val/other/f1"} <= set(log)
     with pytest.raises(UserError, match=r"trainer.monitor: 'val/nope/acc' names no validation set \(sets: dev, other"):
         run("ms", tmp_path, clf_csv, tiny_model_dir, **{"data.validation": sets, "trainer.monitor": "val/nope/acc"})
     bad = f"{{dev: {clf_csv['validation']}, other: {tmp_path / 'missing.csv'}}}"

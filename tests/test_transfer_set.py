@@ -184,7 +184,7 @@ def test_stored_logits_reach_the_losses(built, clf_csv, tokenizer, tiny_model_di
     module = distiller(tiny_model_dir, dm, ["LogitMSE"], cache_teacher=False)
     train = dm.datasets["train"]
     batch = dm.train_dataloader().collate_fn([train[i] for i in (0, 33, 1, 40)])
-    feats = module.teacher_features(batch)
+    feats = module.teacher_features(batch)[0]
     torch.testing.assert_close(feats.logits[[1, 3]], train.teacher_logits[[33, 40]], atol=0, rtol=0)
     with torch.no_grad():
         live = module.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
