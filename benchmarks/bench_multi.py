@@ -41,8 +41,7 @@ from bert.loading import load_tokenizer  # noqa: E402
 from data.multi import MultiDataModule  # noqa: E402
 from helper.checkpoint import load_classifier  # noqa: E402
 from helper.config import DataConfig, StudentConfig  # noqa: E402
-from helper.distiller import BaseDistiller  # noqa: E402
-from helper.distiller import MultiDistiller, Student, Teacher  # noqa: E402
+from helper.distiller import BaseDistiller, MultiDistiller, Student, Teacher  # noqa: E402
 from helper.students import cut_student  # noqa: E402
 
 LAYERS = {"two": [1, 5], "three": [1, 3, 5]}

@@ -46,9 +46,7 @@ def test_no_import_circle():
     """Project modules as a graph of their imports (wherever they stand): no cycle."""
     files = {p: ".".join(p.relative_to(ROOT).with_suffix("").parts) for p in ROOT.glob("[bdh]*/*.py")}
     modules = {name.removesuffix(".__init__") for name in files.values()}
-    graph = {
-        files[p].removesuffix(".__init__"): sorted(m for m in imported_modules(p) if m in modules) for p in files
-    }
+    graph = {files[p].removesuffix(".__init__"): sorted(m for m in imported_modules(p) if m in modules) for p in files}
     state: dict[str, int] = {}  # 1: on the current path, 2: done
 
     def visit(node: str, path: list[str]) -> None:
