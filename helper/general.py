@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from transformers import AutoModel, AutoModelForMaskedLM
 
 from bert.errors import UserError
-from bert.families import check_features, family_of, get_family, model_inputs
+from bert.families import check_features, check_max_length, family_of, get_family, model_inputs
 from bert.features import Features, ModelDims, merge_requests
 from bert.loading import load_model_config, load_named, load_tokenizer, resolve_model_path
 from bert.recorder import FeatureRecorder
@@ -298,9 +298,9 @@ def run_general(cfg: GeneralRunConfig) -> dict:
     dm = TextDataModule(cfg.data, tokenizer)
     dm.setup("fit")
     teacher = load_encoder(cfg.teacher.name, cfg.teacher.attn_implementation)
-    _check_positions(teacher, cfg.data.max_length, "teacher")
+    check_max_length(cfg.data.max_length, teacher.config, "teacher", cfg.teacher.name)
     student = build_encoder_student(cfg.student, teacher, cfg.teacher.name, cfg.distill.mlm is not None)
-    _check_positions(student, cfg.data.max_length, "student")
+    check_max_length(cfg.data.max_length, student.config, "student", cfg.student.name or "the student")
     check_vocab(tokenizer, teacher, "teacher")
     check_vocab(tokenizer, student, "student")
     module = GeneralDistiller(teacher, student, tokenizer, distill=cfg.distill, optim=cfg.optim)
@@ -312,8 +312,3 @@ def run_general(cfg: GeneralRunConfig) -> dict:
     metrics, _, _ = fit_and_export(cfg, STAGE, module, dm, "student", "student")
     return metrics
 
-
-def _check_positions(model: nn.Module, max_length: int, role: str) -> None:
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and max_length > limit:
-        raise UserError(f"data.max_length: {max_length} exceeds the {role}'s {limit} position embeddings")
