@@ -9,9 +9,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 
 from bert.errors import UserError
+from bert.families import check_max_length, get_family
 from bert.loading import load_model_config, load_tokenizer, resolve_model_path
 from data.datamodule import ClfDataModule
-from bert.families import check_max_length, get_family
 from helper.checkpoint import load_classifier
 from helper.config import DistillationRunConfig, FinetuneConfig
 from helper.distiller import BaseDistiller, InterDistiller, PredDistiller

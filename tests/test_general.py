@@ -214,5 +214,5 @@ def test_max_length_beyond_roberta_positions_is_refused(tmp_path, minilm_path, t
     )  # fmt: skip
     RobertaModel(config).save_pretrained(teacher)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(teacher)
-    with pytest.raises(UserError, match=r"data.max_length: 513 is more than the teacher's max_position_embeddings \(512"):
+    with pytest.raises(UserError, match=r"data.max_length: 513 is more than the teacher's .* \(512,"):
         run(tmp_path, str(teacher), text_file, **{"data.max_length": 513})
