@@ -35,7 +35,6 @@ class Family:
     position_offset: bool = False  # position ids start after pad_token_id (RoBERTa-like): pad_token_id + 1 fewer
 
     @property
-    @property
     def features(self) -> tuple[str, ...]:
         """What distillation can read from a model of this kind."""
         if self.layers_path is not None:

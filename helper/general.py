@@ -311,4 +311,3 @@ def run_general(cfg: GeneralRunConfig) -> dict:
     )
     metrics, _, _ = fit_and_export(cfg, STAGE, module, dm, "student", "student")
     return metrics
-
