@@ -137,7 +137,7 @@ def test_progress_lines(lm_dir, train_texts, monkeypatch, capsys):
         line for line in capsys.readouterr().err.splitlines() if line.startswith("transfer.")
     ]  # no "Loading weights"
     assert lines[0].startswith("transfer.generate: fine-tune 16/40 sentences (40%), ") and "loss " in lines[0]
-    assert lines[-1].startswith("transfer.generate: generate 8/8 sentences (100%), ") and "sentences/s, ETA " in lines[-1]
+    assert lines[-1].startswith("transfer.generate: generate 8/8 sentences (100%), ") and "/s, ETA " in lines[-1]
 
 
 def test_too_few_distinct(lm_dir, train_texts, capsys):
