@@ -2,7 +2,7 @@
 
 Texts: the SST-2 test sentences (1,821; a few built-in sentences when the shared data is absent). Timed in one
 process, taking turns `--repeats` times (the order alternating):
-  predict   `predict.predict(model, tokenizer, texts, batch_size, 128, "cpu")`: tokenization, length sorting, padding,
+  predict   `inference.predict(model, tokenizer, texts, batch_size, 128, "cpu")`: tokenization, length sorting, padding,
             forward, softmax and putting the rows back in input order;
   forward   the model's forward alone on the same length-sorted batches, tokenized and padded beforehand (what
             `bench_inference.py` times).
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import default_teacher, loadavg, quiet, save_result, sst2_examples, tiny_model_dir  # noqa: E402
 from bert.families import accepted_inputs  # noqa: E402
-from predict import load_model, predict  # noqa: E402
+from helper.inference import load_model, predict  # noqa: E402
 
 MAX_LENGTH = 128
 TEST_SENTENCES = 1821

@@ -32,6 +32,7 @@ class Family:
     sdpa: bool = True  # transformers has an sdpa attention path for it (else eager is used)
     # model -> the module whose input is the sentence representation (B, H); for encoders: [CLS] of the last layer
     pooled_path: str | None = None
+    position_offset: bool = False  # position ids start after pad_token_id (RoBERTa-like): pad_token_id + 1 fewer
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -99,7 +100,14 @@ _BERT_QKV = ("query", "key", "value")
 FAMILIES = (
     Family("BERT", ("bert",), "encoder.layer", "embeddings", "attention.self", _BERT_QKV, _BERT_DROPOUT),
     Family(
-        "RoBERTa", ("roberta", "xlm-roberta"), "encoder.layer", "embeddings", "attention.self", _BERT_QKV, _BERT_DROPOUT
+        "RoBERTa",
+        ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"),  # CamemBERT and XLM-R XL: RoBERTa's layout
+        "encoder.layer",
+        "embeddings",
+        "attention.self",
+        _BERT_QKV,
+        _BERT_DROPOUT,
+        position_offset=True,
     ),
     Family("ELECTRA", ("electra",), "encoder.layer", "embeddings", "attention.self", _BERT_QKV, _BERT_DROPOUT),
     Family(
@@ -121,6 +129,7 @@ FAMILIES = (
         _BERT_DROPOUT,
         "position_bias",
         sdpa=False,
+        position_offset=True,
     ),
 )
 
@@ -142,6 +151,24 @@ def family_of(config) -> Family:
 def get_family(model: nn.Module) -> Family:
     """The kind of a bare encoder, a task wrapper around one (e.g. `BertForSequenceClassification`), or a module."""
     return family_of(getattr(model, "config", None))
+
+
+def max_positions(config) -> int | None:
+    """The longest input (in tokens) the position embeddings of a model config take; None: no limit known."""
+    n = getattr(config, "max_position_embeddings", None)
+    if not isinstance(n, int) or n <= 0:
+        return None
+    return n - (config.pad_token_id or 0) - 1 if family_of(config).position_offset else n
+
+
+def check_max_length(max_length: int, config, role: str, name: str) -> None:
+    """One line if `max_length` is more than the model's position embeddings take."""
+    limit = max_positions(config)
+    if limit is not None and max_length > limit:
+        raise UserError(
+            f"data.max_length: {max_length} is more than the {role}'s max_position_embeddings ({limit}, {name}); "
+            f"set data.max_length to at most {limit}"
+        )
 
 
 def check_features(model: nn.Module, wanted, role: str = "model") -> None:

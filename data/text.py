@@ -24,20 +24,12 @@ from data.datamodule import (
     cached_tokens,
     tokenizer_id,
 )
-from data.sources import fingerprint, load_hf_dataset, read_text, split_lines
+from data.readers import read_text_file
+from data.sources import fingerprint, load_hf_dataset
 from data.text_config import TextDataConfig
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Reading
-
-
-def read_text_file(path: str, encoding: str = "utf-8") -> list[str]:
-    """One text a line, stripped; blank lines skipped. An unreadable or empty file is a one-line `UserError`."""
-    texts = [line.strip() for line in split_lines(read_text(path, encoding))]
-    texts = [t for t in texts if t]
-    if not texts:
-        raise UserError(f"{path}: no text (the file is empty or holds only blank lines)")
-    return texts
 
 
 def read_transfer_texts(path: str) -> list[str]:

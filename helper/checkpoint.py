@@ -62,23 +62,6 @@ def load_classifier(
     return model
 
 
-def max_positions(config) -> int | None:
-    """The longest input the model's position embeddings take (RoBERTa-like models start positions after the pad id)."""
-    n = getattr(config, "max_position_embeddings", None)
-    if n is not None and config.model_type in ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet"):
-        n -= (config.pad_token_id or 0) + 1
-    return n
-
-
-def check_max_length(max_length: int, config, role: str, name: str) -> None:
-    limit = max_positions(config)
-    if limit is not None and max_length > limit:
-        raise UserError(
-            f"data.max_length: {max_length} is more than the {role}'s max_position_embeddings ({limit}, {name}); "
-            f"set data.max_length to at most {limit}"
-        )
-
-
 # What `save_pretrained` of a model and a tokenizer writes: an export directory holding anything else is not replaced.
 EXPORT_FILES = re.compile(
     r"config\.json|generation_config\.json|.*\.safetensors|model\.safetensors\.index\.json|tokenizer(_config)?\.json"

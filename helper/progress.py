@@ -9,6 +9,8 @@ import time
 import lightning.pytorch as pl
 from lightning.pytorch.trainer.states import TrainerFn
 
+from data.progress import clock
+
 
 class ProgressLines(pl.Callback):
     """Prints `epoch E/N step S/T loss L | X examples/s | ETA` to stderr at most every `every_s` seconds, and a line
@@ -38,7 +40,7 @@ class ProgressLines(pl.Callback):
         loss_text = f" loss {float(loss):.4f}" if loss is not None else ""
         print(
             f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} step {done}/{total}{loss_text} | "
-            f"{rate:.0f} examples/s | ETA {_clock(eta)}",
+            f"{rate:.0f} examples/s | ETA {clock(eta)}",
             file=self.stream,
             flush=True,
         )
@@ -51,8 +53,3 @@ class ProgressLines(pl.Callback):
         fitting = trainer.state.fn == TrainerFn.FITTING  # else `trainer.validate` after the fit, of the chosen weights
         when = f"after epoch {trainer.current_epoch + 1}" if fitting else "after training"
         print(f"validation {when}: {text}", file=self.stream, flush=True)
-
-
-def _clock(seconds: float) -> str:
-    minutes, s = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}"

@@ -15,10 +15,11 @@ import torch
 import transformers
 from matplotlib.figure import Figure
 from torch import nn
-from torch.nn import functional as F
 
 from bert.errors import UserError
-from bert.families import logits_of, model_inputs
+from bert.families import model_inputs
+from data.padding import pad_batch
+from helper.inference import forward_batches
 from helper.metrics import clf_metrics
 
 THROUGHPUT_BATCH = 32
@@ -26,16 +27,14 @@ WARMUP_CALLS = 2  # per model and batch size, before anything is timed
 COLORS = {"teacher": "#4C72B0", "student": "#DD8452"}
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, batches: Iterable[dict], key: str | None = None) -> dict[str, float]:
     """Accuracy and macro-F1 (`clf_metrics`) of `model` in eval mode, and the number of examples `n`."""
     model.eval()
     device = next(model.parameters()).device
     metrics = None
     n = 0
-    for batch in batches:
-        inputs = {k: v.to(device) for k, v in model_inputs(batch.get(key, batch), model).items()}
-        logits = logits_of(model(**inputs), model).float().cpu()  # (B, C)
+    for batch, logits in forward_batches(model, batches, device=device, key=key):
+        logits = logits.cpu()  # (B, C)
         if metrics is None:
             metrics = clf_metrics(logits.shape[-1], "")
         metrics.update(logits, batch["labels"])
@@ -56,17 +55,6 @@ def _unpadded_examples(models: dict[str, nn.Module], batches: Iterable[dict], ne
         if min(len(v) for v in out.values()) >= need:
             break
     return {name: examples[:need] for name, examples in out.items()}
-
-
-def _pad(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad 1-D example tensors to the longest of them."""
-    longest = max(len(e["input_ids"]) for e in examples)
-    return {
-        k: torch.stack(
-            [F.pad(e[k], (0, longest - len(e[k])), value=pad_id if k == "input_ids" else 0) for e in examples]
-        )
-        for k in examples[0]
-    }  # each (B, longest)
 
 
 @torch.inference_mode()
@@ -90,7 +78,10 @@ def measure_speed(
     for name, model in models.items():
         ex, pad_id = examples[name], model.config.pad_token_id or 0
         calls[name] = {
-            size: [_pad([ex[(j * size + i) % len(ex)] for i in range(size)], pad_id) for j in range(n)]
+            size: [
+                model_inputs(pad_batch([ex[(j * size + i) % len(ex)] for i in range(size)], pad_id), model)
+                for j in range(n)
+            ]
             for size, n in n_calls.items()
         }
     for name, model in models.items():

@@ -22,11 +22,11 @@ from typing import Any
 import lightning.pytorch as pl
 
 from bert.errors import UserError
-from bert.families import get_family
+from bert.families import check_max_length, get_family
 from bert.loading import load_model_config, load_tokenizer, resolve_model_path
 from data.datamodule import ClfDataModule, tokenizer_id
 from helper.adaptors import ADAPTORS
-from helper.checkpoint import check_max_length, load_classifier
+from helper.checkpoint import load_classifier
 from helper.config import (
     DistillationRunConfig,
     FinetuneConfig,
@@ -299,8 +299,10 @@ def _build_several(cfg: DistillationRunConfig) -> Job:
     students = []
     for i, (s, tok) in enumerate(zip(students_cfg, tok_s)):
         students.append(build_student(s, teachers[0], teachers_cfg[0].name, dm.label_names, tok))
+        check_max_length(cfg.data.max_length, students[-1].config, f"students[{i}]", s.name or s.key)
         check_vocab(tok, students[-1], f"students[{i}]")
     for i, (tok, teacher) in enumerate(zip(tok_t, teachers)):
+        check_max_length(cfg.data.max_length, teacher.config, f"teacher[{i}]", teachers_cfg[i].name)
         check_vocab(tok, teacher, f"teacher[{i}]")
     distiller = MultiDistiller(
         [Teacher(m, t.weight, v) for m, t, v in zip(teachers, teachers_cfg, view_t)],
@@ -391,14 +393,15 @@ def check_transfer_set(cfg: TransferSetConfig) -> None:
 
 def build_transfer_set(cfg: TransferSetConfig) -> Job:
     """The training set, augmented (and LM-sampled, and unlabelled) text, every row labelled by the teacher."""
+    from data.readers import read_unlabelled
     from data.transfer import write_transfer
-    from helper.transfer_set import build_rows, label, read_unlabelled
+    from helper.transfer_set import build_rows, label
 
     t0 = time.perf_counter()
     with_pairs = cfg.data.text_pair_column is not None
     unlabelled = None
     if cfg.transfer.unlabelled:  # read first: a bad file stops the run before anything heavy
-        unlabelled = read_unlabelled(cfg.transfer.unlabelled, cfg.data.encoding, with_pairs)
+        unlabelled = read_unlabelled(cfg.transfer.unlabelled, cfg.data.encoding, with_pairs, "transfer.unlabelled")
     tokenizer = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
     dm = ClfDataModule(cfg.data, tokenizer)
     dm.setup("fit")

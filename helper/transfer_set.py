@@ -10,35 +10,14 @@ import time
 import torch
 
 from bert.errors import UserError
-from bert.families import model_inputs
 from data.datamodule import ClfDataModule
-from data.sources import read_text, split_lines
+from data.progress import Progress
 from helper.config import TransferSetConfig
-
-PROGRESS_EVERY_S = 5.0
+from helper.inference import iter_logits
 
 
 def say(line: str) -> None:
     print(f"transfer_set: {line}", file=sys.stderr, flush=True)
-
-
-def read_unlabelled(path: str, encoding: str, with_pairs: bool) -> tuple[list[str], list[str] | None]:
-    """One example a line (`text<TAB>pair` for pair data); blank lines skipped."""
-    texts, pairs = [], [] if with_pairs else None
-    for n, line in enumerate(split_lines(read_text(path, encoding)), 1):
-        if not line.strip():
-            continue
-        if with_pairs:
-            text, tab, pair = line.partition("\t")
-            if not tab or not text.strip() or not pair.strip():
-                raise UserError(f"transfer.unlabelled: {path} line {n}: expected `text<TAB>pair` (pair data)")
-            texts.append(text.strip())
-            pairs.append(pair.strip())
-        else:
-            texts.append(line.strip())
-    if not texts:
-        raise UserError(f"transfer.unlabelled: {path}: no examples (the file is empty)")
-    return texts, pairs
 
 
 def build_rows(cfg: TransferSetConfig, dm: ClfDataModule, tokenizer, unlabelled=None) -> tuple[dict, dict]:
@@ -89,33 +68,15 @@ def build_rows(cfg: TransferSetConfig, dm: ClfDataModule, tokenizer, unlabelled=
 
 
 def label(teacher, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, batch_size: int):
-    """The teacher's logits (N, C) float32 for every row: one pass, length-sorted batches, inference mode, bf16
-    autocast on CUDA (fp32 on CPU). Progress lines every PROGRESS_EVERY_S seconds."""
+    """The teacher's logits (N, C) float32 for every row, and the seconds it took: one pass of `iter_logits`
+    (length-sorted batches, inference mode, bf16 autocast on CUDA, fp32 on CPU), with progress lines."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    teacher.to(device).eval()
-    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, return_attention_mask=False)
-    ids = enc["input_ids"]
-    tt = enc.get("token_type_ids") if "token_type_ids" in tokenizer.model_input_names else None
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: padding is small, OOM shows early
-    out = torch.empty(len(ids), teacher.config.num_labels, dtype=torch.float32)
-    pad = tokenizer.pad_token_id
-    start = last = time.perf_counter()
-    done = 0
-    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
-        for b in range(0, len(order), batch_size):
-            chunk = order[b : b + batch_size]
-            width = len(ids[chunk[0]])
-            batch = {
-                "input_ids": torch.tensor([ids[i] + [pad] * (width - len(ids[i])) for i in chunk]),
-                "attention_mask": torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in chunk]),
-            }
-            if tt is not None:
-                batch["token_type_ids"] = torch.tensor([tt[i] + [0] * (width - len(tt[i])) for i in chunk])
-            inputs = {k: v.to(device, non_blocking=True) for k, v in model_inputs(batch, teacher).items()}
-            out[torch.tensor(chunk)] = teacher(**inputs).logits.float().cpu()
-            done += len(chunk)
-            now = time.perf_counter()
-            if now - last >= PROGRESS_EVERY_S:
-                last = now
-                say(f"label {done}/{len(ids)} rows, {done / (now - start):.0f} rows/s")
+    start = time.perf_counter()
+    out = torch.empty(len(texts), teacher.config.num_labels, dtype=torch.float32)
+    progress = Progress("transfer_set: label", len(texts), "rows")
+    for rows, logits in iter_logits(
+        teacher, tokenizer, texts, pairs, batch_size=batch_size, max_length=max_length, device=device, bf16=True,
+        progress=progress.advance,
+    ):  # fmt: skip
+        out[rows] = logits.cpu()
     return out, time.perf_counter() - start

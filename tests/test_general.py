@@ -201,3 +201,18 @@ def test_bad_text_sources(tmp_path, tiny_model_dir):
         with pytest.raises(UserError, match=expected) as err:
             run(tmp_path, tiny_model_dir, "unused", **extra)
         assert "\n" not in str(err.value)
+
+
+def test_max_length_beyond_roberta_positions_is_refused(tmp_path, minilm_path, text_file):
+    """RoBERTa-like position ids start after pad_token_id: 514 embeddings with pad id 1 take 512 tokens, not 513."""
+    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+
+    teacher = tmp_path / "roberta"
+    config = RobertaConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=514, pad_token_id=1,
+    )  # fmt: skip
+    RobertaModel(config).save_pretrained(teacher)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(teacher)
+    with pytest.raises(UserError, match=r"data.max_length: 513 is more than the teacher's .* \(512,"):
+        run(tmp_path, str(teacher), text_file, **{"data.max_length": 513})

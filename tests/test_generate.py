@@ -136,8 +136,8 @@ def test_progress_lines(lm_dir, train_texts, monkeypatch, capsys):
     lines = [
         line for line in capsys.readouterr().err.splitlines() if line.startswith("transfer.")
     ]  # no "Loading weights"
-    assert lines[0].startswith("transfer.generate: fine-tune 16/40 sentences, ") and "loss " in lines[0]
-    assert lines[-1].startswith("transfer.generate: generate 8/8 sentences, ") and lines[-1].endswith("sentences/s")
+    assert lines[0].startswith("transfer.generate: fine-tune 16/40 sentences (40%), ") and "loss " in lines[0]
+    assert lines[-1].startswith("transfer.generate: generate 8/8 sentences (100%), ") and "/s, ETA " in lines[-1]
 
 
 def test_too_few_distinct(lm_dir, train_texts, capsys):

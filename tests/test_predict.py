@@ -12,6 +12,9 @@ import pytest
 import torch
 
 import predict
+from data.padding import pad_batch
+from data.progress import Progress
+from helper import inference
 from tests.conftest import ROOT
 
 WORDS = "the film is a gorgeous witty mess that drags on far too long but moving and funny at times".split()
@@ -24,7 +27,7 @@ def varied_texts(n: int = 37) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    return predict.load_model(tiny_model_dir, "cpu")
+    return inference.load_model(tiny_model_dir, "cpu")
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -50,7 +53,7 @@ def loop_probs(model, tokenizer, texts: list[str]) -> torch.Tensor:
 def test_predict_keeps_input_order(tiny):
     model, tokenizer = tiny
     texts = varied_texts()
-    label_ids, probs = predict.predict(
+    label_ids, probs = inference.predict(
         model, tokenizer, texts, batch_size=4, max_length=512, device="cpu", chunk_size=16
     )
     expected = loop_probs(model, tokenizer, texts)
@@ -62,9 +65,9 @@ def test_predict_keeps_input_order(tiny):
 def test_truncation_and_max_length_cap(tiny):
     model, tokenizer = tiny
     long_text = " ".join(WORDS * 20)  # > 128 tokens: the tiny model has 128 positions, --max-length 512 is capped
-    _, probs = predict.predict(model, tokenizer, [long_text, "short"], batch_size=2, max_length=512, device="cpu")
+    _, probs = inference.predict(model, tokenizer, [long_text, "short"], batch_size=2, max_length=512, device="cpu")
     assert torch.isfinite(probs).all()
-    _, probs8 = predict.predict(model, tokenizer, [long_text], batch_size=1, max_length=8, device="cpu")
+    _, probs8 = inference.predict(model, tokenizer, [long_text], batch_size=1, max_length=8, device="cpu")
     enc = tokenizer(long_text, truncation=True, max_length=8, return_tensors="pt")
     with torch.inference_mode():
         torch.testing.assert_close(probs8, model(**enc).logits.softmax(-1), atol=1e-5, rtol=0)
@@ -94,7 +97,7 @@ def test_cli_inputs(tmp_path, tiny, tiny_model_dir, capsys, suffix):
     assert rc == 0, err
     rows = read_jsonl(out)
     assert [r["text"] for r in rows] == texts
-    _, probs = predict.predict(*tiny, texts, batch_size=64, device="cpu")
+    _, probs = inference.predict(*tiny, texts, batch_size=64, device="cpu")
     got = torch.tensor([[r["probs"]["LABEL_0"], r["probs"]["LABEL_1"]] for r in rows])
     torch.testing.assert_close(got, probs, atol=1e-5, rtol=0)
     assert [r["label_id"] for r in rows] == probs.argmax(-1).tolist()
@@ -163,7 +166,7 @@ def error_cases(tmp: Path, model_dir: str) -> dict[str, tuple[list[str], str]]:
         "header_only": ([*m, "--input", str(tmp / "header_only.csv")], "header_only.csv has no rows"),
         "missing_file": ([*m, "--input", str(tmp / "missing.txt")], "cannot read"),
         "directory": ([*m, "--input", str(tmp)], "cannot read"),
-        "not_utf8": ([*m, "--input", str(tmp / "latin1.txt")], "not UTF-8"),
+        "not_utf8": ([*m, "--input", str(tmp / "latin1.txt")], "line 1: not valid utf-8"),
         "batch_zero": ([*m, "--input", str(good), "--batch-size", "0"], "--batch-size must be a positive integer"),
         "batch_text": ([*m, "--input", str(good), "--batch-size", "x"], "invalid int value"),
         "format": ([*m, "--input", str(good), "--format", "xml"], "invalid choice"),
@@ -222,14 +225,15 @@ def test_cli_error_subprocess(tmp_path):
 
 def test_progress_line():
     stream = io.StringIO()
-    progress = predict.Progress(100, every=0.0, stream=stream)
-    progress(40)
-    progress(100)  # the end is the summary's job
+    progress = Progress("predict:", 100, "rows", every_s=0.0, stream=stream)
+    progress.advance(40)
+    progress.advance(60)
     progress.finish()
     lines = stream.getvalue().splitlines()
-    assert lines[0].startswith("predict: 40/100 rows (40%), ") and lines[0].endswith(" rows/s")
-    assert lines[1].startswith("predict: 100 rows in ")
-    assert len(lines) == 2
+    assert lines[0].startswith("predict: 40/100 rows (40%), ") and " rows/s, ETA 0:00:" in lines[0]
+    assert lines[1].startswith("predict: 100/100 rows (100%), ")
+    assert lines[2].startswith("predict: 100 rows in ")
+    assert len(lines) == 3
 
 
 @pytest.mark.realdata
@@ -259,8 +263,9 @@ def test_sst2_accuracy_matches_direct_evaluation(tmp_path, tiny, tiny_model_dir,
 
 @pytest.mark.parametrize("left", [False, True])
 def test_pad(left):
-    ids, mask = predict._pad([[5, 6, 7], [8]], pad_id=0, left=left)
+    batch = pad_batch([{"input_ids": [5, 6, 7]}, {"input_ids": [8]}], pad_id=0, left=left)
+    ids, mask = batch["input_ids"].tolist(), batch["attention_mask"].tolist()
     if left:
-        assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[True] * 3, [False, False, True]]
+        assert ids == [[5, 6, 7], [0, 0, 8]] and mask == [[1] * 3, [0, 0, 1]]
     else:
-        assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[True] * 3, [True, False, False]]
+        assert ids == [[5, 6, 7], [8, 0, 0]] and mask == [[1] * 3, [1, 0, 0]]
