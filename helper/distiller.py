@@ -552,7 +552,7 @@ class Distiller(pl.LightningModule):
                     self.log(self._key("train/teacher_cache_hit_rate", str(i)), cache.hit_rate)
         if self.labelled and getattr(self.dm, "transfer_rows", 0):  # rows without a gold label (-1), per epoch
             unlabelled = (batch["labels"] < 0).sum().float()
-            self.log("train/unlabelled_rows", unlabelled, on_step=False, on_epoch=True, reduce_fx="sum")
+            self.log("train/unlabelled_rows", unlabelled, on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True)
         return total
 
     def _logs_now(self) -> bool:
@@ -570,8 +570,8 @@ class Distiller(pl.LightningModule):
             losses, total = self.losses(batch, cached=False, generator=generator)
             n = len(batch["idx"])
             for name, loss in losses.items():
-                self.log(f"val/{name}", loss, batch_size=n)
-            self.log("val/loss", total, prog_bar=True, batch_size=n)
+                self.log(f"val/{name}", loss, batch_size=n, sync_dist=True)
+            self.log("val/loss", total, prog_bar=True, batch_size=n, sync_dist=True)
             return
         labels = batch["labels"]
         for key, student in self.students.items():
@@ -579,9 +579,15 @@ class Distiller(pl.LightningModule):
             self.val_scores[key].update(logits, labels, dataloader_idx)
             if dataloader_idx == 0:  # the first validation set's loss
                 loss = F.cross_entropy(logits.float(), labels)
-                self.log(self._key("val", key) + "/loss", loss, batch_size=len(labels), add_dataloader_idx=False)
+                self.log(
+                    self._key("val", key) + "/loss",
+                    loss,
+                    batch_size=len(labels),
+                    add_dataloader_idx=False,
+                    sync_dist=True,
+                )
                 if self.flat:
-                    self.log("val_loss", loss, batch_size=len(labels), add_dataloader_idx=False)
+                    self.log("val_loss", loss, batch_size=len(labels), add_dataloader_idx=False, sync_dist=True)
         if not self._teacher_evaluated and not self.trainer.sanity_checking:  # once, on the whole validation set
             for i, teacher in enumerate(self.teachers):
                 inputs = model_inputs(self.view(batch, self.teacher_views[i]), teacher)

@@ -70,8 +70,8 @@ class ClfFinetune(pl.LightningModule):
         self.val_scores.update(logits, labels, dataloader_idx)
         if dataloader_idx == 0:  # the first validation set's loss
             loss = F.cross_entropy(logits.float(), labels)
-            self.log("val/loss", loss, batch_size=len(labels), add_dataloader_idx=False)
-            self.log("val_loss", loss, batch_size=len(labels), add_dataloader_idx=False)
+            self.log("val/loss", loss, batch_size=len(labels), add_dataloader_idx=False, sync_dist=True)
+            self.log("val_loss", loss, batch_size=len(labels), add_dataloader_idx=False, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self.val_scores.log(self, prog_bar=True)

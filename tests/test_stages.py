@@ -14,13 +14,17 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
+from torch.nn import functional as F
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import distillation_ms
 import distillation_ts_1st
 import distillation_ts_2nd
 import helper.distiller as distiller_module
 from bert.errors import UserError
+from bert.families import model_inputs
+from data.config import DataConfig
+from data.datamodule import ClfDataModule
 from helper import stages
 from helper.config import DistillationRunConfig, load_config
 from helper.distiller import head_parameters
@@ -260,8 +264,18 @@ def test_ddp_two_cpu_processes(tmp_path, clf_csv, tiny_model_dir):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Starting with 2 processes" in proc.stdout + proc.stderr
-    assert (tmp_path / "distill_ms" / "student" / "model.safetensors").is_file()
-    assert "val/acc" in (tmp_path / "distill_ms" / "metrics.json").read_text()
+    # metrics.json holds the metrics of the whole validation set (both ranks' halves), as one process gives them
+    metrics = json.loads((tmp_path / "distill_ms" / "metrics.json").read_text())
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "distill_ms" / "student")
+    data = DataConfig(source="csv", train=clf_csv["train"], validation=clf_csv["validation"], max_length=16)
+    dm = ClfDataModule(data, AutoTokenizer.from_pretrained(tmp_path / "distill_ms" / "student"), cache_dir=None)
+    dm.setup("fit")
+    with torch.no_grad():
+        batches = list(dm.val_dataloader())
+        logits = torch.cat([student(**model_inputs(b, student)).logits for b in batches])  # (N, C)
+    labels = torch.cat([b["labels"] for b in batches])
+    assert metrics["val/loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), abs=1e-5)
+    assert metrics["val/acc"] == pytest.approx((logits.argmax(-1) == labels).float().mean().item(), abs=1e-6)
 
 
 def test_cache_max_mb_reaches_the_teacher_cache(tmp_path, clf_csv, tiny_model_dir, monkeypatch):
