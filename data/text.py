@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bert.errors import UserError
+from data.config import TextDataConfig
 from data.datamodule import (
     Collator,
     EpochShuffle,
@@ -25,7 +26,6 @@ from data.datamodule import (
     tokenizer_id,
 )
 from data.sources import fingerprint, load_hf_dataset, read_text, split_lines
-from data.text_config import TextDataConfig
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Reading
