@@ -53,6 +53,7 @@ class LoaderConfig(Section):
         "cache_dir": TEXT_OR_NONE,
     }
 
+    source: str  # where the examples come from; each data section has its own choices (and default)
     text_column: str = "text"  # column of the text (csv/tsv/json/jsonl/hf)
     encoding: str = "utf-8"  # of local files (../shared/data/trec needs latin-1)
     max_length: int = 64  # tokens per example, [CLS] and [SEP] included; longer ones are truncated

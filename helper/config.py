@@ -1,4 +1,5 @@
-"""YAML configs loaded into typed dataclasses, with `section.key=value` overrides.
+"""The stage configs: their sections (`bert.sections.Section`s: types, rules and checks), loaded from YAML with
+`section.key=value` overrides, and the `--help` listing.
 
 Every error is a `UserError` whose one line names the file and the dotted key. No custom tags, no eval, no imports.
 """
