@@ -49,7 +49,7 @@ from bert.loading import load_tokenizer  # noqa: E402
 from data.datamodule import ClfDataModule, Collator  # noqa: E402
 from helper.adaptors import build_adaptors  # noqa: E402
 from helper.checkpoint import load_classifier  # noqa: E402
-from helper.config import DataConfig, OptimConfig, StudentConfig  # noqa: E402
+from helper.config import DataConfig, InitFromConfig, OptimConfig, StudentConfig  # noqa: E402
 from helper.distiller import BaseDistiller  # noqa: E402
 from helper.students import cut_student  # noqa: E402
 from helper.training import build_optimizer, build_scheduler  # noqa: E402
@@ -92,7 +92,8 @@ def data_module(tokenizer, limit: int | None, seed: int, group_by_length: bool =
 def models(path: str, labels: list[str], attn: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(teacher, student cut from its layers [1, 5]) with `attn` attention, attention dropout off in the student."""
     teacher = load_classifier(path, labels, attn)
-    student = cut_student(teacher, STUDENT_LAYERS, True, StudentConfig(attn_implementation=attn), path)
+    cfg = StudentConfig(init_from_teacher=InitFromConfig(layers=STUDENT_LAYERS), attn_implementation=attn)
+    student = cut_student(teacher, STUDENT_LAYERS, True, cfg, path)
     student.config.attention_probs_dropout_prob = 0.0
     for module in student.modules():
         if type(module).__name__.endswith("SelfAttention"):

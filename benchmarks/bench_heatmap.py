@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from benchmarks.common import default_teacher, loadavg, quiet, save_result, tiny_model_dir  # noqa: E402
-from helper.config import StudentConfig  # noqa: E402
+from helper.config import InitFromConfig, StudentConfig  # noqa: E402
 from helper.heatmap import AttentionHeatmap  # noqa: E402
 from helper.students import cut_student  # noqa: E402
 
@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
         path = tiny_model_dir(Path(tmp) / "tiny") if args.tiny else default_teacher()
         tokenizer = AutoTokenizer.from_pretrained(path)
         teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()
-        student = cut_student(teacher, [0, 1] if args.tiny else [1, 5], True, StudentConfig(), path).eval()
+        layers = [0, 1] if args.tiny else [1, 5]
+        cfg = StudentConfig(init_from_teacher=InitFromConfig(layers=layers))
+        student = cut_student(teacher, layers, True, cfg, path).eval()
         enc = tokenizer([SENTENCE], truncation=True, max_length=TOKENS, padding="max_length", return_tensors="pt")
         assert int(enc["attention_mask"].sum()) == TOKENS
         callback = AttentionHeatmap(Path(tmp) / "attention")

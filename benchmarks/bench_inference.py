@@ -39,7 +39,7 @@ from benchmarks.common import (  # noqa: E402
     sst2_examples,
     tiny_model_dir,
 )
-from helper.config import StudentConfig  # noqa: E402
+from helper.config import InitFromConfig, StudentConfig  # noqa: E402
 from helper.students import cut_student  # noqa: E402
 
 CPU_VARIANTS = ("cpu-fp32", "cpu-bf16", "cpu-compile")
@@ -62,7 +62,8 @@ def load_models(teacher_path: str, student_path: str | None) -> dict[str, torch.
         student = AutoModelForSequenceClassification.from_pretrained(student_path)
     else:
         n = teacher.config.num_hidden_layers
-        student = cut_student(teacher, [1, n - 1], True, StudentConfig(), teacher_path)
+        cfg = StudentConfig(init_from_teacher=InitFromConfig())  # cut_student reads its dropout and attention only
+        student = cut_student(teacher, [1, n - 1], True, cfg, teacher_path)
     return {"teacher": teacher.eval(), "student": student.eval()}
 
 

@@ -40,7 +40,7 @@ from bert.families import model_inputs  # noqa: E402
 from bert.loading import load_tokenizer  # noqa: E402
 from data.multi import MultiDataModule  # noqa: E402
 from helper.checkpoint import load_classifier  # noqa: E402
-from helper.config import DataConfig, StudentConfig  # noqa: E402
+from helper.config import DataConfig, InitFromConfig, StudentConfig  # noqa: E402
 from helper.distiller import BaseDistiller, MultiDistiller, Student, Teacher  # noqa: E402
 from helper.students import cut_student  # noqa: E402
 
@@ -85,7 +85,7 @@ def data(paths: dict[str, str], tokenizer, views: dict[str, str | None], seed: i
 
 
 def student(teacher, path: str, layers: list[int]):
-    return cut_student(teacher, layers, True, StudentConfig(), path)
+    return cut_student(teacher, layers, True, StudentConfig(init_from_teacher=InitFromConfig(layers=layers)), path)
 
 
 def time_pair(path: str, dm, epochs: int, cache: bool) -> dict:

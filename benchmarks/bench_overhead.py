@@ -53,7 +53,7 @@ from benchmarks.common import (  # noqa: E402
     sst2_examples,
     tiny_model_dir,
 )
-from helper.config import OptimConfig, StudentConfig  # noqa: E402
+from helper.config import InitFromConfig, OptimConfig, StudentConfig  # noqa: E402
 from helper.distiller import BaseDistiller  # noqa: E402
 from helper.students import cut_student  # noqa: E402
 from helper.training import build_optimizer, build_scheduler  # noqa: E402
@@ -91,7 +91,8 @@ def teacher_and_student(path: str, layers: list[int], attn: str):
     torch.manual_seed(0)
     teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, attn_implementation=attn)
     teacher.eval().requires_grad_(False)
-    student = cut_student(teacher, layers, True, StudentConfig(attn_implementation=attn), path)
+    cfg = StudentConfig(init_from_teacher=InitFromConfig(layers=layers), attn_implementation=attn)
+    student = cut_student(teacher, layers, True, cfg, path)
     return teacher, student.requires_grad_(True).train()
 
 

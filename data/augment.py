@@ -19,14 +19,14 @@ depend on its position in the input, not on the other sentences.
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from bert.errors import UserError
+from bert.sections import AT_LEAST_1, PROBABILITY, SEED, Section
 
 Tagger = Callable[[list[str]], list[str]]  # words -> one POS tag per word
 OPS = ("mask", "pos", "ngram")
@@ -37,32 +37,32 @@ NO_TAGGER = (
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Section):
     """Settings of Tang et al. (2019) §3.3; their defaults: n_iter 20, p_mask 0.1, p_pos 0.1, p_ng 0.25, n <= 5."""
+
+    SECTION = "transfer.augment"
+    RULES = {
+        "n_iter": AT_LEAST_1,
+        "p_mask": PROBABILITY,
+        "p_pos": PROBABILITY,
+        "p_ng": PROBABILITY,
+        "ngram_max": AT_LEAST_1,
+        "seed": SEED,
+    }
 
     n_iter: int = 20  # samples drawn per training sentence (before duplicates are dropped)
     p_mask: float = 0.1  # per word: replace by the mask token
     p_pos: float = 0.1  # per word: replace by a training word of the same POS tag
     p_ng: float = 0.25  # per sample: keep only a random n-gram
     ngram_max: int = 5  # n is uniform in 1..ngram_max
-    seed: int = 0
+    seed: int = 0  # each sentence draws from random.Random(f"{seed}:{index}")
 
-    def __post_init__(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name.startswith("p_"):
-                if not _is_real(value) or not 0 <= value <= 1:
-                    raise UserError(f"transfer.augment.{f.name}: {value!r} is not a probability in [0, 1]")
-            elif not _is_int(value):
-                raise UserError(f"transfer.augment.{f.name}: {value!r} is not an integer")
-        if self.n_iter < 1:
-            raise UserError(f"transfer.augment.n_iter: {self.n_iter} is below 1")
-        if self.ngram_max < 1:
-            raise UserError(f"transfer.augment.ngram_max: {self.ngram_max} is below 1")
+    def check(self) -> None:
         if self.p_mask + self.p_pos > 1:
-            raise UserError(
-                f"transfer.augment.p_mask + transfer.augment.p_pos: {self.p_mask} + {self.p_pos} exceeds 1 "
-                "(one draw per word picks masking or POS replacement)"
+            self.fail(
+                "p_pos",
+                f"p_mask + p_pos = {self.p_mask} + {self.p_pos} exceeds 1 (one draw per word picks masking or POS "
+                "replacement)",
             )
 
 
@@ -203,11 +203,3 @@ def _tag(tagger: Tagger, words: list[str]) -> list[str]:
     if len(tags) != len(words):
         raise UserError(f"transfer: the POS tagger gave {len(tags)} tags for the {len(words)} words of {words!r}")
     return tags
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)

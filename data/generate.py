@@ -12,13 +12,13 @@ Fine-tuning (plain torch: AdamW, causal-LM loss, `start + sentence + eos` per ex
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from bert.errors import UserError
+from bert.sections import AT_LEAST_1, COUNT, POSITIVE, SEED, TEXT, Num, Section
 from data.progress import Progress
 
 PROGRESS_EVERY_S = 5.0  # a progress line on stderr at most this often
@@ -26,59 +26,54 @@ MAX_DRAWS_PER_SENTENCE = 10  # give up after count * this many samples (duplicat
 
 
 @dataclass(frozen=True)
-class GenerateConfig:
+class GenerateConfig(Section):
     """Settings of the LM transfer set (Tang et al. 2019, DeepLo); keys are `transfer.generate.<field>`."""
+
+    SECTION = "transfer.generate"
+    RULES = {
+        "model": TEXT,
+        "count": AT_LEAST_1,
+        "prefix_words": AT_LEAST_1,
+        "top_k": COUNT,
+        "top_p": Num(0, 1, lo_open=True),
+        "temperature": POSITIVE,
+        "min_new_tokens": COUNT,
+        "max_new_tokens": AT_LEAST_1,
+        "batch_size": AT_LEAST_1,
+        "finetune_epochs": COUNT,
+        "finetune_lr": POSITIVE,
+        "finetune_batch_size": AT_LEAST_1,
+        "finetune_max_length": Num(3, integer=True),  # start + at least one token + eos
+        "device": TEXT,
+        "seed": SEED,
+    }
 
     model: str = "gpt2"  # hub name or local directory of any AutoModelForCausalLM (with its tokenizer)
     count: int = 1000  # sentences to produce
     prefix_words: int = 2  # prompt: the first k words of a training sentence longer than k words
     top_k: int = 0  # 0: no top-k cut
     top_p: float = 1.0  # nucleus sampling; 1.0: off
-    temperature: float = 1.0
-    min_new_tokens: int = 1
-    max_new_tokens: int = 48
+    temperature: float = 1.0  # sampling temperature
+    min_new_tokens: int = 1  # tokens generated at least per sample
+    max_new_tokens: int = 48  # tokens generated at most per sample
     batch_size: int = 32  # prompts per generate call
     finetune_epochs: int = 0  # 0: sample from the LM as it is
-    finetune_lr: float = 5e-5
-    finetune_batch_size: int = 8
+    finetune_lr: float = 5e-5  # AdamW learning rate of the fine-tuning
+    finetune_batch_size: int = 8  # sentences per fine-tuning step
     finetune_max_length: int = 64  # tokens per training sentence, start and eos included
     device: str = "auto"  # "auto": cuda when available, else cpu
-    seed: int = 0
+    seed: int = 0  # seeds the prompt draws, the fine-tuning and the sampling
 
-    def __post_init__(self):
-        floats = {"top_p", "temperature", "finetune_lr"}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            key = f"transfer.generate.{f.name}"
-            if f.name in ("model", "device"):
-                if not isinstance(value, str) or not value.strip():
-                    raise UserError(f"{key}: {value!r} is not a non-empty string")
-            elif f.name in floats:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                if not ok or value <= 0:
-                    raise UserError(f"{key}: {value!r} is not a finite number above 0")
-            elif not isinstance(value, int) or isinstance(value, bool):
-                raise UserError(f"{key}: {value!r} is not an integer")
-        lowest = {"count": 1, "prefix_words": 1, "top_k": 0, "min_new_tokens": 0, "max_new_tokens": 1}
-        lowest.update(batch_size=1, finetune_epochs=0, finetune_batch_size=1, finetune_max_length=3)
-        for name, low in lowest.items():
-            if getattr(self, name) < low:
-                raise UserError(f"transfer.generate.{name}: {getattr(self, name)} is below {low}")
+    def check(self) -> None:
+        if self.min_new_tokens > self.max_new_tokens:
+            self.fail("min_new_tokens", f"{self.min_new_tokens} exceeds max_new_tokens {self.max_new_tokens}")
         if self.device != "auto":
             import torch  # only here: reading a config must not load torch
 
             try:
                 torch.device(self.device)
             except RuntimeError:
-                raise UserError(
-                    f"transfer.generate.device: {self.device!r} is not a torch device (auto, cpu, cuda, cuda:N, mps)"
-                ) from None
-        if self.top_p > 1:
-            raise UserError(f"transfer.generate.top_p: {self.top_p} is not in (0, 1]")
-        if self.min_new_tokens > self.max_new_tokens:
-            raise UserError(
-                f"transfer.generate.min_new_tokens: {self.min_new_tokens} exceeds max_new_tokens {self.max_new_tokens}"
-            )
+                self.fail("device", f"{self.device!r} is not a torch device (auto, cpu, cuda, cuda:N, mps)")
 
 
 def load_lm(name: str):

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bert.errors import UserError
+from data.config import TextDataConfig
 from data.datamodule import (
     Collator,
     EpochShuffle,
@@ -26,7 +27,6 @@ from data.datamodule import (
 )
 from data.readers import read_text_file
 from data.sources import fingerprint, load_hf_dataset
-from data.text_config import TextDataConfig
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Reading

@@ -1,4 +1,5 @@
-"""YAML configs loaded into typed dataclasses, with `section.key=value` overrides.
+"""The stage configs: their sections (`bert.sections.Section`s: types, rules and checks), loaded from YAML with
+`section.key=value` overrides, and the `--help` listing.
 
 Every error is a `UserError` whose one line names the file and the dotted key. No custom tags, no eval, no imports.
 """
@@ -6,7 +7,6 @@ Every error is a `UserError` whose one line names the file and the dotted key. N
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import functools
 import inspect
@@ -14,7 +14,6 @@ import io
 import sys
 import textwrap
 import tokenize
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,22 +24,27 @@ import yaml
 
 from bert import DEFAULT_TEACHER
 from bert.errors import UserError
-from data.augment import AugmentConfig
-from data.config import (
+from bert.sections import (
     AT_LEAST_1,
+    AT_LEAST_1_OR_NONE,
     DROPOUT,
     FRACTION,
+    NAME,
     NON_NEGATIVE,
     POSITIVE,
     SEED,
     TEXT,
     TEXT_OR_NONE,
     Check,
-    ConfigError,
-    DataConfig,
     Num,
     Section,
+    build,
+    field_default,
+    name_ok,
+    type_hints,
 )
+from data.augment import AugmentConfig
+from data.config import DataConfig
 from data.generate import GenerateConfig
 
 # `--help` lists every key with the comment that ends its line here (the `# ...` after the default): keep one per field.
@@ -119,13 +123,13 @@ class TrainerConfig(Section):
         "num_nodes": AT_LEAST_1,
         "accumulate_grad_batches": AT_LEAST_1,
         "gradient_clip_val": Num(0, lo_open=True, none=True),
-        "early_stopping_patience": Num(1, integer=True, none=True),
+        "early_stopping_patience": AT_LEAST_1_OR_NONE,
         "val_check_interval": BATCHES,
         "limit_train_batches": BATCHES,
         "limit_val_batches": BATCHES,
         "log_every_n_steps": AT_LEAST_1,
         "resume": TEXT_OR_NONE,
-        "checkpoint_every_n_steps": Num(1, integer=True, none=True),
+        "checkpoint_every_n_steps": AT_LEAST_1_OR_NONE,
     }
 
     max_epochs: int = 2  # epochs to train; -1: no limit (then max_steps must be set)
@@ -175,13 +179,8 @@ def _monitor_ok(v: Any, keys: list[str]) -> bool:
     if parts == ["val", "loss"]:
         return True
     return (len(parts) == 2 and parts[0] == "val" and parts[1] in keys) or (
-        len(parts) == 3 and parts[0] == "val" and _key_ok(parts[1]) and parts[2] in keys
+        len(parts) == 3 and parts[0] == "val" and name_ok(parts[1]) and parts[2] in keys
     )
-
-
-def _key_ok(v: Any) -> bool:
-    """A name usable in metric keys and directory names: letters, digits, `_`, `-`, `.` (not `.` or `..`)."""
-    return isinstance(v, str) and bool(v) and v not in (".", "..") and all(c.isalnum() or c in "_-." for c in v)
 
 
 def _run_name_ok(v: Any) -> bool:
@@ -242,7 +241,7 @@ class BiLSTMStudentConfig(Section):
 
     SECTION = "student.bilstm"
     RULES = {
-        "embedding_dim": Num(1, integer=True, none=True),
+        "embedding_dim": AT_LEAST_1_OR_NONE,
         "hidden_size": AT_LEAST_1,
         "num_layers": AT_LEAST_1,
         "mlp_hidden": AT_LEAST_1,
@@ -258,7 +257,7 @@ class BiLSTMStudentConfig(Section):
 
 @dataclass
 class StudentConfig(Section):
-    """Exactly one of `name`, `config`, `init_from_teacher`, `bilstm` (checked when the student is built).
+    """Exactly one of `name`, `config`, `init_from_teacher`, `bilstm`.
 
     In YAML and overrides, setting one of them drops the stage's default for the others."""
 
@@ -273,6 +272,15 @@ class StudentConfig(Section):
     tokenizer: str | None = None  # default: the teacher's tokenizer
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # attention kernel of the student
     dropout: float | None = None  # overrides hidden and attention dropout when set
+
+    def check(self) -> None:
+        chosen = [k for k in self.ONE_OF if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            self.fail(
+                "",
+                f"set exactly one of {', '.join(self.ONE_OF)} (got {', '.join(chosen) or 'none'}); "
+                "set the others to null",
+            )
 
 
 @dataclass
@@ -293,7 +301,7 @@ class StudentSpec(StudentConfig):
     SECTION = "students[]"
     RULES = {
         **StudentConfig.RULES,
-        "key": Check(_key_ok, "a name of letters, digits, _ - ."),
+        "key": NAME,
         "text_column": TEXT_OR_NONE,
     }
 
@@ -302,10 +310,8 @@ class StudentSpec(StudentConfig):
     text_column: str | None = None  # the data column this student reads; default data.text_column
 
     def check(self) -> None:
-        for i, spec in enumerate(self.adaptors or []):
-            problem = _adaptor_problem(i, spec)
-            if problem:
-                self.fail(*problem)
+        super().check()
+        check_adaptors(self, self.adaptors or [])
 
 
 @dataclass
@@ -319,41 +325,45 @@ class ShareConfig(Section):
     layers: list[int] = field(default_factory=list)  # encoder layers (0-based) all students take from the first
 
 
-def _adaptor_problem(i: int, spec: Any) -> tuple[str, str] | None:
-    """(key, problem) for a malformed `distill.adaptors` entry; names and settings are checked when built."""
-    if isinstance(spec, str) and TEXT.ok(spec):
-        return None
-    if not (isinstance(spec, dict) and TEXT.ok(spec.get("name"))):
-        return f"adaptors[{i}]", f"expected an adaptor name or a mapping with a `name:` key, got {spec!r}"
-    for key, rule in (("weight", NON_NEGATIVE), ("temperature", POSITIVE)):
-        if key in spec and not rule.ok(spec[key]):
-            return f"adaptors[{i}].{key}", f"{spec[key]!r} must be {rule}"
-    return None
+def check_adaptors(section: Section, specs: list[Any]) -> None:
+    """Each `adaptors` entry is a name or a mapping with a `name:` key; names and settings are checked when built."""
+    for i, spec in enumerate(specs):
+        if isinstance(spec, str) and TEXT.ok(spec):
+            continue
+        if not (isinstance(spec, dict) and TEXT.ok(spec.get("name"))):
+            section.fail(f"adaptors[{i}]", f"expected an adaptor name or a mapping with a `name:` key, got {spec!r}")
+        for key, rule in (("weight", NON_NEGATIVE), ("temperature", POSITIVE)):
+            if key in spec and not rule.ok(spec[key]):
+                section.fail(f"adaptors[{i}].{key}", f"{spec[key]!r} must be {rule}")
 
 
 @dataclass
-class DistillConfig(Section):
+class AdaptorsConfig(Section):
+    """The losses of a distillation stage and the teacher cache (`distill:`); each stage gives its own adaptors."""
+
     SECTION = "distill"
     RULES = {
         "adaptors": Check(lambda v: isinstance(v, list) and bool(v), "a non-empty list of adaptor names or mappings"),
-        "temperature": POSITIVE,
         "cache_max_mb": NON_NEGATIVE,
-        "report_batches": AT_LEAST_1,
     }
+
+    adaptors: list[Any]  # losses, by name (or mappings with `name:` and settings)
+    cache_teacher: bool = True  # keep the teacher's features per training example: it runs once per example
+    cache_max_mb: float = 2048  # CPU memory for that cache; once full, the teacher runs for the examples left out
+
+    def check(self) -> None:
+        check_adaptors(self, self.adaptors)
+
+
+@dataclass
+class DistillConfig(AdaptorsConfig):
+    RULES = {**AdaptorsConfig.RULES, "temperature": POSITIVE, "report_batches": AT_LEAST_1}
 
     adaptors: list[Any] = field(default_factory=lambda: ["AttnMiniLM", "ValMiniLM", "LogitMSE"])  # losses, by name
     temperature: float = 1.0  # default for adaptors that take a temperature
     train_encoder: bool = False  # stage 2 only: train the whole student, not just its head
-    cache_teacher: bool = True  # keep the teacher's features per training example: it runs once per example
-    cache_max_mb: float = 2048  # CPU memory for that cache; once full, the teacher runs for the examples left out
     report: bool = True  # teacher-vs-student report at the end
     report_batches: int = 20  # batch-1 latency calls per model in the report (throughput uses a quarter)
-
-    def check(self) -> None:
-        for i, spec in enumerate(self.adaptors):
-            problem = _adaptor_problem(i, spec)
-            if problem:
-                self.fail(*problem)
 
 
 @dataclass
@@ -428,7 +438,10 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -
         except yaml.YAMLError:
             parsed = value
         _set_dotted(raw, key.split("."), parsed, item)
-    return _build(cls, raw, "", f"{source} (with overrides)" if overrides else source)
+    try:
+        return build(cls, raw)
+    except UserError as err:
+        raise UserError(f"{source}{' (with overrides)' if overrides else ''}: {err}") from None
 
 
 def _set_dotted(raw: dict, keys: list[str], value: Any, item: str) -> None:
@@ -441,106 +454,6 @@ def _set_dotted(raw: dict, keys: list[str], value: Any, item: str) -> None:
             raise UserError(f"override {item!r}: {k!r} is not a section")
         node = child
     node[keys[-1]] = value
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING
-
-
-def _build(cls: type, raw: Any, prefix: str, source: str, base: Any = None) -> Any:
-    """`cls` from the mapping `raw`; keys it leaves out keep their value in `base` (the stage's default for this
-    section, e.g. the distillation teacher's `runs/finetune/model`), else the class default."""
-    if not isinstance(raw, dict):
-        raise UserError(f"{source}: {prefix.rstrip('.') or 'top level'}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields), key=str)
-    if unknown:
-        raise UserError(
-            f"{source}: unknown key {prefix + str(unknown[0])!r} (choices in {prefix.rstrip('.') or 'top level'}: "
-            f"{', '.join(fields)})"
-        )
-    one_of = getattr(cls, "ONE_OF", ())
-    chosen = any(raw.get(k) is not None for k in one_of)  # choosing one drops the defaults of the others
-    kwargs = {}
-    for name, f in fields.items():
-        key = prefix + name
-        inherited = getattr(base, name) if base is not None else _default(f)
-        if name in raw:
-            kwargs[name] = _coerce(hints[name], raw[name], key, source, inherited)
-        elif chosen and name in one_of:
-            kwargs[name] = None
-        elif inherited is dataclasses.MISSING:
-            raise UserError(f"{source}: missing required key {key!r}")
-        else:
-            kwargs[name] = copy.deepcopy(inherited)
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:  # a value the section's own checks refuse: name the file and the real dotted place
-        where = prefix + err.key if err.key else prefix.rstrip(".")
-        raise UserError(f"{source}: {where}: {err.problem}") from None
-    except UserError as err:  # a section that checks itself (AugmentConfig, GenerateConfig) names its full key
-        raise UserError(f"{source}: {err}") from None
-
-
-def _coerce(tp: Any, value: Any, key: str, source: str, base: Any = None) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        base = base if isinstance(base, tp) else None
-        return _build(tp, value if value is not None else {}, key + ".", source, base)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        # the alternative of the value's own shape first, so that its error is the one reported
-        for arg in sorted(args, key=lambda a: (typing.get_origin(a) is list) != isinstance(value, list)):
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, key, source, base)
-            except UserError as err:
-                errors.append(err)
-        raise errors[0]
-    if origin is Literal:
-        for choice in args:
-            if value == choice or str(value) == str(choice):
-                return choice
-        raise UserError(f"{source}: {key}: {value!r} is not one of {', '.join(map(str, args))}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise UserError(f"{source}: {key}: expected a list, got {value!r}")
-        return [_coerce(args[0] if args else Any, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"{source}: {key}: expected a mapping, got {value!r}")
-        return {k: _coerce(args[1] if args else Any, v, f"{key}.{k}", source) for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `5e-5` (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    else:
-        raise TypeError(f"config type {tp!r} of {key} is not supported")
-    raise UserError(f"{source}: {key}: expected {tp.__name__}, got {value!r}")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -562,12 +475,13 @@ ROOT = Path(__file__).resolve().parents[1]  # configs/ is found from here, whate
 
 @functools.cache
 def field_comments(cls: type) -> dict[str, str]:
-    """{field: the comment that ends its definition} read from the class source ({} where the source is missing)."""
+    """{field: the comment that ends its definition} read from the source of the class and of its bases (a subclass's
+    comment wins); none where the source is missing."""
+    out = {k: v for base in reversed(cls.__bases__) for k, v in field_comments(base).items()}
     try:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
-        return {}
-    out: dict[str, str] = {}
+        return out
     depth, tokens, comments = 0, [], []
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.INDENT:
@@ -606,11 +520,11 @@ def describe_config(cfg: Any) -> str:
     lines: list[str] = []
 
     def walk(obj: Any, cls: type, prefix: str) -> None:
-        hints, rules = typing.get_type_hints(cls), getattr(cls, "RULES", {})
-        comments = {k: v for base in reversed(cls.__mro__) for k, v in field_comments(base).items()}  # subclasses too
+        hints, rules = type_hints(cls), getattr(cls, "RULES", {})
+        comments = field_comments(cls)
         nested = []
         for f in dataclasses.fields(cls):
-            value = getattr(obj, f.name) if obj is not None else _default(f)
+            value = getattr(obj, f.name) if obj is not None else field_default(f)
             sub = _section_type(hints[f.name])
             if sub is not None and prefix == "":  # a top-level section
                 nested.append((f.name, value, sub))

@@ -8,16 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from data.config import NON_NEGATIVE, Check, Num, Section
-from data.text_config import TextDataConfig
-from helper.config import (
-    LoggerConfig,
-    ModelConfig,
-    OptimConfig,
-    StudentConfig,
-    TrainerConfig,
-    _adaptor_problem,
-)
+from bert.sections import NON_NEGATIVE, Num, Section
+from data.config import TextDataConfig
+from helper.config import AdaptorsConfig, LoggerConfig, ModelConfig, OptimConfig, StudentConfig, TrainerConfig
 
 # MiniLMv2 (Wang et al. 2021, arXiv:2012.15828): query-query, key-key and value-value self-attention relations of the
 # last layer. Relation heads (default: the teacher's head count) re-split both models' heads, so teacher and student
@@ -38,24 +31,10 @@ class MLMConfig(Section):
 
 
 @dataclass
-class GeneralDistillConfig(Section):
-    SECTION = "distill"
-    RULES = {
-        "adaptors": Check(lambda v: isinstance(v, list) and bool(v), "a non-empty list of adaptor names or mappings"),
-        "cache_max_mb": NON_NEGATIVE,
-    }
-
+class GeneralDistillConfig(AdaptorsConfig):
     # Intermediate-layer adaptors only (the models are bare encoders: no logits, no labels).
     adaptors: list[Any] = field(default_factory=lambda: list(DEFAULT_ADAPTORS))  # losses, by name
     mlm: MLMConfig | None = None  # masked-LM loss on the student; null (default): off
-    cache_teacher: bool = True  # keep the teacher's features per training window: it runs once per window
-    cache_max_mb: float = 2048  # CPU memory for that cache; once full, the teacher runs for the windows left out
-
-    def check(self) -> None:
-        for i, spec in enumerate(self.adaptors):
-            problem = _adaptor_problem(i, spec)
-            if problem:
-                self.fail(*problem)
 
 
 @dataclass

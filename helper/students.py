@@ -20,12 +20,6 @@ def build_student(
     cfg: StudentConfig, teacher: nn.Module, teacher_name: str, label_names: list[str], tokenizer=None
 ) -> nn.Module:
     """The student of `cfg`; `tokenizer` (the teacher's) is needed by a BiLSTM student only."""
-    chosen = [k for k in StudentConfig.ONE_OF if getattr(cfg, k) is not None]
-    if len(chosen) != 1:
-        raise UserError(
-            f"student: set exactly one of {', '.join(StudentConfig.ONE_OF)} (got {', '.join(chosen) or 'none'}); "
-            "set the others to null"
-        )
     if cfg.name is not None:
         return load_classifier(cfg.name, label_names, cfg.attn_implementation, cfg.dropout)
     if cfg.config is not None:

@@ -199,16 +199,16 @@ def test_same_output_under_any_hash_seed():
 @pytest.mark.parametrize(
     "kw, message",
     [
-        (dict(p_mask=1.5), "transfer.augment.p_mask: 1.5 is not a probability in [0, 1]"),
-        (dict(p_pos=-0.1), "transfer.augment.p_pos: -0.1 is not a probability in [0, 1]"),
-        (dict(p_ng=float("nan")), "transfer.augment.p_ng: nan is not a probability in [0, 1]"),
-        (dict(p_ng="0.5"), "transfer.augment.p_ng: '0.5' is not a probability in [0, 1]"),
-        (dict(p_ng=True), "transfer.augment.p_ng: True is not a probability in [0, 1]"),
-        (dict(n_iter=0), "transfer.augment.n_iter: 0 is below 1"),
-        (dict(n_iter=2.0), "transfer.augment.n_iter: 2.0 is not an integer"),
-        (dict(ngram_max=0), "transfer.augment.ngram_max: 0 is below 1"),
-        (dict(seed=None), "transfer.augment.seed: None is not an integer"),
-        (dict(p_mask=0.6, p_pos=0.6), "transfer.augment.p_mask + transfer.augment.p_pos: 0.6 + 0.6 exceeds 1"),
+        (dict(p_mask=1.5), "transfer.augment.p_mask: 1.5 must be a finite number in [0, 1]"),
+        (dict(p_pos=-0.1), "transfer.augment.p_pos: -0.1 must be a finite number in [0, 1]"),
+        (dict(p_ng=float("nan")), "transfer.augment.p_ng: nan must be a finite number in [0, 1]"),
+        (dict(p_ng="often"), "transfer.augment.p_ng: expected float, got 'often'"),
+        (dict(p_ng=True), "transfer.augment.p_ng: expected float, got True"),
+        (dict(n_iter=0), "transfer.augment.n_iter: 0 must be an integer >= 1"),
+        (dict(n_iter=2.0), "transfer.augment.n_iter: expected int, got 2.0"),
+        (dict(ngram_max=0), "transfer.augment.ngram_max: 0 must be an integer >= 1"),
+        (dict(seed=None), "transfer.augment.seed: expected int, got None"),
+        (dict(p_mask=0.6, p_pos=0.6), "transfer.augment.p_pos: p_mask + p_pos = 0.6 + 0.6 exceeds 1"),
     ],
 )
 def test_bad_config(kw, message):

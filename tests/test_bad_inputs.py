@@ -16,6 +16,7 @@ from helper.config import (
     ModelConfig,
     OptimConfig,
     StudentConfig,
+    StudentSpec,
     TrainerConfig,
     load_config,
 )
@@ -96,6 +97,10 @@ OVERRIDES = [
     (D, ["student.init_from_teacher.layers=[-1]"], "student.init_from_teacher.layers", ">= 0"),
     (D, ["student.init_from_teacher.layers=[a]"], "student.init_from_teacher.layers[0]", "expected int"),
     (D, ["student.init_from_teacher.layers=3"], "student.init_from_teacher.layers", "expected a list"),
+    (D, ["student.init_from_teacher=null"], "student", "set exactly one of name, config, init_from_teacher, bilstm"),
+    (D, ["student.name=x", "student.config={}"], "student", "(got name, config); set the others to null"),
+    (D, ["students=[{key: a}]"], "students[0]", "set exactly one of name, config, init_from_teacher, bilstm"),
+    (D, ["students=[{key: a, name: x, adaptors: [{weight: 1}]}]"], "students[0].adaptors[0]", "`name:` key"),
     # distill
     (D, ["distill.temperature=0"], "distill.temperature", "a finite number > 0"),
     (D, ["distill.temperature=-2"], "distill.temperature", "> 0"),
@@ -168,6 +173,12 @@ CONSTRUCTED = [
     (lambda: InitFromConfig(layers=[]), "student.init_from_teacher.layers: [] must be a non-empty list"),
     (lambda: ModelConfig(dropout=NAN), "model.dropout: nan must be None or a finite number in [0, 1)"),
     (lambda: StudentConfig(dropout=2), "student.dropout: 2.0 must be None or a finite number in [0, 1)"),
+    (lambda: StudentConfig(), "student: set exactly one of name, config, init_from_teacher, bilstm (got none); set"),
+    (
+        lambda: StudentConfig(name="x", config={}),
+        "student: set exactly one of name, config, init_from_teacher, bilstm (got",
+    ),
+    (lambda: StudentSpec(key="a"), "students[]: set exactly one of name, config, init_from_teacher, bilstm (got none)"),
     (lambda: DistillConfig(temperature=INF), "distill.temperature: inf must be a finite number > 0"),
     (lambda: LoggerConfig(run_name="../x"), "logger.run_name: '../x' must be None or a directory name"),
 ]

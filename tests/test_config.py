@@ -9,21 +9,26 @@ import typing
 import pytest
 
 from bert.errors import UserError
-from data.config import DataConfig
+from data.augment import AugmentConfig
+from data.config import DataConfig, TextDataConfig
+from data.generate import GenerateConfig
 from helper.config import (
     DistillationRunConfig,
+    DistillConfig,
     FinetuneConfig,
     InitFromConfig,
     LoggerConfig,
     ModelConfig,
     OptimConfig,
     StudentConfig,
+    StudentSpec,
     TrainerConfig,
     field_comments,
     load_config,
     parse_cli,
     save_config,
 )
+from helper.general_config import GeneralDistillConfig
 from tests.conftest import ROOT
 
 
@@ -178,7 +183,9 @@ def _dotted_keys(cls: type, prefix: str = "") -> list[str]:
 
 
 def test_every_field_has_a_comment():
-    for cls in (ModelConfig, OptimConfig, TrainerConfig, LoggerConfig, DataConfig, InitFromConfig, StudentConfig):
+    sections = (ModelConfig, OptimConfig, TrainerConfig, LoggerConfig, DataConfig, TextDataConfig, InitFromConfig)
+    sections += (StudentConfig, StudentSpec, DistillConfig, GeneralDistillConfig, AugmentConfig, GenerateConfig)
+    for cls in sections:
         comments = field_comments(cls)
         missing = [f.name for f in dataclasses.fields(cls) if not comments.get(f.name)]
         assert not missing, f"{cls.__name__}: no trailing comment on {missing}"

@@ -12,8 +12,8 @@ from transformers import AutoModel, AutoModelForSequenceClassification, BertMode
 import distillation_general
 import finetune
 from bert.errors import UserError
+from data.config import TextDataConfig
 from data.text import TextDataModule, tokenize_windows
-from data.text_config import TextDataConfig
 from data.transfer import write_transfer
 from helper.config import FinetuneConfig, load_config
 from helper.distiller import mask_tokens

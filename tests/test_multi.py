@@ -311,10 +311,10 @@ def test_a_missing_text_column(tmp_path, clf_csv, tiny_model_dir):
     [
         ({"trainer.monitor": "val/one/acc"}, "'val/one/acc' names no validation set"),
         (
-            {"trainer.monitor": "val/three/f1", "students": "[{key: one}, {key: two}]"},
+            {"trainer.monitor": "val/three/f1", "students": "[{key: one, name: a}, {key: two, name: b}]"},
             r"'val/three/f1' names no student \(keys: one, two; or mean\)",
         ),
-        ({"students": "[{key: one}, {key: one}]"}, "key 'one' is used twice"),
+        ({"students": "[{key: one, name: a}, {key: one, name: b}]"}, "key 'one' is used twice"),
     ],
 )
 def test_a_monitor_or_key_that_names_no_student(extra, message, tmp_path, clf_csv, tiny_model_dir):

@@ -227,10 +227,10 @@ def test_distillation_stage_reads_the_transfer_set(built, tmp_path, clf_csv, tin
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("transfer.augment.p_mask=2", "transfer.augment.p_mask: 2.0 is not a probability in [0, 1]"),
-        ("transfer.augment.n_iter=0", "transfer.augment.n_iter: 0 is below 1"),
+        ("transfer.augment.p_mask=2", "transfer.augment.p_mask: 2.0 must be a finite number in [0, 1]"),
+        ("transfer.augment.n_iter=0", "transfer.augment.n_iter: 0 must be an integer >= 1"),
         ("transfer.batch_size=0", "transfer.batch_size: 0 must be an integer >= 1"),
-        ("transfer.generate.top_p=2", "transfer.generate.top_p: 2.0 is not in (0, 1]"),
+        ("transfer.generate.top_p=2", "transfer.generate.top_p: 2.0 must be a finite number in (0, 1]"),
     ],
 )
 def test_bad_settings(override, message):
@@ -244,7 +244,7 @@ def test_cli_reads_the_config_before_heavy_imports():
         [sys.executable, "transfer_set.py", "transfer.augment.p_mask=2"], cwd=ROOT, capture_output=True, text=True
     )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert "transfer.augment.p_mask: 2.0 is not a probability" in proc.stderr
+    assert "transfer.augment.p_mask: 2.0 must be a finite number in [0, 1]" in proc.stderr
 
 
 @pytest.mark.parametrize("content", [None, ""])
