@@ -94,15 +94,9 @@ def check_finite(model: torch.nn.Module, out: Path) -> None:
         )
 
 
-def export_hf(model: torch.nn.Module, tokenizer, out_dir: str | Path) -> Path:
-    """Write model (safetensors) and tokenizer with `save_pretrained`, atomically: a temp dir renamed into place.
-
-    Refuses non-finite weights, and an existing `out_dir` holding files `save_pretrained` does not write (nothing is
-    deleted that the project did not write). Leftover temp directories of killed exports to the same place are removed.
-    Files and directories are fsynced; modes are the ordinary 0644/0755.
-    """
-    out = Path(out_dir)
-    check_finite(model, out)
+def check_export_dir(out: Path) -> None:
+    """An export replaces `out` only when it holds nothing but what `save_pretrained` writes; the stages check this
+    before training too, so that a refusal costs no training time."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise UserError(f"export: {out} exists and is not a directory; not replaced")
     if out.is_dir():
@@ -112,6 +106,18 @@ def export_hf(model: torch.nn.Module, tokenizer, out_dir: str | Path) -> Path:
                 f"export: {out} holds files this project does not write ({', '.join(foreign[:3])}"
                 f"{', ...' if len(foreign) > 3 else ''}); move them away or choose another logger.run_name"
             )
+
+
+def export_hf(model: torch.nn.Module, tokenizer, out_dir: str | Path) -> Path:
+    """Write model (safetensors) and tokenizer with `save_pretrained`, atomically: a temp dir renamed into place.
+
+    Refuses non-finite weights, and an existing `out_dir` holding files `save_pretrained` does not write (nothing is
+    deleted that the project did not write). Leftover temp directories of killed exports to the same place are removed.
+    Files and directories are fsynced; modes are the ordinary 0644/0755.
+    """
+    out = Path(out_dir)
+    check_finite(model, out)
+    check_export_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in _temp_dirs(out):
         shutil.rmtree(stale, ignore_errors=True)

@@ -464,6 +464,27 @@ class Distiller(pl.LightningModule):
                     out.append(self._run_teacher(i, inputs, cache))
         return out
 
+    def replay_teacher_cache(self, trainer: pl.Trainer, epoch: int, batches_done: int) -> None:
+        """After a resume: the teachers run over the training batches before the checkpoint again, in their order, so
+        that the caches hold what they held then, bit for bit: a teacher's fp32 result for an example depends on the
+        batch it was computed in, and a cache refilled from the batches after the resume would differ in the last
+        bits. Costs one teacher pass over the examples cached then; one process only (under DDP the caches refill
+        from the batches that come)."""
+        caches = [c for c in self.teacher_caches if c is not None]
+        if not caches or trainer.world_size != 1 or trainer.datamodule is None:
+            return
+        per_epoch = int(trainer.num_training_batches)
+        for e in range(epoch + 1):
+            loader = trainer.datamodule.train_dataloader()  # a fresh loader: epoch e's batches from the first
+            sampler = getattr(loader.batch_sampler, "sampler", None)
+            if callable(getattr(sampler, "set_epoch", None)):
+                sampler.set_epoch(e)
+            for _, batch in zip(range(per_epoch if e < epoch else batches_done), loader):
+                keys = batch["idx"].tolist() if "idx" in batch else []
+                if all(c.full or all(k in c.rows for k in keys) for c in caches):
+                    continue  # nothing this batch would add
+                self.teacher_features(self.transfer_batch_to_device(batch, self.device, 0))
+
     def _run_teacher(self, i: int, inputs: dict, cache: TeacherCache | None) -> Features:
         rec, teacher = self.rec_t[i], self.teachers[i]
         if cache is None:

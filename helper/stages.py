@@ -26,7 +26,7 @@ from bert.families import check_max_length, get_family
 from bert.loading import load_model_config, load_tokenizer, resolve_model_path
 from data.datamodule import ClfDataModule, tokenizer_id
 from helper.adaptors import ADAPTORS
-from helper.checkpoint import load_classifier
+from helper.checkpoint import check_export_dir, load_classifier
 from helper.config import (
     DistillationRunConfig,
     FinetuneConfig,
@@ -111,6 +111,9 @@ def fit_and_export(cfg, stage: str, job: Job) -> tuple[dict, Path | None]:
     Returns the metrics and the export (None on ranks other than 0).
     """
     module, dm = job.module, job.dm
+    target = run_dir(cfg.logger, stage) / job.export
+    for key in getattr(module, "students", {}) if job.export == "students" else [None]:
+        check_export_dir(target if key is None else target / key)  # before training: a refusal costs no time
     trainer, out, resume = build_trainer(cfg, stage, list(job.callbacks))
     check_resume(resume, module, dm, cfg)
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)

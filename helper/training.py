@@ -290,9 +290,9 @@ class NonFiniteGuard(Callback):
         bad = {k: float(v) for k, v in parts.items() if not torch.isfinite(v).all()}
         parts = sorted(bad, key=lambda k: k == "train/loss")  # the adaptors first, the total last
         raise NonFiniteLoss(
-            f"training loss is not finite at step {trainer.global_step} (epoch {trainer.current_epoch}, batch "
-            f"{batch_idx}): {', '.join(f'{k} = {bad[k]}' for k in parts)}; lr {self.lr:.3g}; nothing exported "
-            "(lower optim.lr, or set trainer.gradient_clip_val)"
+            f"training loss is not finite at step {trainer.global_step} (epoch {trainer.current_epoch + 1}/"
+            f"{trainer.max_epochs}, batch {batch_idx + 1}): {', '.join(f'{k} = {bad[k]}' for k in parts)}; "
+            f"lr {self.lr:.3g}; nothing exported (lower optim.lr, or set trainer.gradient_clip_val)"
         )
 
 
@@ -312,8 +312,18 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if not isinstance(exception, NonFiniteLoss):
-            super().on_exception(trainer, pl_module, exception)
+        """Lightning's save on exception, said in our own line (its own reads "An KeyboardInterrupt was raised with
+        message: , saved checkpoint to ...")."""
+        if isinstance(exception, NonFiniteLoss) or not self._should_save_on_exception(trainer):
+            return
+        candidates = self._monitor_candidates(trainer)
+        path = self.format_checkpoint_name(metrics=candidates)
+        self._save_checkpoint(trainer, path)
+        self._save_last_checkpoint(trainer, candidates)
+        what = "interrupted" if isinstance(exception, KeyboardInterrupt) else f"stopped by {type(exception).__name__}"
+        if trainer.is_global_zero:
+            step = trainer.global_step
+            print(f"{what} at step {step}: saved {path}; go on with trainer.resume=last", file=sys.stderr)
 
 
 class DeferredInterrupt(Callback):
@@ -448,6 +458,9 @@ class ResumeState(Callback):
                     for group, base, factor in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
                         group["initial_lr"], group["lr"] = base, base * factor(sched.last_epoch)
                     sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+        replay = getattr(pl_module, "replay_teacher_cache", None)
+        if replay is not None:
+            replay(trainer, state["epoch"], state["batches_done"])
         set_rng_states(state["rng"])  # last: nothing between here and the next training step draws from them
 
 
@@ -456,8 +469,15 @@ def check_resume(ckpt: str | None, module: torch.nn.Module, dm, cfg) -> None:
     naming what changed); a changed lr or epoch/step limit is allowed and said in one line."""
     if ckpt is None:
         return
+    if Path(ckpt).stat().st_size == 0:
+        raise UserError(f"trainer.resume: {ckpt} is empty (0 bytes: its write was cut off); resume from another")
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:  # not a zip file: torch's advice on `mmap` hides what is wrong
+            if "mmap" not in str(err):
+                raise
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
             raise ValueError("no state_dict in it")
     except Exception as err:  # any failure to read it is the same one-line answer

@@ -73,7 +73,7 @@ def test_distiller_names_the_adaptor_that_went_bad(tmp_path, clf_csv, tiny_model
                "distill.adaptors": "[AttnMiniLM, LogitMSE]"},
         ),
     )  # fmt: skip
-    with pytest.raises(UserError, match=r"not finite at step 1 \(epoch 0, batch 0\): train/LogitMSE = nan") as err:
+    with pytest.raises(UserError, match=r"not finite at step 1 \(epoch 1/1, batch 1\): train/LogitMSE = nan") as err:
         distillation_ms.main(cfg)
     assert "train/AttnMiniLM" not in one_line(err) and "lr " in str(err.value)
     assert not (tmp_path / "distill_ms" / "student").exists()
@@ -136,6 +136,23 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, clf_csv, tiny_model_dir):
     with pytest.raises(UserError, match=rf"trainer.resume: {ckpt} is not a readable checkpoint \(") as err:
         ft(tmp_path, clf_csv, tiny_model_dir, **{"trainer.resume": str(ckpt)})
     one_line(err)
+
+
+def test_empty_checkpoint_is_one_line(tmp_path, clf_csv, tiny_model_dir):
+    ckpt = tmp_path / "empty.ckpt"
+    ckpt.write_bytes(b"")
+    with pytest.raises(UserError, match=rf"trainer.resume: {ckpt} is empty \(0 bytes") as err:
+        ft(tmp_path, clf_csv, tiny_model_dir, **{"trainer.resume": str(ckpt)})
+    assert "mmap" not in one_line(err)
+
+
+def test_foreign_files_in_the_export_directory_stop_the_run_before_training(tmp_path, clf_csv, tiny_model_dir):
+    (tmp_path / "finetune" / "model").mkdir(parents=True)
+    (tmp_path / "finetune" / "model" / "important.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"holds files this project does not write \(important.txt\)") as err:
+        ft(tmp_path, clf_csv, tiny_model_dir)
+    one_line(err)
+    assert not (tmp_path / "finetune" / "checkpoints").exists()  # nothing trained
 
 
 def test_resume_with_changed_architecture_data_or_lr(tmp_path, clf_csv, tiny_model_dir, capsys):
