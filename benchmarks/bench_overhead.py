@@ -275,9 +275,9 @@ class Interleave(pl.Callback):
 
 def time_steps(
     distiller: BaseDistiller, others: dict, trainer, batches: list[dict], warmup: int, rounds: int, name: str
-):
-    """Seconds of every timed step of each variant: `distiller` fitted by `trainer([callback], steps)`, the `others`
-    taking turns with it step by step."""
+) -> dict[str, list[float]]:
+    """Seconds of every timed step of each variant: `distiller` fitted under `trainer(callbacks, steps)` (a Trainer
+    factory), timed as `name`, the `others` taking turns with it step by step."""
     steps = warmup + rounds + 1
     callback = Interleave(others, warmup, rounds, name)
     trainer([callback], steps).fit(distiller, train_dataloaders=loader(batches, steps))
@@ -289,7 +289,8 @@ def time_variants(path: str, layers: list[int], batches: list[dict], warmup: int
     distiller = make_distiller(path, layers)
     others = {v: make_loop(v, path, layers, steps) for v in VARIANTS if v != "lightning"}
     check = loss_check(distiller, {v: others[v] for v in BASELINES}, batches[0])
-    times = time_steps(distiller, others, bare_trainer_of, batches, warmup, rounds, "lightning")
+    bare = lambda callbacks, steps: bare_trainer(callbacks, max_steps=steps)  # noqa: E731
+    times = time_steps(distiller, others, bare, batches, warmup, rounds, "lightning")
     med = {v: statistics.median(t) for v, t in times.items()}
     return {
         "median_s": {v: round(med[v], 4) for v in VARIANTS},
@@ -298,10 +299,6 @@ def time_variants(path: str, layers: list[int], batches: list[dict], warmup: int
         | {"module-cache/module": round(med["module-cache"] / med["module"], 3)},
         "loss_check": check,
     }
-
-
-def bare_trainer_of(callbacks: list, steps: int) -> pl.Trainer:
-    return bare_trainer(callbacks, max_steps=steps)
 
 
 def make_loop(variant: str, path: str, layers: list[int], total_steps: int) -> ModuleLoop | HandLoop:
