@@ -21,9 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.common import loadavg, quiet, save_result, sst2_examples, tiny_model_dir  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import ROOT, loadavg, quiet, save_result, smoke_csv, tiny_model_dir  # noqa: E402
 from helper.config import FinetuneConfig, load_config  # noqa: E402
 
 TARGET_S = 15 * 60
@@ -36,17 +35,6 @@ def demo_scripts(makefile: Path = ROOT / "Makefile") -> list[str]:
     if not scripts:
         raise SystemExit(f"{makefile}: no `$(PY) script.py` line in the demo recipe")
     return scripts
-
-
-def smoke_data(out: Path) -> dict[str, str]:
-    """Tiny csv splits of SST-2 sentences (train 32, validation 16, test 16)."""
-    examples = sst2_examples("train", 64)
-    paths = {}
-    for split, (a, b) in {"train": (0, 32), "validation": (32, 48), "test": (48, 64)}.items():
-        rows = ["text,label"] + ['"{}",{}'.format(t.replace('"', "'"), y) for y, t in examples[a:b]]
-        paths[split] = str(out / f"{split}.csv")
-        Path(paths[split]).write_text("\n".join(rows) + "\n")
-    return paths
 
 
 def overrides(script: str, out: Path, teacher_dir: Path, smoke: dict | None) -> list[str]:
@@ -98,7 +86,10 @@ def main(argv: list[str] | None = None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         smoke = None
         if args.smoke:
-            smoke = {"data": smoke_data(out), "model": tiny_model_dir(out / "tiny_model")}
+            smoke = {
+                "data": smoke_csv(out, {"train": 32, "validation": 16, "test": 16}),
+                "model": tiny_model_dir(out / "tiny_model"),
+            }
         ft_cfg = load_config(FinetuneConfig, ROOT / "configs" / "finetune.yaml")
         teacher_dir = out / (ft_cfg.logger.run_name or "finetune") / "model"
         load_before = loadavg()

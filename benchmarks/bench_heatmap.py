@@ -21,11 +21,19 @@ from types import SimpleNamespace
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
-from benchmarks.common import default_teacher, loadavg, quiet, save_result, tiny_model_dir  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    ROOT,
+    add_threads,
+    loadavg,
+    quiet,
+    save_result,
+    set_threads,
+    teacher_source,
+    tiny_model_dir,
+)
 from helper.config import InitFromConfig, StudentConfig  # noqa: E402
 from helper.heatmap import AttentionHeatmap  # noqa: E402
 from helper.students import cut_student  # noqa: E402
@@ -54,15 +62,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10, help="timed draws per case (median)")
     parser.add_argument("--tiny", action="store_true", help="a random BERT of hidden 32 instead of the MiniLM")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    add_threads(parser, default=1)
     parser.add_argument("--label", default="", help="a note stored in the JSON (e.g. before/after)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "heatmap.json")
     args = parser.parse_args(argv)
     quiet()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     load_before = loadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        path = tiny_model_dir(Path(tmp) / "tiny") if args.tiny else default_teacher()
+        path = tiny_model_dir(Path(tmp) / "tiny") if args.tiny else teacher_source()[0]
         tokenizer = AutoTokenizer.from_pretrained(path)
         teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()
         layers = [0, 1] if args.tiny else [1, 5]

@@ -29,14 +29,16 @@ import torch
 from torch._dynamo.utils import counters
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (  # noqa: E402
-    default_teacher,
+    ROOT,
+    add_threads,
     loadavg,
     quiet,
     save_result,
+    set_threads,
     sst2_examples,
+    teacher_source,
     tiny_model_dir,
 )
 from helper.config import InitFromConfig, StudentConfig  # noqa: E402
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--latency-calls", type=int, default=200, help="batch-1 calls per model (default 200)")
     parser.add_argument("--throughput-batches", type=int, default=20, help="batch-32 calls per model (default 20)")
     parser.add_argument("--variants", nargs="+", default=[*CPU_VARIANTS, *CUDA_VARIANTS])
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; 1 with --tiny)")
+    add_threads(parser, when_none="torch's; 1 with --tiny")
     parser.add_argument("--tiny", action="store_true", help="smoke run: a random BERT of hidden 32 and 2 layers")
     parser.add_argument("--student", help="an exported student directory (default: see above)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "inference.json")
@@ -149,9 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"unknown variants {sorted(unknown)}; choices: {', '.join(CPU_VARIANTS + CUDA_VARIANTS)}")
 
     quiet()
-    torch.set_num_threads(args.threads or (1 if args.tiny else torch.get_num_threads()))
+    set_threads(args.threads or (1 if args.tiny else None))
     with tempfile.TemporaryDirectory() as tmp:
-        teacher_path = tiny_model_dir(Path(tmp)) if args.tiny else default_teacher()
+        teacher_path = tiny_model_dir(Path(tmp)) if args.tiny else teacher_source()[0]
         student_path = args.student or (None if args.tiny else exported_student(2))
         models = load_models(teacher_path, student_path)
         calls = make_calls(AutoTokenizer.from_pretrained(teacher_path), args.latency_calls, args.throughput_batches)

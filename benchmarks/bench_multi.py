@@ -31,12 +31,25 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_e2e import OPTIM, ROOT, THREADS_HELP, TimedFit, rounded, teacher_source  # noqa: E402
-from benchmarks.common import SST2, loadavg, quiet, save_result  # noqa: E402
-from bert.families import model_inputs  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    BATCH,
+    MAX_LEN,
+    OPTIM,
+    ROOT,
+    SST2,
+    TimedFit,
+    accuracy,
+    add_threads,
+    command,
+    loadavg,
+    quiet,
+    rounded,
+    save_result,
+    set_threads,
+    teacher_source,
+    turns,
+)
 from bert.loading import load_tokenizer  # noqa: E402
 from data.multi import MultiDataModule  # noqa: E402
 from helper.checkpoint import load_classifier  # noqa: E402
@@ -46,7 +59,6 @@ from helper.students import cut_student  # noqa: E402
 
 LAYERS = {"two": [1, 5], "three": [1, 3, 5]}
 ADAPTORS = [{"name": "LogitKL", "temperature": 4.0, "weight": 1 / 16}, "AttnMiniLM"]
-BATCH, MAX_LEN = 32, 64
 
 
 def cipher_map(sentences: list[str], seed: int = 0) -> dict[str, str]:
@@ -102,7 +114,7 @@ def time_pair(path: str, dm, epochs: int, cache: bool) -> dict:
         fits[key] = TimedFit(module, dm)
     names = list(fits)
     for epoch in range(epochs):
-        for name in names[epoch % len(names) :] + names[: epoch % len(names)]:
+        for name in turns(names, epoch):
             fits[name].fit(1)
     out: dict = {name: fit.seconds for name, fit in fits.items()}
     out["dev_acc"] = {
@@ -112,17 +124,6 @@ def time_pair(path: str, dm, epochs: int, cache: bool) -> dict:
     summed = [a + b for a, b in zip(out["two"], out["three"])]
     out["pair_over_sum"] = [p / s for p, s in zip(out["pair"], summed)]
     return out
-
-
-@torch.no_grad()
-def accuracy(model, dm, view: str) -> float:
-    model.eval()
-    right = total = 0
-    for batch in dm.val_dataloader():
-        logits = model(**model_inputs(batch["views"][view], model)).logits
-        right += int((logits.argmax(-1) == batch["labels"]).sum())
-        total += len(batch["labels"])
-    return right / total
 
 
 def cipher_run(path: str, dm, epochs: int) -> dict:
@@ -145,11 +146,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, default=2000, help="train and dev examples (default 2000; 0: all)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per run (>= 2 to see the cache's epoch 2)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "multi.json")
-    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    add_threads(parser)
     parser.add_argument("--skip", choices=["timing", "cipher"], nargs="*", default=[])
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     quiet()
     path, note = teacher_source()
     tokenizer = load_tokenizer(path)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
             dm = data(paths, tokenizer, {"en": None, "xx": "cipher"})
             result["cipher"] = cipher_run(path, dm, args.epochs)
             print("cipher dev accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in result["cipher"].items()))
-    result["command"] = " ".join(["python", "benchmarks/bench_multi.py", *(argv or sys.argv[1:])])
+    result["command"] = command(__file__, argv)
     result = rounded(result)
     save_result(args.out, result, load_before)
     return result

@@ -1,5 +1,6 @@
-"""Overhead of the distiller at equal work: a `BaseDistiller` training step against a minimal hand-written loop.
+"""The distiller's cost per training step over a hand-written loop doing the same work, in two settings.
 
+Equal work (the default): a `BaseDistiller` step against minimal hand-written loops, on MiniLM-sized models.
 Setup: adaptors [AttnMiniLM, ValMiniLM, LogitMSE]; teacher all-MiniLM-L6-v2 (the fine-tuned runs/sst2_teacher/model when
 present); students cut from the teacher (layers 1,5 and 1,3,5); 8 fixed batches of 32 real SST-2 train sentences padded
 to 64 tokens, used in turn; AdamW + linear schedule of configs/distillation_ms.yaml. Each variant has its own teacher,
@@ -21,72 +22,87 @@ just before its first step, and the growth = peak RSS during the steps - RSS bef
 processes per variant. Before timing, every code path computes the loss of one batch in eval mode; they must agree.
 
 Run: .venv/bin/python benchmarks/bench_overhead.py [--rounds N] [--warmup N] [--memory-steps N] [--tiny]
+
+Framework cost per step (`--framework`; formerly bench_step_overhead.py), in milliseconds, on a model so small that
+kernels cost almost nothing: teacher a random BERT of hidden 32, 2 layers, 4 heads (`common.tiny_model_dir`); student
+cut from its layers 0 and 1 (sdpa); the same adaptors, optimiser and schedule; 8 fixed batches of 8 SST-2 train
+sentences padded to each batch's longest (as the collator does), with `idx`; 8 x 32 tokens keep the kernels cheap, so
+that what is left is the per-step Python work. Variants, taking turns as above:
+  trainer:   `BaseDistiller` under the Trainer the stages build (`helper.training.build_trainer`: CSV logger,
+             LearningRateMonitor, checkpoint callbacks, `log_every_n_steps` 10), progress bar removed (--bar keeps it,
+             writing to /dev/null). Its time is the whole loop iteration (fetch, transfer, hooks, closure, logging,
+             optimiser, scheduler) minus the other variants' steps run inside it;
+  module:    as above;
+  hand:      the hand-sdpa loop above.
+Two runs: teacher cache off (the teacher runs every step: equal work), and on (from the 9th step every example is
+cached; the hand loop then keeps its own teacher outputs per batch, already padded: the ideal cache). The overhead is
+median(trainer) - median(hand) in ms per step; target <= 1 ms. `--profile` prints cProfile's top functions of the
+trainer's steps instead of timing.
+
+Run: .venv/bin/python benchmarks/bench_overhead.py --framework [--rounds N] [--repeats N] [--bar] [--out PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
+import io
 import json
 import math
+import os
+import pstats
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning.pytorch as pl  # noqa: E402
+from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
-    Interleave,
-    default_teacher,
+    BATCH,
+    MAX_LEN,
+    OPTIM,
+    ROOT,
+    add_threads,
+    bare_trainer,
     loadavg,
-    loader,
     quiet,
     save_result,
-    sst2_examples,
+    set_threads,
+    sst2_batches,
+    teacher_source,
     tiny_model_dir,
+    turns,
 )
-from helper.config import InitFromConfig, OptimConfig, StudentConfig  # noqa: E402
+from helper.config import DistillationRunConfig, InitFromConfig, StudentConfig  # noqa: E402
 from helper.distiller import BaseDistiller  # noqa: E402
 from helper.students import cut_student  # noqa: E402
-from helper.training import build_optimizer, build_scheduler  # noqa: E402
+from helper.training import build_optimizer, build_scheduler, build_trainer  # noqa: E402
 
 ADAPTORS = ["AttnMiniLM", "ValMiniLM", "LogitMSE"]
-OPTIM = OptimConfig(name="adamw", lr=1e-4, weight_decay=0.01, schedule="linear", warmup_ratio=0.1)
 VARIANTS = ("lightning", "module", "hand", "hand-sdpa", "module-cache")
 OURS, BASELINES = ("lightning", "module"), ("hand", "hand-sdpa")
-MEMORY_VARIANTS = (*OURS, *BASELINES)
-BATCH, SEQ, N_BATCHES = 32, 64, 8
+MEMORY_VARIANTS = [*OURS, *BASELINES]
+N_BATCHES = 8
+FRAMEWORK_LAYERS, FRAMEWORK_BATCH, FRAMEWORK_MAX_LEN = [0, 1], 8, 32
+FRAMEWORK_TARGET_MS = 1.0
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 # -- models and data --------------------------------------------------------------------------------------------------
-def make_batches(tokenizer, n_batches: int, batch: int, seq: int) -> list[dict[str, torch.Tensor]]:
-    """`n_batches` fixed batches of real SST-2 train sentences, each padded to `seq` tokens."""
-    examples = sst2_examples("train", n_batches * batch)
-    out = []
-    for b in range(n_batches):
-        part = examples[b * batch : (b + 1) * batch]
-        enc = tokenizer(
-            [t for _, t in part], padding="max_length", truncation=True, max_length=seq, return_tensors="pt"
-        )
-        out.append(
-            {
-                **{k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc},  # (B, T)
-                "labels": torch.tensor([y for y, _ in part]),  # (B,)
-                "idx": torch.arange(b * batch, (b + 1) * batch),  # (B,)
-            }
-        )
-    return out
-
-
-def teacher_and_student(path: str, layers: list[int], attn: str):
+def models(path: str, layers: list[int], attn: str):
     """A frozen teacher and a student cut from it (its layers `layers`), both with attention kernel `attn`."""
     torch.manual_seed(0)
     teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, attn_implementation=attn)
@@ -102,15 +118,8 @@ def schedule(optimizer, total_steps: int):
 
 def make_distiller(path: str, layers: list[int], cache: bool = False) -> BaseDistiller:
     """The distiller with the teacher cache off (equal work: the teacher runs every step) or on."""
-    teacher, student = teacher_and_student(path, layers, "sdpa")
+    teacher, student = models(path, layers, "sdpa")
     return BaseDistiller(teacher, student, ADAPTORS, optim=OPTIM, cache_teacher=cache)
-
-
-def distiller_loss(distiller: BaseDistiller, batch: dict) -> torch.Tensor:
-    """The loss `training_step` minimises, without its logging (usable outside a Trainer)."""
-    feats_t = distiller.teacher_features(batch)[0]
-    _, feats_s = distiller.rec_s["student"](**distiller.student_inputs(batch))
-    return sum(a.weight * a(feats_t, feats_s, batch["labels"]) for a in distiller.adaptors)
 
 
 # -- the hand-written baseline ----------------------------------------------------------------------------------------
@@ -139,7 +148,7 @@ class HandLoop:
 
     def __init__(self, path: str, layers: list[int], total_steps: int, attn: str = "eager"):
         self.eager = attn == "eager"
-        self.teacher, self.student = teacher_and_student(path, layers, attn)
+        self.teacher, self.student = models(path, layers, attn)
         self.heads = self.teacher.config.num_attention_heads
         self.out: dict[tuple[str, str], torch.Tensor] = {}
         for m, model in (("t", self.teacher), ("s", self.student)):
@@ -174,6 +183,32 @@ class HandLoop:
         self.scheduler.step()
 
 
+class CachedHandLoop(HandLoop):
+    """The sdpa hand loop keeping the teacher's outputs of each fixed batch (keyed by its first `idx`)."""
+
+    def __init__(self, path: str, layers: list[int], total_steps: int):
+        super().__init__(path, layers, total_steps, attn="sdpa")
+        self.memo: dict[int, tuple[dict, torch.Tensor]] = {}
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        key = int(batch["idx"][0])
+        if key not in self.memo:
+            with torch.no_grad():
+                logits_t = self.teacher(**inputs).logits
+            self.memo[key] = ({k: v for k, v in self.out.items() if k[0] == "t"}, logits_t)
+            self.out.clear()
+        out_t, logits_t = self.memo[key]
+        out_s = self.student(**inputs)
+        valid = batch["attention_mask"].bool()  # (B, T)
+        x = {k: _split_heads(v, self.heads) for k, v in (out_t | self.out).items()}  # each (B, h, T, d)
+        self.out.clear()
+        logp_t, logp_s = (_log_relation(x[m, "query"], x[m, "key"], valid) for m in "ts")  # (B, h, T, T)
+        attn = _row_kl(logp_t, logp_s, valid)
+        val = _row_kl(*(_log_relation(x[m, "value"], x[m, "value"], valid) for m in "ts"), valid)
+        return attn + val + torch.nn.functional.mse_loss(out_s.logits, logits_t)
+
+
 class ModuleLoop:
     """`BaseDistiller.training_step` called by hand (no Trainer), with the optimiser and schedule Lightning uses."""
 
@@ -191,19 +226,63 @@ class ModuleLoop:
         self.i += 1
 
 
-def lightning_trainer(steps: int, callbacks: list) -> pl.Trainer:
-    return pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=callbacks,
-    )
+# -- timing -----------------------------------------------------------------------------------------------------------
+def loader(batches: list[dict], steps: int) -> DataLoader:
+    """`steps` ready batches, cycling through `batches`, in order."""
+    return DataLoader([batches[i % len(batches)] for i in range(steps)], batch_size=None, shuffle=False)
+
+
+class Interleave(pl.Callback):
+    """Runs the other variants' steps around each Lightning step (order rotating every round) and times every step.
+
+    A Lightning step spans from the start of one loop iteration to the start of the next, minus the other variants'
+    steps run inside it; it is timed under `name`. Each other variant has a `step(batch)`.
+    """
+
+    def __init__(self, others: dict[str, object], warmup: int, rounds: int, name: str = "trainer"):
+        self.others, self.warmup, self.rounds, self.name = others, warmup, rounds, name
+        self.names = [name, *others]
+        self.times: dict[str, list[float]] = {v: [] for v in self.names}
+        self._mark: float | None = None
+        self._inside = 0.0
+
+    def _run(self, names: list[str], batch: dict, timed: bool) -> None:
+        for name in names:
+            start = time.perf_counter()
+            self.others[name].step(batch)
+            if timed:
+                self.times[name].append(time.perf_counter() - start)
+
+    def _order(self, i: int) -> tuple[list[str], list[str]]:
+        order = turns(self.names, i)
+        cut = order.index(self.name)
+        return order[:cut], order[cut + 1 :]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._mark is not None and batch_idx - 1 >= self.warmup:
+            self.times[self.name].append(now - self._mark - self._inside)
+        self._inside = 0.0
+        if batch_idx < self.warmup + self.rounds:  # the last batch only closes the previous measurement
+            self._run(self._order(batch_idx)[0], batch, batch_idx >= self.warmup)
+        self._mark = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        start = time.perf_counter()
+        if batch_idx < self.warmup + self.rounds:
+            self._run(self._order(batch_idx)[1], batch, batch_idx >= self.warmup)
+        self._inside = time.perf_counter() - start
+
+
+def time_steps(
+    distiller: BaseDistiller, others: dict, trainer, batches: list[dict], warmup: int, rounds: int, name: str
+) -> dict[str, list[float]]:
+    """Seconds of every timed step of each variant: `distiller` fitted under `trainer(callbacks, steps)` (a Trainer
+    factory), timed as `name`, the `others` taking turns with it step by step."""
+    steps = warmup + rounds + 1
+    callback = Interleave(others, warmup, rounds, name)
+    trainer([callback], steps).fit(distiller, train_dataloaders=loader(batches, steps))
+    return callback.times
 
 
 def time_variants(path: str, layers: list[int], batches: list[dict], warmup: int, rounds: int) -> dict:
@@ -211,12 +290,12 @@ def time_variants(path: str, layers: list[int], batches: list[dict], warmup: int
     distiller = make_distiller(path, layers)
     others = {v: make_loop(v, path, layers, steps) for v in VARIANTS if v != "lightning"}
     check = loss_check(distiller, {v: others[v] for v in BASELINES}, batches[0])
-    callback = Interleave(others, warmup, rounds, name="lightning")
-    lightning_trainer(steps, [callback]).fit(distiller, train_dataloaders=loader(batches, steps))
-    med = {v: statistics.median(t) for v, t in callback.times.items()}
+    bare = lambda callbacks, steps: bare_trainer(callbacks, max_steps=steps)  # noqa: E731
+    times = time_steps(distiller, others, bare, batches, warmup, rounds, "lightning")
+    med = {v: statistics.median(t) for v, t in times.items()}
     return {
         "median_s": {v: round(med[v], 4) for v in VARIANTS},
-        "min_s": {v: round(min(callback.times[v]), 4) for v in VARIANTS},
+        "min_s": {v: round(min(times[v]), 4) for v in VARIANTS},
         "time_ratio": {f"{v}/{b}": round(med[v] / med[b], 3) for b in BASELINES for v in OURS}
         | {"module-cache/module": round(med["module-cache"] / med["module"], 3)},
         "loss_check": check,
@@ -235,7 +314,7 @@ def loss_check(distiller: BaseDistiller, hands: dict[str, HandLoop], batch: dict
     for student in students:
         student.eval()
     with torch.no_grad():
-        losses = {"distiller": float(distiller_loss(distiller, batch))}
+        losses = {"distiller": float(distiller.losses(batch)[1])}  # the loss training_step minimises, unlogged
         losses |= {name: float(hand.loss(batch)) for name, hand in hands.items()}
     for student in students:
         student.train()
@@ -304,10 +383,12 @@ class MemoryProbe(pl.Callback):
 def child_memory(variant: str, path: str, layers: list[int], steps: int) -> dict:
     """Peak RSS growth of `steps` training steps of one variant (run in a fresh process)."""
     tokenizer = AutoTokenizer.from_pretrained(path)
-    batches = make_batches(tokenizer, N_BATCHES, BATCH, SEQ)
+    batches = sst2_batches(tokenizer, N_BATCHES, BATCH, MAX_LEN, "max_length")
     if variant == "lightning":
         probe = MemoryProbe()
-        lightning_trainer(steps, [probe]).fit(make_distiller(path, layers), train_dataloaders=loader(batches, steps))
+        bare_trainer([probe], max_steps=steps).fit(
+            make_distiller(path, layers), train_dataloaders=loader(batches, steps)
+        )
         return probe.peak.result()
     loop = make_loop(variant, path, layers, steps)
     peak = PeakRSS()
@@ -321,9 +402,8 @@ def child_memory(variant: str, path: str, layers: list[int], steps: int) -> dict
 def measure_memory(path: str, layers: list[int], steps: int, threads: int, repeats: int) -> dict:
     """Each variant `repeats` times, one fresh process at a time (the order rotates); medians."""
     runs: dict[str, list[dict]] = {v: [] for v in MEMORY_VARIANTS}
-    n = len(MEMORY_VARIANTS)
     for r in range(repeats):
-        for variant in MEMORY_VARIANTS[r % n :] + MEMORY_VARIANTS[: r % n]:
+        for variant in turns(MEMORY_VARIANTS, r):
             cmd = [sys.executable, __file__, "--child", variant, "--teacher", path, "--threads", str(threads)]
             cmd += ["--students", ",".join(map(str, layers)), "--memory-steps", str(steps)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -342,6 +422,122 @@ def measure_memory(path: str, layers: list[int], steps: int, threads: int, repea
     return out
 
 
+# -- framework cost per step (--framework) -----------------------------------------------------------------------------
+def stage_trainer(callbacks: list, steps: int, out: Path, bar: bool) -> pl.Trainer:
+    """The Trainer `distillation_ms.py` builds (CSV log, no wandb), stopping after `steps`, with no validation."""
+    cfg = DistillationRunConfig()
+    cfg.logger.output_dir, cfg.logger.wandb = str(out), False
+    cfg.trainer.max_steps, cfg.trainer.max_epochs, cfg.trainer.limit_val_batches = steps, 1, 0
+    cfg.trainer.accelerator = "cpu"
+    trainer, _, _ = build_trainer(cfg, "step_overhead", callbacks)
+    if not bar:
+        trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ProgressBar)]
+    return trainer
+
+
+def time_run(path: str, batches: list[dict], cache: bool, bar: bool, warmup: int, rounds: int, tmp: Path) -> dict:
+    steps = warmup + rounds + 1
+    layers = FRAMEWORK_LAYERS
+    distiller = make_distiller(path, layers, cache=cache)
+    hand = CachedHandLoop(path, layers, steps) if cache else HandLoop(path, layers, steps, attn="sdpa")
+    others = {"module": ModuleLoop(path, layers, steps, cache=cache), "hand": hand}
+    check = None if cache else loss_check(distiller, {"hand": hand}, batches[0])
+    out = tmp / f"run_cache{int(cache)}_bar{int(bar)}"
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        times = time_steps(
+            distiller, others, partial(stage_trainer, out=out, bar=bar), batches, warmup, rounds, "trainer"
+        )
+    med = {v: statistics.median(t) * 1e3 for v, t in times.items()}
+    return {
+        "median_ms": {v: round(m, 3) for v, m in med.items()},
+        "min_ms": {v: round(min(t) * 1e3, 3) for v, t in times.items()},
+        "overhead_ms": {f"{v}-hand": round(med[v] - med["hand"], 3) for v in ("trainer", "module")},
+        "ratio": {f"{v}/hand": round(med[v] / med["hand"], 3) for v in ("trainer", "module")},
+        "loss_check": check,
+    }
+
+
+def profile_trainer(path: str, batches: list[dict], cache: bool, steps: int, tmp: Path, top: int) -> str:
+    """cProfile of `steps` Trainer steps after 20 warm-up steps (the fit's set-up and tear-down excluded)."""
+
+    class Window(pl.Callback):
+        def __init__(self):
+            self.prof = cProfile.Profile()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 20:
+                self.prof.enable()
+            if batch_idx == 20 + steps:
+                self.prof.disable()
+
+    window = Window()
+    trainer = stage_trainer([window], steps + 21, tmp / "profile", bar=False)
+    trainer.fit(make_distiller(path, FRAMEWORK_LAYERS, cache=cache), train_dataloaders=loader(batches, steps + 21))
+    text = io.StringIO()
+    pstats.Stats(window.prof, stream=text).sort_stats("tottime").print_stats(top)
+    return text.getvalue()
+
+
+def framework(args) -> dict:
+    """ms per step of the trainer, the module and the hand loop, cache off and on (and with the progress bar)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        path = tiny_model_dir(tmp / "tiny")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        batches = sst2_batches(tokenizer, args.batches, FRAMEWORK_BATCH, FRAMEWORK_MAX_LEN, "longest")
+        if args.profile:
+            for cache in (False, True):
+                print(f"--- cache {'on' if cache else 'off'}: {args.profile} steps")
+                print(profile_trainer(path, batches, cache, args.profile, tmp, 35))
+            return {}
+        load_before = loadavg()
+        settings = [("cache off", False, False), ("cache on", True, False)]
+        if args.bar:
+            settings += [("cache off, progress bar", False, True), ("cache on, progress bar", True, True)]
+        runs: dict[str, list[dict]] = {name: [] for name, _, _ in settings}
+        for r in range(args.repeats):
+            for name, cache, bar in settings:
+                runs[name].append(time_run(path, batches, cache, bar, args.warmup, args.rounds, tmp / str(r)))
+        result = {
+            "what": "ms per training step of BaseDistiller under the stages' Trainer, minus a hand loop with the same "
+            "losses and kernels; tiny BERT (hidden 32, 2 layers, 4 heads), student cut from layers 0,1, "
+            f"{args.batches} batches of {FRAMEWORK_BATCH} SST-2 sentences padded to their longest "
+            f"(<= {FRAMEWORK_MAX_LEN} tokens); "
+            "median over rounds, then median over repeats",
+            "label": args.label,
+            "adaptors": ADAPTORS,
+            "optim": OPTIM.name,
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "threads": args.threads,
+            "settings": {},
+        }
+        for name, rs in runs.items():
+
+            def med(key: str, sub: str, rs: list[dict] = rs) -> float:
+                return round(statistics.median(r[key][sub] for r in rs), 3)
+
+            summary = {
+                "median_ms": {v: med("median_ms", v) for v in rs[0]["median_ms"]},
+                "overhead_ms": {k: med("overhead_ms", k) for k in rs[0]["overhead_ms"]},
+                "ratio": {k: med("ratio", k) for k in rs[0]["ratio"]},
+                "overhead_ms_runs": [r["overhead_ms"]["trainer-hand"] for r in rs],
+                "loss_check": rs[0]["loss_check"],
+            }
+            result["settings"][name] = summary
+            print(
+                f"{name:<26} trainer {summary['median_ms']['trainer']:7.2f} ms  module "
+                f"{summary['median_ms']['module']:7.2f}  hand {summary['median_ms']['hand']:7.2f}  "
+                f"trainer-hand {summary['overhead_ms']['trainer-hand']:+6.2f} ms (runs {summary['overhead_ms_runs']})  "
+                f"module-hand {summary['overhead_ms']['module-hand']:+6.2f}"
+            )
+        worst = max(s["overhead_ms"]["trainer-hand"] for s in result["settings"].values())
+        result["targets"] = {"overhead_ms_max": FRAMEWORK_TARGET_MS, "met": worst <= FRAMEWORK_TARGET_MS}
+    save_result(args.out, result, load_before)
+    return result
+
+
 # -- main -------------------------------------------------------------------------------------------------------------
 def parse_layers(spec: str) -> list[int]:
     return [int(i) for i in spec.split(",")]
@@ -349,28 +545,43 @@ def parse_layers(spec: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=20, help="timed rounds; each runs every variant once")
-    parser.add_argument("--warmup", type=int, default=N_BATCHES, help="untimed rounds (default 8: fills the cache)")
-    parser.add_argument("--memory-steps", type=int, default=5, help="steps per memory subprocess (0: no memory)")
-    parser.add_argument("--memory-repeats", type=int, default=3, help="memory subprocesses per variant (median)")
-    parser.add_argument("--students", nargs="+", help="teacher layers kept, per student (default: 1,5 1,3,5)")
-    parser.add_argument("--teacher", help="teacher directory (default: runs/sst2_teacher/model, else the MiniLM)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; 1 with --tiny)")
-    parser.add_argument("--tiny", action="store_true", help="smoke run: a random BERT of hidden 32 and 2 layers")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "overhead.json")
-    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--framework", action="store_true", help="framework cost per step on a tiny model (see above)")
+    parser.add_argument("--rounds", type=int, help="timed rounds; each runs every variant once (default 20; 200)")
+    parser.add_argument("--warmup", type=int, help="untimed rounds (default 8, which fills the cache; 20)")
+    add_threads(parser, when_none="torch's; 1 with --tiny or --framework")
+    parser.add_argument("--label", default="", help="a note stored in the JSON (e.g. before/after)")
+    parser.add_argument("--out", type=Path, help="default: results/overhead.json; results/step_overhead.json")
+    equal = parser.add_argument_group("equal work (without --framework)")
+    equal.add_argument("--memory-steps", type=int, default=5, help="steps per memory subprocess (0: no memory)")
+    equal.add_argument("--memory-repeats", type=int, default=3, help="memory subprocesses per variant (median)")
+    equal.add_argument("--students", nargs="+", help="teacher layers kept, per student (default: 1,5 1,3,5)")
+    equal.add_argument("--teacher", help="teacher directory (default: runs/sst2_teacher/model, else the MiniLM)")
+    equal.add_argument("--tiny", action="store_true", help="smoke run: a random BERT of hidden 32 and 2 layers")
+    equal.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    per_step = parser.add_argument_group("framework cost per step (--framework)")
+    per_step.add_argument("--repeats", type=int, default=3, help="runs per setting; the figures are their medians")
+    per_step.add_argument("--bar", action="store_true", help="also time the trainer with its progress bar")
+    per_step.add_argument("--batches", type=int, default=N_BATCHES, help="fixed batches used in turn")
+    per_step.add_argument("--profile", type=int, metavar="STEPS", help="profile STEPS trainer steps, print the top")
     args = parser.parse_args(argv)
+    defaults = {"rounds": 200, "warmup": 20, "out": RESULTS / "step_overhead.json"} if args.framework else {
+        "rounds": 20, "warmup": N_BATCHES, "out": RESULTS / "overhead.json"
+    }  # fmt: skip
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
     quiet()
+    args.threads = set_threads(args.threads or (1 if args.tiny or args.framework else None))
+    if args.framework:
+        return framework(args)
     args.students = args.students or (["1", "0,1"] if args.tiny else ["1,5", "1,3,5"])
-    args.threads = args.threads or (1 if args.tiny else torch.get_num_threads())
-    torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(child_memory(args.child, args.teacher, parse_layers(args.students[0]), args.memory_steps)))
         return {}
     with tempfile.TemporaryDirectory() as tmp:
-        path = tiny_model_dir(Path(tmp)) if args.tiny else args.teacher or default_teacher()
-        batches = make_batches(AutoTokenizer.from_pretrained(path), N_BATCHES, BATCH, SEQ)
+        path = tiny_model_dir(Path(tmp)) if args.tiny else args.teacher or teacher_source()[0]
+        batches = sst2_batches(AutoTokenizer.from_pretrained(path), N_BATCHES, BATCH, MAX_LEN, "max_length")
         load_before = loadavg()
         result = {
             "what": "one distillation training step (teacher fwd, student fwd+bwd, AdamW step) at equal work; "
@@ -378,7 +589,8 @@ def main(argv: list[str] | None = None) -> dict:
             "teacher cache off except in module-cache",
             "teacher": "tiny random BERT" if args.tiny else path,
             "adaptors": ADAPTORS,
-            "data": f"{N_BATCHES} batches of {BATCH} SST-2 train sentences padded to {SEQ}",
+            "data": f"{N_BATCHES} batches of {BATCH} SST-2 train sentences padded to {MAX_LEN}",
+            "label": args.label,
             "rounds": args.rounds,
             "warmup": args.warmup,
             "students": {},

@@ -24,9 +24,19 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.common import default_teacher, loadavg, quiet, save_result, sst2_examples, tiny_model_dir  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import (  # noqa: E402
+    ROOT,
+    add_threads,
+    loadavg,
+    quiet,
+    save_result,
+    set_threads,
+    sst2_examples,
+    teacher_source,
+    tiny_model_dir,
+    turns,
+)
 from bert.families import accepted_inputs  # noqa: E402
 from helper.inference import load_model, predict  # noqa: E402
 
@@ -58,17 +68,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", help="an exported classifier directory (default: the SST-2 teacher)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5, help="timed passes of each (default 5)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    add_threads(parser)
     parser.add_argument("--tiny", action="store_true", help="smoke run: a random BERT of hidden 32 and 2 layers")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict.json")
     args = parser.parse_args(argv)
     quiet()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
     examples = sst2_examples("test", TEST_SENTENCES)
     texts, labels = [t for _, t in examples], torch.tensor([y for y, _ in examples])
     with tempfile.TemporaryDirectory() as tmp:
-        path = tiny_model_dir(Path(tmp)) if args.tiny else args.model or default_teacher()
+        path = tiny_model_dir(Path(tmp)) if args.tiny else args.model or teacher_source()[0]
         model, tokenizer = load_model(path)
     model.eval()
     batches = sorted_batches(model, tokenizer, texts, args.batch_size)
@@ -78,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds: dict[str, list[float]] = {"predict": [], "forward": []}
     label_ids = None
     for r in range(args.repeats):
-        for name in ("predict", "forward") if r % 2 == 0 else ("forward", "predict"):
+        for name in turns(["predict", "forward"], r):
             start = time.perf_counter()
             if name == "predict":
                 label_ids, _ = predict(model, tokenizer, texts, args.batch_size, MAX_LENGTH, "cpu")
@@ -91,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": "tiny random BERT" if args.tiny else str(path),
         "texts": len(texts),
         "batch_size": args.batch_size,
-        "threads": torch.get_num_threads(),
+        "threads": threads,
         "rows_per_s": rows_s,
         "predict_over_forward": round(rows_s["predict"] / rows_s["forward"], 3),
         "seconds": {name: [round(x, 3) for x in s] for name, s in seconds.items()},

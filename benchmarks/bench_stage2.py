@@ -23,21 +23,23 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
-import transformers
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_e2e import (  # noqa: E402
+from benchmarks.common import (  # noqa: E402
     OPTIM,
     ROOT,
-    THREADS_HELP,
     TimedFit,
-    data_module,
-    models,
+    add_threads,
+    command,
+    loadavg,
+    quiet,
     rounded,
+    save_result,
+    set_threads,
+    sst2_data,
+    teacher_and_student,
     teacher_source,
+    turns,
 )
-from benchmarks.common import loadavg, save_result  # noqa: E402
 from bert.loading import load_tokenizer  # noqa: E402
 from helper.distiller import PredDistiller  # noqa: E402
 from helper.finetuner import ClfFinetune  # noqa: E402
@@ -47,7 +49,7 @@ PAIRS = {"head": False, "encoder": True}  # pair -> train_encoder
 
 def build(path: str, labels: list[str], alone: bool, train_encoder: bool):
     """The distiller (LogitMSE, cache on) or the student alone on hard labels, training the same parameters."""
-    teacher, student = models(path, labels, "sdpa")
+    teacher, student = teacher_and_student(path, labels, "sdpa")
     if alone and train_encoder:
         return ClfFinetune(student, optim=OPTIM)
     spec = ["HardCE"] if alone else ["LogitMSE"]
@@ -60,7 +62,7 @@ def measure(path: str, dm, train_encoder: bool, rounds: int) -> dict[str, list[f
     for run in runs.values():
         run.fit(1)
     for r in range(rounds):
-        for name in ("alone", "kd") if r % 2 == 0 else ("kd", "alone"):
+        for name in turns(["alone", "kd"], r):
             runs[name].fit(1)
     return {name: run.seconds for name, run in runs.items()}
 
@@ -70,15 +72,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, default=None, help="training examples (smoke run); default: all")
     parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS), help="default: both")
     parser.add_argument("--rounds", type=int, default=2, help="epochs after the first, per run (default: 2)")
-    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    add_threads(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "stage2.json")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
-    transformers.logging.set_verbosity_error()
+    quiet()
     path, note = teacher_source()
-    dm = data_module(load_tokenizer(path), args.limit, seed=0)
+    dm = sst2_data(load_tokenizer(path), args.limit, seed=0)
     n = len(dm.datasets["train"])
     load_before = loadavg()
     result = {
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seed": dm.cfg.seed,
         "rounds": args.rounds,
         "pairs": {},
-        "command": " ".join(["python", "benchmarks/bench_stage2.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command(__file__, argv),
     }
     print(f"{'pair':<8} {'alone e1 s':>10} {'KD e1 s':>8} {'alone later s':>13} {'KD later s':>10} {'ratio':>6}")
     for pair in args.pairs:

