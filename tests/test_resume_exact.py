@@ -18,7 +18,7 @@ import distillation_ms
 import distillation_ts_1st
 from helper import stages
 from helper.config import DistillationRunConfig, load_config
-from tests.conftest import ROOT, SHARED_DATA, run_overrides
+from tests.conftest import ROOT, run_overrides
 
 CONFIG = ROOT / "configs" / "distillation_ts_1st.yaml"
 STEPS_PER_EPOCH = 32 // 4  # clf_csv's 32 training examples in batches of 4
@@ -146,59 +146,49 @@ def test_ctrl_c_mid_epoch_then_resume_is_bit_identical(
 
 # Mix-step with the packaged MiniLM as teacher (6 layers, width 384), the teacher cache on (the default) and logits in
 # the losses: at this size fp32 results depend on the batch a row is computed in, which a tiny model does not show.
-def run_ms(tmp_path, clf_csv, teacher, name: str, **extra) -> None:
-    cfg = load_config(
-        DistillationRunConfig,
-        ROOT / "configs" / "distillation_ms.yaml",
-        ms_overrides(tmp_path, clf_csv, teacher, name, **extra),
-    )
-    distillation_ms.main(cfg)
 
 
-def ms_overrides(tmp_path, clf_csv, teacher, name: str, **extra) -> list[str]:
-    """64 SST-2 training sentences in random batches of 8 (an example meets other examples and paddings in every
-    epoch), the default adaptors."""
-    sst2 = SHARED_DATA / "sst2"
+class BatchDependentTeacher(pl.Callback):
+    """Makes the teacher's logits depend on the batch a row is computed in (as fp32 results of a real-size model do, in
+    their last bits): each row gets 1e-3 x the mean token id of its batch added."""
+
+    def on_fit_start(self, trainer, pl_module):
+        def hook(module, args, kwargs, output):
+            output.logits.add_(1e-3 * kwargs["input_ids"].float().mean())
+
+        pl_module.teachers[0].register_forward_hook(hook, with_kwargs=True)
+
+
+@pytest.mark.parametrize("interrupt_at", [5, 13])  # mid-epoch 1 and mid-epoch 2
+def test_resume_with_the_cache_on_refills_it_from_the_batches_before_the_interrupt(
+    interrupt_at, tmp_path, clf_csv, tiny_model_dir
+):
+    """The cache holds each example's teacher features as computed in its epoch-1 batch; a resumed run that refilled
+    it from the batches after the resume would train on other values (the resumed run replays the batches first)."""
     extra = {
-        "distill.adaptors": "[AttnMiniLM, ValMiniLM, LogitMSE]",
-        "data.source": "label_text",
-        "data.train": sst2 / "stsa.binary.train",
-        "data.validation": sst2 / "stsa.binary.dev",
-        "data.test": sst2 / "stsa.binary.test",
-        "data.limit_train": 64,
-        "data.limit_eval": 32,
-        "data.batch_size": 8,
-        "data.group_by_length": False,  # batches of other examples (and paddings) in every epoch
-        "trainer.monitor": "val/loss",  # the export is the last epoch's (val/acc may pick epoch 1's, before the kill)
-        **extra,
+        "distill.adaptors": "[LogitMSE, AttnMiniLM]",
+        "data.group_by_length": False,  # other batch mates in every epoch
+        "optim.lr": 1e-3,
     }
-    return overrides(tmp_path, clf_csv, teacher, name, **extra)
 
+    def ms(name: str, callbacks, **more) -> None:
+        args = overrides(tmp_path, clf_csv, tiny_model_dir, name, **extra, **more)
+        cfg = load_config(DistillationRunConfig, ROOT / "configs" / "distillation_ms.yaml", args)
+        real = stages.build_trainer
+        stages.build_trainer = lambda c, s, cbs=None: real(c, s, [*(cbs or []), BatchDependentTeacher(), *callbacks])
+        try:
+            distillation_ms.main(cfg)
+        finally:
+            stages.build_trainer = real
 
-@pytest.mark.slow
-def test_sigkill_then_resume_with_the_cache_on_a_real_size_teacher(tmp_path, clf_csv, minilm_path, shared_data):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    ms("reference", [])
+    handler = signal.getsignal(signal.SIGINT)
     try:
-        run_ms(tmp_path, clf_csv, minilm_path, "reference")
+        with pytest.raises(SystemExit):
+            ms("resumed", [SigintAt(interrupt_at)])
     finally:
-        torch.set_num_threads(threads)
-    args = ms_overrides(tmp_path, clf_csv, minilm_path, "killed")
-    script = KILLED.replace("distillation_ts_1st", "distillation_ms").replace(
-        "set_num_threads(1)", "set_num_threads(2)"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, "11", str(ROOT / "configs" / "distillation_ms.yaml"), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    torch.set_num_threads(2)
-    try:
-        run_ms(tmp_path, clf_csv, minilm_path, "killed", **{"trainer.resume": "last"})
-    finally:
-        torch.set_num_threads(threads)
-    reference = sha256(tmp_path / "reference" / "student" / "model.safetensors")
-    assert sha256(tmp_path / "killed" / "student" / "model.safetensors") == reference
-    state, want = final_state(tmp_path / "killed"), final_state(tmp_path / "reference")
+        signal.signal(signal.SIGINT, handler)
+    ms("resumed", [], **{"trainer.resume": "last"})
+    state, want = final_state(tmp_path / "resumed"), final_state(tmp_path / "reference")
     differ = [k for k in state if not torch.equal(state[k], want[k])]
     assert not differ, f"{len(differ)} of {len(state)} tensors differ, e.g. {differ[0]}"
