@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import lightning.pytorch as pl
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -61,7 +61,7 @@ from benchmarks.common import (  # noqa: E402
 from bert.families import model_inputs  # noqa: E402
 from bert.features import ModelDims  # noqa: E402
 from bert.loading import load_tokenizer  # noqa: E402
-from data.datamodule import ClfDataModule, Collator  # noqa: E402
+from data.data_module import ClfDataModule, Collator  # noqa: E402
 from helper.adaptors import build_adaptors  # noqa: E402
 from helper.distiller import BaseDistiller  # noqa: E402
 from helper.training import build_optimizer, build_scheduler  # noqa: E402

@@ -67,8 +67,8 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import lightning.pytorch as pl  # noqa: E402
-from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
+from pytorch_lightning.callbacks import ProgressBar  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
     BATCH,

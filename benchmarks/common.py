@@ -16,14 +16,14 @@ import time
 import warnings
 from pathlib import Path
 
-import lightning.pytorch as pl
+import pytorch_lightning as pl
 import torch
 import transformers
 from transformers import AutoTokenizer
 
 from bert.families import model_inputs
 from bert.loading import resolve_model_path
-from data.datamodule import ClfDataModule
+from data.data_module import ClfDataModule
 from helper.checkpoint import load_classifier
 from helper.config import DataConfig, InitFromConfig, OptimConfig, StudentConfig
 from helper.report import machine_info
@@ -177,7 +177,7 @@ def quiet() -> None:
     )
     import logging
 
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 
 
 def loadavg() -> float:

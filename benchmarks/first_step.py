@@ -29,7 +29,7 @@ def stamp(phase: str) -> None:
 
 def install() -> None:
     """Every Trainer built from now on gets a callback that stamps the first step and then ends the process."""
-    import lightning.pytorch as pl
+    import pytorch_lightning as pl
 
     class FirstStep(pl.Callback):
         def on_fit_start(self, trainer, pl_module) -> None:

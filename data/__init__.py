@@ -10,9 +10,9 @@ import importlib
 from typing import Any
 
 _HOME = {
-    "ClfDataModule": "data.datamodule",
-    "Collator": "data.datamodule",
-    "LengthGroupedBatchSampler": "data.datamodule",
+    "ClfDataModule": "data.data_module",
+    "Collator": "data.data_module",
+    "LengthGroupedBatchSampler": "data.data_module",
     "READERS": "data.sources",
     "load_data": "data.sources",
 }

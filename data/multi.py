@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bert.errors import UserError
 from bert.loading import load_tokenizer
-from data.datamodule import ClfDataModule, _example, tokenize_cached, tokenizer_id
+from data.data_module import ClfDataModule, _example, tokenize_cached, tokenizer_id
 from data.padding import pad_batch
 
 # Sources whose examples are rows with named columns; the others have one text (or a file per column: parallel).

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import random
 
-import lightning as L
+import pytorch_lightning as L
 import torch
 from torch.utils.data import DataLoader
 
 from bert.errors import UserError
 from data.config import TextDataConfig
-from data.datamodule import (
+from data.data_module import (
     Collator,
     EpochShuffle,
     LengthGroupedBatchSampler,

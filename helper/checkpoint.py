@@ -5,6 +5,7 @@ Lightning's own `.ckpt` files are already written atomically (fsspec transaction
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -94,6 +95,25 @@ def check_finite(model: torch.nn.Module, out: Path) -> None:
         )
 
 
+# What kd-clf's `get_model` switches on: output flags of a forward call, not part of a model. An export carrying them
+# would not load as sdpa (transformers 5 refuses output_attentions there); the recorder needs none of them.
+RUNTIME_FLAGS = ("output_attentions", "output_hidden_states", "output_values")
+
+
+@contextlib.contextmanager
+def runtime_flags_off(model: torch.nn.Module):
+    """`model.config`'s output flags off while it is saved, as they were afterwards."""
+    config = getattr(model, "config", None)
+    on = [k for k in RUNTIME_FLAGS if getattr(config, k, False) is True]
+    for k in on:
+        setattr(config, k, False)
+    try:
+        yield
+    finally:
+        for k in on:
+            setattr(config, k, True)
+
+
 def check_export_dir(out: Path) -> None:
     """An export replaces `out` only when it holds nothing but what `save_pretrained` writes; the stages check this
     before training too, so that a refusal costs no training time."""
@@ -124,7 +144,8 @@ def export_hf(model: torch.nn.Module, tokenizer, out_dir: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        model.save_pretrained(tmp, safe_serialization=True)
+        with runtime_flags_off(model):
+            model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for f in tmp.iterdir():

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import lightning.pytorch as pl
+import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -39,7 +39,11 @@ from bert.recorder import FeatureRecorder
 from helper.adaptors import Adaptor, LogitKL, build_adaptors
 from helper.config import DEFAULT_METRICS, DistillationRunConfig, OptimConfig, ShareConfig
 from helper.general_config import GeneralRunConfig
-from helper.hgckpt import HF_KEY, hf_export_info
+from helper.hgckpt import (
+    HF_KEY,
+    HgCkptIO,  # noqa: F401  (kd-clf's snippets import it from here)
+    hf_export_info,
+)
 from helper.metrics import Scorer, Scores
 from helper.teacher_cache import TeacherCache, with_stored_logits
 from helper.training import configure_optimizers, export_module

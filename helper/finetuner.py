@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import lightning.pytorch as pl
+import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
 
@@ -14,7 +14,11 @@ from bert.errors import UserError
 from bert.families import logits_of, model_inputs
 from bert.loading import name_labels
 from helper.config import DEFAULT_METRICS, OptimConfig
-from helper.hgckpt import HF_KEY, hf_export_info
+from helper.hgckpt import (
+    HF_KEY,
+    HgCkptIO,  # noqa: F401  (kd-clf's snippets import it from here)
+    hf_export_info,
+)
 from helper.metrics import Scorer, Scores
 from helper.training import configure_optimizers, export_module
 

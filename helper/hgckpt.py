@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 HF_KEY = "hf_export"  # what a module puts into its checkpoint so that the plugin can rebuild its model
@@ -42,9 +42,9 @@ class HgCkptIO(TorchCheckpointIO):
     def write_hf(state_dict: dict, info: dict, out: Path) -> Path:
         from transformers import AutoTokenizer
 
-        from helper.checkpoint import export_hf
+        from helper.checkpoint import RUNTIME_FLAGS, export_hf
 
-        config = dict(info["config"])
+        config = {k: v for k, v in info["config"].items() if k not in RUNTIME_FLAGS}
         model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
         prefix = info["prefix"]
         model.load_state_dict({k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)})

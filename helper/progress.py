@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 import time
 
-import lightning.pytorch as pl
-from lightning.pytorch.trainer.states import TrainerFn
+import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
 
 from data.progress import clock
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
+import pytorch_lightning as pl
 
 from bert.errors import UserError
 from bert.families import check_max_length, get_family
 from bert.loading import load_model_config, load_tokenizer, resolve_model_path
-from data.datamodule import ClfDataModule, tokenizer_id
+from data.data_module import ClfDataModule, tokenizer_id
 from helper.adaptors import ADAPTORS
 from helper.checkpoint import check_export_dir, load_classifier
 from helper.config import (

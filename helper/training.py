@@ -21,18 +21,18 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
+import pytorch_lightning as pl
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from bert.errors import UserError
 from helper.config import LoggerConfig, OptimConfig, TrainerConfig, save_config, to_dict
 from helper.progress import ProgressLines
 
 # Every Lightning Trainer advertises its cloud logger ("Tip: ... litlogger"); the stages choose their loggers.
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
 
 
 def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -161,7 +161,7 @@ _HELD: dict[Path, int] = {}  # run directory -> open file descriptor holding its
 
 def _rank_zero_env() -> bool:
     """Global rank 0 as far as the environment tells before the Trainer exists (DDP children have LOCAL_RANK set)."""
-    from lightning.fabric.utilities.rank_zero import _get_rank
+    from lightning_fabric.utilities.rank_zero import _get_rank
 
     return (_get_rank() or 0) == 0 and int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0))) == 0
 
@@ -402,7 +402,7 @@ def architecture(module: torch.nn.Module) -> dict[str, tuple]:
 
 
 def train_fingerprint(dm) -> dict | None:
-    from data.datamodule import split_fingerprint
+    from data.data_module import split_fingerprint
 
     datasets = getattr(dm, "datasets", None) or {}
     return split_fingerprint(datasets["train"]) if "train" in datasets else None

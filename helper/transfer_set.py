@@ -10,7 +10,7 @@ import time
 import torch
 
 from bert.errors import UserError
-from data.datamodule import ClfDataModule
+from data.data_module import ClfDataModule
 from data.progress import Progress
 from helper.config import TransferSetConfig
 from helper.inference import iter_logits

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import json
+
 import pytest
 import torch
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from pytorch_lightning import Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from bert.errors import UserError
-from data.datamodule import ClfDataModule
+from data.data_module import ClfDataModule
 from helper.distiller import BaseDistiller, InterDistiller, PredDistiller
 from helper.finetuner import ClfFinetune
 from helper.hgckpt import HgCkptIO
@@ -193,3 +196,163 @@ def test_any_module_teacher(dataset_dict, tiny_model_dir):
     with pytest.raises(UserError, match="the number of labels is unknown: no model has a `.config`") as err:
         BaseDistiller(teacher, MeanPool(student.config.vocab_size), ["LogitMSE"])
     assert "\n" not in str(err.value)
+
+
+# kd-clf's README snippets as written there (fine-tune, mix-step, two-step); only the model names and the data set
+# (`load_dataset` returns an in-memory DatasetDict) differ. Trainer defaults are shortened by the test.
+KD_CLF_FINETUNE = """
+from datasets import load_dataset
+from pytorch_lightning import Trainer
+from data.data_module import ClfDataModule
+from helper.finetuner import ClfFinetune, HgCkptIO
+from pytorch_lightning.callbacks import ModelCheckpoint
+from transformers import AutoModelForSequenceClassification
+
+model_name = TEACHER
+
+dataset = load_dataset('tweet_eval', 'sentiment')
+model = AutoModelForSequenceClassification.from_pretrained(model_name, num_labels=3)
+dm = ClfDataModule(dataset, tokenizer=model_name)
+
+fintuner = ClfFinetune(model, dm)
+
+trainer = Trainer(
+    plugins=[HgCkptIO()],
+    callbacks=[ModelCheckpoint(monitor='val_loss',mode='min')]
+)
+
+trainer.fit(fintuner, dm)
+"""
+
+GET_MODEL = """
+def get_model(name, num_labels):
+    model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=num_labels)
+    model.config.output_attentions = True
+    model.config.output_hidden_states = True
+    model.config.output_values = True
+
+    return model
+"""
+
+KD_CLF_MIX_STEP = (
+    """
+from datasets import load_dataset
+from pytorch_lightning import Trainer
+from data.data_module import ClfDataModule
+from helper.distiller import BaseDistiller, HgCkptIO
+from pytorch_lightning.callbacks import ModelCheckpoint
+from transformers import AutoModelForSequenceClassification
+"""
+    + GET_MODEL
+    + """
+teacher_model = TEACHER
+student_model = STUDENT
+
+adaptors = [
+  'AttnMiniLM',
+  'ValMiniLM',
+  'LogitMSE',
+]
+
+dataset = load_dataset('tweet_eval', 'sentiment')
+teacher = get_model(teacher_model, num_labels=3)
+student = get_model(student_model, num_labels=3)
+
+dm = ClfDataModule(dataset, tokenizer=teacher_model)
+
+distiller = BaseDistiller(teacher, student, adaptors, dm)
+
+trainer = Trainer(
+    plugins=[HgCkptIO()],
+    callbacks=[ModelCheckpoint(monitor='val_loss',mode='min')]
+)
+
+trainer.fit(distiller, dm)
+"""
+)
+
+KD_CLF_TWO_STEP = (
+    """
+from datasets import load_dataset
+from pytorch_lightning import Trainer
+from data.data_module import ClfDataModule
+from helper.distiller import InterDistiller, PredDistiller, HgCkptIO
+from pytorch_lightning.callbacks import ModelCheckpoint
+from transformers import AutoModelForSequenceClassification
+"""
+    + GET_MODEL
+    + """
+teacher_model = TEACHER
+student_model = STUDENT
+
+adaptors_1 = ['AttnMiniLM','ValMiniLM',]
+adaptors_2 = ['LogitMSE']
+
+dataset = load_dataset('tweet_eval', 'sentiment')
+teacher = get_model(teacher_model, num_labels=3)
+student = get_model(student_model, num_labels=3)
+
+dm = ClfDataModule(dataset, tokenizer=teacher_model)
+
+distiller_1 = InterDistiller(teacher, student, adaptors_1, dm)
+
+trainer_1 = Trainer(
+    plugins=[HgCkptIO()],
+    callbacks=[ModelCheckpoint(dirpath='student_1st', monitor='val_loss',mode='min', save_last=True)]
+)
+
+trainer_1.fit(distiller_1, dm)
+
+distiller_2 = PredDistiller(teacher, student, ['LogitMSE'], dm)
+
+trainer_2 = Trainer(
+    plugins=[HgCkptIO()],
+    callbacks=[ModelCheckpoint(dirpath='student_2nd', monitor='val_loss',mode='min', save_last=True)]
+)
+
+trainer_2.fit(distiller_2, dm)
+"""
+)
+
+
+@pytest.fixture
+def kd_clf(tmp_path, monkeypatch, minilm_path):
+    """Eager tiny models (kd-clf's `get_model` sets `output_attentions`, which transformers 5 allows on eager models
+    only), a 3-label in-memory data set for `load_dataset`, short Trainer defaults, and the run in `tmp_path`."""
+    import pytorch_lightning
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from tests.conftest import NEGATIVE, POSITIVE, tiny_bert_config
+
+    names = {}
+    for role, layers in (("TEACHER", 2), ("STUDENT", 1)):
+        out = tmp_path / role.lower()
+        torch.manual_seed(0)
+        BertForSequenceClassification(tiny_bert_config(num_hidden_layers=layers, num_labels=3)).save_pretrained(out)
+        config = json.loads((out / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps({**config, "attn_implementation": "eager"}))
+        AutoTokenizer.from_pretrained(minilm_path).save_pretrained(out)
+        names[role] = str(out)
+    texts = POSITIVE + NEGATIVE + ["it is a film", "some scenes, some actors"]
+    labels = [2] * len(POSITIVE) + [0] * len(NEGATIVE) + [1, 1]
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "neu", "pos"])}
+    )
+    split = datasets.Dataset.from_dict({"text": texts * 2, "label": labels * 2}, features=features)
+    dataset = datasets.DatasetDict(train=split, validation=split, test=split)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: dataset)
+    short = {**TRAINER, "max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1}
+    short.pop("logger")
+    monkeypatch.setattr(pytorch_lightning, "Trainer", functools.partial(pytorch_lightning.Trainer, **short))
+    monkeypatch.chdir(tmp_path)
+    return names
+
+
+@pytest.mark.parametrize("snippet", [KD_CLF_FINETUNE, KD_CLF_MIX_STEP, KD_CLF_TWO_STEP], ids=["finetune", "mix", "two"])
+def test_kd_clf_readme_snippets_run_as_written(snippet, kd_clf, tmp_path):
+    namespace = dict(kd_clf)
+    exec(compile(snippet, "kd-clf README", "exec"), namespace)
+    hf_dirs = sorted(p.name for p in tmp_path.rglob("*_hf") if (p / "model.safetensors").is_file())
+    assert hf_dirs  # HgCkptIO wrote a loadable Hugging Face directory beside the checkpoints
+    if snippet is KD_CLF_TWO_STEP:
+        assert (tmp_path / "student_1st" / "last_hf").is_dir() and (tmp_path / "student_2nd" / "last_hf").is_dir()

@@ -237,8 +237,8 @@ def test_reading_and_checking_configs_imports_no_heavy_package():
         "from helper.config import DistillationRunConfig, FinetuneConfig, load_config\n"
         f"for cls, name in {[(c.__name__, f) for c, f in STAGES.values()]!r}:\n"
         "    load_config(eval(cls), 'configs/' + name, ['data.batch_size=4'])\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning', 'transformers', 'numpy', "
-        "'datasets', 'wandb'}))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning', 'pytorch_lightning', "
+        "'transformers', 'numpy', 'datasets', 'wandb'}))\n"
     )
     proc, _ = _run(["-c", code])
     assert proc.returncode == 0, proc.stderr

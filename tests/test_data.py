@@ -9,14 +9,14 @@ from collections import Counter
 
 import pytest
 import torch
-from lightning.fabric.utilities.data import _replace_dunder_methods
-from lightning.pytorch.utilities.data import _update_dataloader
+from lightning_fabric.utilities.data import _replace_dunder_methods
+from pytorch_lightning.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from transformers import BertTokenizer
 
 from bert.errors import UserError
-from data import datamodule, sources
-from data.datamodule import ClfDataModule
+from data import data_module, sources
+from data.data_module import ClfDataModule
 from data.sources import load_data
 from helper.config import DataConfig
 
@@ -246,7 +246,7 @@ def test_second_setup_hits_the_cache(tmp_path, tokenizer, monkeypatch):
     (tmp_path / "cache").rename(tmp_path / "aside")
     second = setup_dm(cfg, tokenizer)  # from memory
     (tmp_path / "aside").rename(tmp_path / "cache")
-    monkeypatch.setattr(datamodule, "_MEMORY", {})
+    monkeypatch.setattr(data_module, "_MEMORY", {})
     third = setup_dm(cfg, tokenizer)  # from disk
     for dm in (second, third):
         assert torch.equal(dm.datasets["train"].enc["input_ids"], first.datasets["train"].enc["input_ids"])

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import pytest
+import pytorch_lightning as pl
 import torch
 from transformers import AutoTokenizer, BertForSequenceClassification
 
 from bert.errors import UserError
 from bert.families import model_inputs
 from bert.features import TOKEN_AXES, ModelDims
-from data.datamodule import ClfDataModule, Collator
+from data.data_module import ClfDataModule, Collator
 from helper.adaptors import build_adaptors
 from helper.config import DataConfig, InitFromConfig, OptimConfig, StudentConfig
 from helper.distiller import BaseDistiller, InterDistiller, PredDistiller, head_parameters
@@ -294,7 +294,7 @@ def test_cache_respects_its_memory_bound_and_the_teacher_covers_the_rest(dm):
 
 
 def test_training_logs_only_the_steps_the_loggers_write(tmp_path, dm):
-    from lightning.pytorch.loggers import CSVLogger
+    from pytorch_lightning.loggers import CSVLogger
 
     distiller = make(BaseDistiller, ["AttnMiniLM", "LogitMSE"])
     trainer = pl.Trainer(

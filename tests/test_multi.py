@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import csv
 
-import lightning.pytorch as pl
 import pytest
+import pytorch_lightning as pl
 import torch
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 import distillation_ms
 from bert.errors import UserError
 from data.config import DataConfig
-from data.datamodule import ClfDataModule
+from data.data_module import ClfDataModule
 from data.multi import MultiDataModule
 from helper.config import DistillationRunConfig, InitFromConfig, OptimConfig, StudentConfig, load_config
 from helper.distiller import MultiDistiller, Student, Teacher, tie_shared

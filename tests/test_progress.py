@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import re
 
-import lightning.pytorch as pl
+import pytorch_lightning as pl
 import torch
 from transformers import BertForSequenceClassification
 
 from data.config import DataConfig
-from data.datamodule import ClfDataModule
+from data.data_module import ClfDataModule
 from helper.finetuner import ClfFinetune
 from helper.progress import ProgressLines
 from tests.conftest import tiny_bert_config

@@ -10,8 +10,8 @@ import signal
 import subprocess
 import sys
 
-import lightning.pytorch as pl
 import pytest
+import pytorch_lightning as pl
 import torch
 
 import distillation_ms
@@ -26,7 +26,7 @@ STEPS_PER_EPOCH = 32 // 4  # clf_csv's 32 training examples in batches of 4
 # Runs in a subprocess: the run of `argv[3:]`, killed with SIGKILL at the end of training step `argv[1]`.
 KILLED = """
 import os, signal, sys
-import lightning.pytorch as pl, torch
+import pytorch_lightning as pl, torch
 from helper import stages
 import distillation_ms
 import distillation_ts_1st

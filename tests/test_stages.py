@@ -10,8 +10,8 @@ import subprocess
 import sys
 import warnings
 
-import lightning.pytorch as pl
 import pytest
+import pytorch_lightning as pl
 import torch
 from safetensors.torch import load_file
 from torch.nn import functional as F
@@ -24,7 +24,7 @@ import helper.distiller as distiller_module
 from bert.errors import UserError
 from bert.families import model_inputs
 from data.config import DataConfig
-from data.datamodule import ClfDataModule
+from data.data_module import ClfDataModule
 from helper import stages
 from helper.config import DistillationRunConfig, load_config
 from helper.distiller import head_parameters
@@ -187,7 +187,7 @@ def test_no_notices_about_our_own_settings(tmp_path, clf_csv, tiny_model_dir):
     seen: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())
-    lightning_log = logging.getLogger("lightning.pytorch")
+    lightning_log = logging.getLogger("pytorch_lightning")
     level = lightning_log.level  # the benchmarks' helpers silence Lightning
     lightning_log.addHandler(handler)
     lightning_log.setLevel(logging.INFO)

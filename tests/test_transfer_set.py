@@ -5,11 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import lightning.pytorch as pl
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import pytorch_lightning as pl
 import torch
 from transformers import AutoTokenizer, BertForSequenceClassification
 
@@ -19,7 +19,7 @@ import transfer_set
 from bert.errors import UserError
 from bert.features import Features, ModelDims
 from data.config import DataConfig
-from data.datamodule import ClfDataModule
+from data.data_module import ClfDataModule
 from data.transfer import COLUMNS, SOURCES, write_transfer
 from helper.adaptors import build_adaptors
 from helper.config import (

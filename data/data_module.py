@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
-import lightning as L
+import pytorch_lightning as L
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
