@@ -14,6 +14,7 @@ import io
 import sys
 import textwrap
 import tokenize
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -598,3 +599,130 @@ def run_cli(cls: type, config_file: str, main: Callable[[Any], object], argv: li
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# docs/configuration.md: the same listing as `--help`, as Markdown tables (`python docs/make_config_reference.py`)
+
+# (script, config class name, YAML file in configs/), in the order the page lists them
+REFERENCE_STAGES = (
+    ("finetune.py", "FinetuneConfig", "finetune.yaml"),
+    ("distillation_ms.py", "DistillationRunConfig", "distillation_ms.yaml"),
+    ("distillation_ts_1st.py", "DistillationRunConfig", "distillation_ts_1st.yaml"),
+    ("distillation_ts_2nd.py", "DistillationRunConfig", "distillation_ts_2nd.yaml"),
+    ("transfer_set.py", "TransferSetConfig", "transfer_set.yaml"),
+    ("distillation_general.py", "GeneralRunConfig", "distillation_general.yaml"),
+)
+
+
+def _type_text(tp: Any) -> str:
+    if tp is Any:
+        return "any"
+    if tp is type(None):
+        return "None"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " | ".join(dict.fromkeys(type(a).__name__ for a in args))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_text(a) for a in args)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_text(a) for a in args)}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _list_item_section(tp: Any) -> type | None:
+    """The dataclass of a `list[Section]` in `tp` (`list[StudentSpec] | None` -> StudentSpec), else None."""
+    for arg in (tp, *typing.get_args(tp)):
+        if typing.get_origin(arg) is list and typing.get_args(arg) and dataclasses.is_dataclass(typing.get_args(arg)[0]):
+            return typing.get_args(arg)[0]
+    return None
+
+
+def _doc(cls: type) -> str:
+    doc = cls.__dict__.get("__doc__") or ""
+    return "" if doc.startswith(cls.__name__ + "(") else " ".join(doc.split())  # not dataclass's generated one
+
+
+def _sections(tp: Any, where: str) -> list[tuple[str, type]]:
+    """(dotted place, section class) of the sections in `tp` and nested in them, for their docstrings."""
+    out = []
+    for sub, place in ((_section_type(tp), where), (_list_item_section(tp), where + "[]")):
+        if sub is not None:
+            out.append((place, sub))
+            hints = type_hints(sub)
+            out += [s for f in dataclasses.fields(sub) for s in _sections(hints[f.name], f"{place}.{f.name}")]
+    return out
+
+
+def config_rows(cfg: Any) -> list[tuple[str, str, str, str, str]]:
+    """(dotted key, type, value, what it must be, comment) for every key of `cfg` and of its sections, as `--help`
+    lists them, plus the keys of list entries (`students[].key`), with their code defaults."""
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def walk(obj: Any, cls: type, prefix: str) -> None:
+        hints, rules, comments = type_hints(cls), getattr(cls, "RULES", {}), field_comments(cls)
+        for f in dataclasses.fields(cls):
+            value = getattr(obj, f.name) if obj is not None else field_default(f)
+            sub, item = _section_type(hints[f.name]), _list_item_section(hints[f.name])
+            if typing.get_origin(hints[f.name]) is Literal:
+                what = " | ".join(map(str, typing.get_args(hints[f.name])))
+            elif f.name in rules and rules[f.name] not in (TEXT, TEXT_OR_NONE):
+                what = str(rules[f.name])
+            else:
+                what = ""
+            shown = "(required)" if value is dataclasses.MISSING else _yaml_value(value)
+            if not (sub is not None and prefix == ""):
+                rows.append((prefix + f.name, _type_text(hints[f.name]), shown, what, comments.get(f.name, "")))
+            if sub is not None:
+                walk(value if isinstance(value, sub) else None, sub, prefix + f.name + ".")
+            if item is not None:
+                walk(None, item, prefix + f.name + "[].")
+
+    walk(cfg, type(cfg), "")
+    return rows
+
+
+def config_reference() -> str:
+    """docs/configuration.md: every stage's keys (type, value in its YAML file else the code default, what it must be,
+    comment), one table per section; a section identical to one listed before points to it."""
+    import helper.general_config as general_config  # it imports this module
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    out = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated from the config classes by `python docs/make_config_reference.py`; do not edit by hand. -->",
+        "",
+        "Generated from the config classes (`helper/config.py`, `helper/general_config.py`, `data/config.py`,",
+        "`data/augment.py`, `data/generate.py`) and the stage YAML files in `configs/`, as `python <stage>.py --help`",
+        "lists them. **value** is the stage's: its YAML file's, else the code default (list entries such as",
+        "`students[]`: the code default). **must be**: the choices or range checked when the config is read.",
+        "Refresh with `python docs/make_config_reference.py`; `tests/test_docs.py` fails when this page is stale.",
+        "How YAML files and `section.key=value` overrides work: [stages.md](stages.md#configuration).",
+    ]
+    seen: dict[tuple, str] = {}
+    for script, cls_name, config_file in REFERENCE_STAGES:
+        cls = globals().get(cls_name) or getattr(general_config, cls_name)
+        cfg = load_config(cls, ROOT / "configs" / config_file)
+        out += ["", f"## {script}", "", f"`{cls_name}`, values from `configs/{config_file}`, else the code defaults."]
+        groups: dict[str, list] = {}
+        for row in config_rows(cfg):
+            groups.setdefault(row[0].split(".")[0].removesuffix("[]"), []).append(row)
+        same: dict[str, list[str]] = {}  # earlier stage -> sections listed there with the same keys and values
+        for section, rows in groups.items():
+            if (section, tuple(rows)) in seen:
+                same.setdefault(seen[section, tuple(rows)], []).append(f"`{section}`")
+        if same:
+            links = [f"{', '.join(s)} as in [{where}](#{where.replace('.', '')})" for where, s in same.items()]
+            out += ["", f"Same keys and values: {'; '.join(links)}."]
+        for section, rows in groups.items():
+            if (section, tuple(rows)) in seen:
+                continue
+            seen[section, tuple(rows)] = script
+            out += ["", f"### {script}: `{section}`", ""]
+            docs = [f"- `{where}`: {_doc(sub)}" for where, sub in _sections(type_hints(cls)[section], section) if _doc(sub)]
+            out += [*docs, *([""] if docs else []), "| key | type | value | must be | comment |", "|---|---|---|---|---|"]
+            out += [f"| `{k}` | {cell(t)} | `{cell(v)}` | {cell(w)} | {cell(c)} |" for k, t, v, w, c in rows]
+    return "\n".join(out) + "\n"
