@@ -633,8 +633,9 @@ def _type_text(tp: Any) -> str:
 def _list_item_section(tp: Any) -> type | None:
     """The dataclass of a `list[Section]` in `tp` (`list[StudentSpec] | None` -> StudentSpec), else None."""
     for arg in (tp, *typing.get_args(tp)):
-        if typing.get_origin(arg) is list and typing.get_args(arg) and dataclasses.is_dataclass(typing.get_args(arg)[0]):
-            return typing.get_args(arg)[0]
+        items = typing.get_args(arg) if typing.get_origin(arg) is list else ()
+        if items and dataclasses.is_dataclass(items[0]):
+            return items[0]
     return None
 
 
@@ -722,7 +723,7 @@ def config_reference() -> str:
                 continue
             seen[section, tuple(rows)] = script
             out += ["", f"### {script}: `{section}`", ""]
-            docs = [f"- `{where}`: {_doc(sub)}" for where, sub in _sections(type_hints(cls)[section], section) if _doc(sub)]
-            out += [*docs, *([""] if docs else []), "| key | type | value | must be | comment |", "|---|---|---|---|---|"]
+            docs = [f"- `{at}`: {_doc(sub)}" for at, sub in _sections(type_hints(cls)[section], section) if _doc(sub)]
+            out += [*docs, *[""][: len(docs)], "| key | type | value | must be | comment |", "|---|---|---|---|---|"]
             out += [f"| `{k}` | {cell(t)} | `{cell(v)}` | {cell(w)} | {cell(c)} |" for k, t, v, w, c in rows]
     return "\n".join(out) + "\n"
