@@ -81,7 +81,7 @@ def test_python_blocks(where, code, run):
     compile(code, where, "exec")  # every block is at least valid Python
     if run:
         proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"{where} failed (mark it `<!-- not run: why -->` if it cannot run):\n{proc.stderr}"
+        assert proc.returncode == 0, f"{where} failed (mark it `<!-- not run: why -->` if it cannot):\n{proc.stderr}"
 
 
 def test_python_blocks_found():
