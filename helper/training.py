@@ -170,9 +170,15 @@ def _logger(name: str, cfg: LoggerConfig, out: Path, stage: str) -> Logger | Non
     if name == "mlflow":
         from pytorch_lightning.loggers import MLFlowLogger
 
-        uri = f"file:{(out / 'mlruns').absolute()}"
+        # A SQLite store: MLflow 3 refuses its file store (`file:./mlruns`) unless MLFLOW_ALLOW_FILE_STORE is set.
+        uri = f"sqlite:///{(out / 'mlflow.db').absolute()}"
         print(f"mlflow: logging to {uri} (view with `mlflow ui --backend-store-uri {uri}`)")
-        return MLFlowLogger(experiment_name=cfg.project, run_name=cfg.run_name or stage, tracking_uri=uri)
+        return MLFlowLogger(
+            experiment_name=cfg.project,
+            run_name=cfg.run_name or stage,
+            tracking_uri=uri,
+            artifact_location=(out / "mlruns").absolute().as_uri(),
+        )
     from pytorch_lightning.loggers import CometLogger
 
     print(f"comet: logging offline to {out / 'comet'} (upload later with `comet upload`)")
