@@ -181,10 +181,10 @@ def _logger(name: str, cfg: LoggerConfig, out: Path, stage: str) -> Logger | Non
         )
     from pytorch_lightning.loggers import CometLogger
 
+    # Offline unless COMET_START_ONLINE says otherwise (Lightning's `online=False` would disable the experiment).
+    os.environ.setdefault("COMET_START_ONLINE", "false")
     print(f"comet: logging offline to {out / 'comet'} (upload later with `comet upload`)")
-    return CometLogger(
-        project=cfg.project, name=cfg.run_name or stage, online=False, offline_directory=str(out / "comet")
-    )
+    return CometLogger(project=cfg.project, name=cfg.run_name or stage, offline_directory=str(out / "comet"))
 
 
 def build_loggers(cfg: LoggerConfig, out: Path, stage: str, config_obj) -> list:

@@ -407,3 +407,11 @@ def test_a_logger_without_its_package_is_one_line_before_any_model_loads(tmp_pat
     with pytest.raises(UserError) as err:
         run("ms", tmp_path, clf_csv, str(tmp_path / "no_such_teacher"), **{"logger.loggers": "[csv, comet]"})
     assert str(err.value) == "logger.loggers: comet needs its package: pip install comet-ml"
+
+
+def test_comet_logs_offline_into_the_run_directory(tmp_path, clf_csv, tiny_model_dir, monkeypatch):
+    pytest.importorskip("comet_ml")
+    monkeypatch.delenv("COMET_API_KEY", raising=False)
+    run("ms", tmp_path, clf_csv, tiny_model_dir, **{"logger.loggers": "[csv, comet]"})
+    (archive,) = (tmp_path / "distill_ms" / "comet").glob("*.zip")  # comet's offline experiment, for `comet upload`
+    assert archive.stat().st_size > 0
