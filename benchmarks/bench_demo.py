@@ -45,7 +45,7 @@ def overrides(script: str, out: Path, teacher_dir: Path, smoke: dict | None) -> 
     if smoke is not None:
         args |= {f"data.{k}": v for k, v in smoke["data"].items()}
         args |= {"data.source": "csv", "data.batch_size": 8, "data.max_length": 16, "trainer.max_epochs": 1}
-        args |= {"trainer.accelerator": "cpu", "trainer.devices": 1, "logger.wandb": False}
+        args |= {"trainer.accelerator": "cpu", "trainer.devices": 1, "logger.loggers": "[csv]"}
         if script == "finetune.py":
             args["model.name"] = smoke["model"]
         else:

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = loadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     texts = write_texts(args.out)
-    common = ["logger.wandb=false", f"logger.output_dir={args.out}", *args.extra]
+    common = ["logger.loggers=[csv]", f"logger.output_dir={args.out}", *args.extra]
     general = [
         "distillation_general.py", f"data.train={texts}", f"trainer.max_epochs={args.general_epochs}",
         "logger.run_name=general", *common, *args.general_extra,

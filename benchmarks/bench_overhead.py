@@ -426,7 +426,7 @@ def measure_memory(path: str, layers: list[int], steps: int, threads: int, repea
 def stage_trainer(callbacks: list, steps: int, out: Path, bar: bool) -> pl.Trainer:
     """The Trainer `distillation_ms.py` builds (CSV log, no wandb), stopping after `steps`, with no validation."""
     cfg = DistillationRunConfig()
-    cfg.logger.output_dir, cfg.logger.wandb = str(out), False
+    cfg.logger.output_dir, cfg.logger.loggers = str(out), ["csv"]
     cfg.trainer.max_steps, cfg.trainer.max_epochs, cfg.trainer.limit_val_batches = steps, 1, 0
     cfg.trainer.accelerator = "cpu"
     trainer, _, _ = build_trainer(cfg, "step_overhead", callbacks)

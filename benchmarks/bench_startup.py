@@ -33,7 +33,7 @@ TARGET_S = 8.0
 def smoke_args(out: Path) -> dict[str, str]:
     """Tiny csv data (train 32, validation 16), wandb off."""
     paths = smoke_csv(out, {"train": 32, "validation": 16})
-    return {"data.source": "csv", "data.max_length": "16", "logger.wandb": "false"} | {
+    return {"data.source": "csv", "data.max_length": "16", "logger.loggers": "[csv]"} | {
         f"data.{split}": path for split, path in paths.items()
     }
 

@@ -71,7 +71,7 @@ def command(args, name: str, seed: int, overrides: list[str], epochs: int) -> tu
     report = name.startswith("bilstm") and seed == args.seeds[0]  # size and speed of the BiLSTM against the teacher
     cmd = [
         "distillation_ms.py", *DATA[args.data], *overrides, *teacher_overrides(args.teacher),
-        f"trainer.max_epochs={epochs}", f"trainer.seed={seed}", "logger.wandb=false",
+        f"trainer.max_epochs={epochs}", f"trainer.seed={seed}", "logger.loggers=[csv]",
         f"logger.output_dir={args.out}", f"logger.run_name={run_name}", f"distill.report={str(report).lower()}",
         *args.extra,
     ]  # fmt: skip

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import inspect
 import io
+import math
 import sys
 import textwrap
 import tokenize
@@ -66,14 +67,33 @@ class ModelConfig(Section):
 @dataclass
 class OptimConfig(Section):
     SECTION = "optim"
-    RULES = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "momentum": FRACTION, "warmup_ratio": FRACTION}
+    RULES = {
+        "lr": POSITIVE,
+        "weight_decay": NON_NEGATIVE,
+        "momentum": FRACTION,
+        "betas": Check(lambda v: len(v) == 2 and all(FRACTION.ok(b) for b in v), "two numbers in [0, 1)"),
+        "eps": POSITIVE,
+        "warmup_ratio": FRACTION,
+        "warmup_epochs": Num(0, lo_open=True, none=True),
+    }
 
     name: Literal["adamw", "adam", "sgd"] = "adamw"  # optimiser; no weight decay on biases and LayerNorm
     lr: float = 5e-5  # peak learning rate
     weight_decay: float = 0.01  # decoupled for adamw, L2 for adam and sgd
     momentum: float = 0.9  # sgd only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam and adamw only: moment decay rates
+    eps: float = 1e-8  # adam and adamw only: added to the denominator
     schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after the warm-up
     warmup_ratio: float = 0.1  # fraction of the optimiser steps spent warming up from 0
+    warmup_epochs: float | None = None  # warm up over this many epochs instead (then warmup_ratio must be 0)
+
+    def check(self) -> None:
+        if self.warmup_epochs is not None and self.warmup_ratio != 0:
+            self.fail(
+                "warmup_epochs",
+                f"{self.warmup_epochs:g} with optim.warmup_ratio {self.warmup_ratio:g}: warm up by one of them "
+                "(set optim.warmup_ratio=0 to use optim.warmup_epochs)",
+            )
 
 
 # `trainer.metrics` names -> the key they are logged under (`val/<key>`); helper/metrics.py builds them.
@@ -124,6 +144,7 @@ class TrainerConfig(Section):
         "num_nodes": AT_LEAST_1,
         "accumulate_grad_batches": AT_LEAST_1,
         "gradient_clip_val": Num(0, lo_open=True, none=True),
+        "grad_norm_type": Num(0, lo_open=True, also=(math.inf,)),
         "early_stopping_patience": AT_LEAST_1_OR_NONE,
         "val_check_interval": BATCHES,
         "limit_train_batches": BATCHES,
@@ -143,6 +164,7 @@ class TrainerConfig(Section):
     precision: Literal["32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32"  # 16-mixed: CUDA only
     accumulate_grad_batches: int = 1  # batches per optimiser step
     gradient_clip_val: float | None = None  # clip the gradient norm to this; None: no clipping
+    grad_norm_type: float = 2.0  # the p of the gradient norm that is clipped and logged (2, inf, any p > 0)
     deterministic: bool = False  # torch deterministic algorithms (slower)
     # val/<metric> (val/acc, val/f1, val/mcc, ...: the first validation set's), val/<set>/<metric> for one of several
     # validation sets, val/<student key>/<metric> or val/mean/<metric> with several students, or val/loss
@@ -188,17 +210,23 @@ def _run_name_ok(v: Any) -> bool:
     return v is None or (TEXT.ok(v) and not any(c in v for c in "/\\") and v not in (".", ".."))
 
 
+LoggerName = Literal["wandb", "csv", "tensorboard", "mlflow", "comet"]  # helper/training.py builds them
+
+
 @dataclass
 class LoggerConfig(Section):
     SECTION = "logger"
     RULES = {
+        "loggers": Check(lambda v: bool(v) and len(set(v)) == len(v), "a non-empty list of distinct logger names"),
         "project": TEXT,
         "run_name": Check(_run_name_ok, "None or a directory name (no / or \\)"),
         "output_dir": TEXT,
     }
 
-    wandb: bool = True  # log to Weights & Biases (offline without credentials); the CSV log is always written
-    project: str = "bert-distill"  # wandb project
+    # Any of wandb, csv, tensorboard, mlflow, comet: each writes under the run directory, offline without credentials;
+    # tensorboard, mlflow and comet need their package (pip install tensorboard / mlflow / comet-ml).
+    loggers: list[LoggerName] = field(default_factory=lambda: ["wandb", "csv"])  # where the metrics are logged
+    project: str = "bert-distill"  # wandb and comet project, mlflow experiment
     run_name: str | None = None  # defaults to the stage name
     output_dir: str = "runs"  # the run directory is <output_dir>/<run_name>
 

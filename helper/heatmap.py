@@ -1,5 +1,5 @@
 """`AttentionHeatmap`: a callback drawing teacher-vs-student last-layer attention of one fixed validation example at
-each validation, as a PNG under the run directory and a wandb image."""
+each validation, as a PNG under the run directory and a wandb or TensorBoard image."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from bert.families import model_inputs
 from bert.features import ModelDims
@@ -68,9 +69,11 @@ class AttentionHeatmap(pl.Callback):
             image.save(
                 self.out_dir / f"epoch{trainer.current_epoch:02d}_step{trainer.global_step}.png", compress_level=1
             )
-        for logger in trainer.loggers:
+        for logger in trainer.loggers:  # wandb and TensorBoard take images; the other loggers are skipped
             if hasattr(logger, "log_image"):
                 logger.log_image(key="attention", images=[image], step=trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("attention", np.asarray(image), trainer.global_step, dataformats="HWC")
 
 
 def _attention_map(attn, head: int | None, n: int):

@@ -6,6 +6,7 @@ import atexit
 import concurrent.futures
 import fcntl
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.loggers.logger import Logger
 
 from bert.errors import UserError
 from helper.config import LoggerConfig, OptimConfig, TrainerConfig, save_config, to_dict
@@ -49,12 +51,18 @@ def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg:
     # The fused kernel: one pass over all parameters (8.7 ms instead of 74 ms per AdamW step of MiniLM-L6 on 2 cores).
     fused = all(p.device.type in ("cpu", "cuda") for p in decay + no_decay)
     adam = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return adam(groups, lr=cfg.lr, fused=fused or None)
+    return adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> dict:
-    """Linear warm-up over `warmup_ratio` of `total_steps`, then linear or cosine decay to 0 (or constant)."""
-    warmup = int(cfg.warmup_ratio * total_steps)
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, steps_per_epoch: int | None = None
+) -> dict:
+    """Linear warm-up over `warmup_ratio` of `total_steps` (or `warmup_epochs` x `steps_per_epoch`), then linear or
+    cosine decay to 0 (or constant)."""
+    if cfg.warmup_epochs is None:
+        warmup = int(cfg.warmup_ratio * total_steps)
+    else:
+        warmup = int(cfg.warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -68,10 +76,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_st
 
 
 def configure_optimizers(module: pl.LightningModule, named_params, cfg: OptimConfig) -> dict:
-    """Optimiser plus a schedule sized from the Trainer's real number of optimisation steps."""
+    """Optimiser plus a schedule sized from the Trainer's real number of optimisation steps (in all, and per epoch)."""
     optimizer = build_optimizer(named_params, cfg)
-    total = int(module.trainer.estimated_stepping_batches)
-    return {"optimizer": optimizer, "lr_scheduler": build_scheduler(optimizer, cfg, total)}
+    trainer = module.trainer
+    total = int(trainer.estimated_stepping_batches)  # also sets up the training data: num_training_batches is known
+    per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+    return {"optimizer": optimizer, "lr_scheduler": build_scheduler(optimizer, cfg, total, per_epoch)}
 
 
 def run_dir(logger_cfg: LoggerConfig, stage: str) -> Path:
@@ -113,7 +123,7 @@ _EARLY_WANDB: dict[tuple[str, str], concurrent.futures.Future] = {}
 def start_loggers_early(cfg, stage: str) -> None:
     """Start the stage's wandb run in a background thread, so that its seconds of start-up overlap loading the data
     and the models; `build_loggers` takes it over (and waits for it). Nothing to do without wandb."""
-    if not cfg.logger.wandb:
+    if "wandb" not in cfg.logger.loggers:
         return
     out = run_dir(cfg.logger, stage)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,17 +132,64 @@ def start_loggers_early(cfg, stage: str) -> None:
     pool.shutdown(wait=False)
 
 
-def build_loggers(cfg: LoggerConfig, out: Path, stage: str, config_obj) -> list:
-    loggers: list = [CSVLogger(save_dir=str(out), name="csv")]  # csv/version_N: a resumed run keeps the old log
-    if cfg.wandb:
+# `logger.loggers` that need a package of their own: name -> (module, what to `pip install`)
+LOGGER_PACKAGES = {
+    "wandb": ("wandb", "wandb"),
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "mlflow": ("mlflow", "mlflow"),
+    "comet": ("comet_ml", "comet-ml"),
+}
+
+
+def check_loggers(cfg: LoggerConfig) -> None:
+    """Each chosen logger's package is installed (one line naming the `pip install` if not)."""
+    for name in cfg.loggers:
+        module, package = LOGGER_PACKAGES.get(name, (None, None))
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise UserError(f"logger.loggers: {name} needs its package: pip install {package}")
+
+
+def _logger(name: str, cfg: LoggerConfig, out: Path, stage: str) -> Logger | None:
+    """The Lightning logger `name`, writing under `out` (None: wandb disabled by WANDB_MODE)."""
+    if name == "csv":
+        return CSVLogger(save_dir=str(out), name="csv")  # csv/version_N: a resumed run keeps the old log
+    if name == "wandb":
         early = _EARLY_WANDB.pop((str(out), stage), None)
-        mode, wandb_logger = early.result() if early is not None else _wandb_logger(cfg, out, stage)
+        mode, logger = early.result() if early is not None else _wandb_logger(cfg, out, stage)
         if mode == "disabled":
-            print("wandb: disabled by WANDB_MODE=disabled; logging to CSV only")
-        else:
-            if mode in ("offline", "dryrun"):
-                print(f"wandb: no credentials found, logging offline to {out / 'wandb'} (sync later with `wandb sync`)")
-            loggers.append(wandb_logger)
+            print("wandb: disabled by WANDB_MODE=disabled")
+        elif mode in ("offline", "dryrun"):
+            print(f"wandb: no credentials found, logging offline to {out / 'wandb'} (sync later with `wandb sync`)")
+        return logger
+    if name == "tensorboard":
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", default_hp_metric=False)
+        print(f"tensorboard: logging to {logger.log_dir} (view with `tensorboard --logdir {out / 'tensorboard'}`)")
+        return logger
+    if name == "mlflow":
+        from pytorch_lightning.loggers import MLFlowLogger
+
+        # A SQLite store: MLflow 3 refuses its file store (`file:./mlruns`) unless MLFLOW_ALLOW_FILE_STORE is set.
+        uri = f"sqlite:///{(out / 'mlflow.db').absolute()}"
+        print(f"mlflow: logging to {uri} (view with `mlflow ui --backend-store-uri {uri}`)")
+        return MLFlowLogger(
+            experiment_name=cfg.project,
+            run_name=cfg.run_name or stage,
+            tracking_uri=uri,
+            artifact_location=(out / "mlruns").absolute().as_uri(),
+        )
+    from pytorch_lightning.loggers import CometLogger
+
+    # Offline unless COMET_START_ONLINE says otherwise (Lightning's `online=False` would disable the experiment).
+    os.environ.setdefault("COMET_START_ONLINE", "false")
+    print(f"comet: logging offline to {out / 'comet'} (upload later with `comet upload`)")
+    return CometLogger(project=cfg.project, name=cfg.run_name or stage, offline_directory=str(out / "comet"))
+
+
+def build_loggers(cfg: LoggerConfig, out: Path, stage: str, config_obj) -> list:
+    """The loggers of `logger.loggers`, in that order, each with the run's config as its hyperparameters."""
+    loggers = [lg for lg in (_logger(name, cfg, out, stage) for name in cfg.loggers) if lg is not None]
     for lg in loggers:
         lg.log_hyperparams(_flat(config_obj))
     return loggers
@@ -255,6 +312,7 @@ def prepare_run(cfg, stage: str) -> Path:
     """Before any heavy work: settings only the machine can check, a writable run directory, and its lock."""
     if hasattr(cfg, "trainer"):
         check_precision(cfg.trainer)
+        check_loggers(cfg.logger)
     out = run_dir(cfg.logger, stage)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -561,7 +619,10 @@ def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple
         *(extra_callbacks or []),
     ]
     if tcfg.track_grad_norm:
-        callbacks.append(GradNorms())
+        callbacks.append(GradNorms(tcfg.grad_norm_type))
+    lightning_clips = tcfg.grad_norm_type == 2  # Lightning's clipping uses the 2-norm; another p is clipped here
+    if tcfg.gradient_clip_val is not None and not lightning_clips:
+        callbacks.append(ClipGradNorm(tcfg.gradient_clip_val, tcfg.grad_norm_type))  # after GradNorms: logs unclipped
     interactive = sys.stderr.isatty()
     if not interactive:  # a log file or a pipe: plain lines instead of the bar
         callbacks.append(ProgressLines())
@@ -584,7 +645,7 @@ def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple
         num_nodes=tcfg.num_nodes,
         precision=tcfg.precision,
         accumulate_grad_batches=tcfg.accumulate_grad_batches,
-        gradient_clip_val=tcfg.gradient_clip_val,
+        gradient_clip_val=tcfg.gradient_clip_val if lightning_clips else None,
         deterministic=tcfg.deterministic,
         val_check_interval=whole_or_given(tcfg.val_check_interval),
         limit_train_batches=whole_or_given(tcfg.limit_train_batches),
@@ -601,20 +662,35 @@ def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple
 
 
 class GradNorms(Callback):
-    """`trainer.track_grad_norm`: the 2-norm of the gradient before each optimiser step (after unscaling, before
-    clipping), in total (`grad_norm/total`) and per top-level part of the module (`grad_norm/student`,
-    `grad_norm/adaptors`, `grad_norm/model`, ...)."""
+    """`trainer.track_grad_norm`: the p-norm (`trainer.grad_norm_type`) of the gradient before each optimiser step
+    (after unscaling, before clipping), in total (`grad_norm/total`) and per top-level part of the module
+    (`grad_norm/student`, `grad_norm/adaptors`, `grad_norm/model`, ...)."""
+
+    def __init__(self, norm_type: float = 2.0):
+        self.norm_type = norm_type
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         parts: dict[str, list[torch.Tensor]] = {}
         for name, p in pl_module.named_parameters():
             if p.grad is not None:
-                parts.setdefault(name.split(".")[0], []).append(p.grad.detach().float().norm())
+                parts.setdefault(name.split(".")[0], []).append(p.grad.detach().float().norm(self.norm_type))
         if not parts:
             return
-        norms = {part: torch.stack(n).norm() for part, n in parts.items()}
-        total = torch.stack(list(norms.values())).norm()
+        norms = {part: torch.stack(n).norm(self.norm_type) for part, n in parts.items()}
+        total = torch.stack(list(norms.values())).norm(self.norm_type)
         pl_module.log_dict({f"grad_norm/{k}": v for k, v in norms.items()} | {"grad_norm/total": total})
+
+
+class ClipGradNorm(Callback):
+    """`trainer.gradient_clip_val` with a `trainer.grad_norm_type` other than 2: the optimiser's gradients clipped to
+    that p-norm before each step (after unscaling), as Lightning clips the 2-norm."""
+
+    def __init__(self, max_norm: float, norm_type: float):
+        self.max_norm, self.norm_type = max_norm, norm_type
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, self.max_norm, norm_type=self.norm_type)
 
 
 def monitor_mode(monitor: str) -> str:

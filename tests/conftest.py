@@ -101,7 +101,7 @@ def run_overrides(out_dir, clf_csv: dict[str, str], **extra) -> list[str]:
         "trainer.accelerator": "cpu",
         "trainer.devices": 1,
         "trainer.log_every_n_steps": 1,
-        "logger.wandb": False,
+        "logger.loggers": "[csv]",
         "logger.output_dir": str(out_dir),
     }
     base.update(extra)

@@ -52,7 +52,7 @@ def general_overrides(tmp_path, teacher: str, train: str, **extra) -> list[str]:
         "trainer.accelerator": "cpu",
         "trainer.devices": 1,
         "trainer.log_every_n_steps": 1,
-        "logger.wandb": False,
+        "logger.loggers": "[csv]",
         "logger.output_dir": str(tmp_path),
     }
     base.update(extra)

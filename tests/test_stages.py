@@ -377,3 +377,41 @@ def test_two_validation_sets_monitor_and_grad_norms_in_a_stage(tmp_path, clf_csv
     with pytest.raises(UserError, match="missing.csv") as err:
         run("ms", tmp_path, clf_csv, tiny_model_dir, **{"data.validation": bad, "logger.run_name": "bad"})
     assert "\n" not in str(err.value)
+
+
+def test_csv_tensorboard_and_mlflow_loggers_all_get_the_run(tmp_path, clf_csv, tiny_model_dir, capsys):
+    pytest.importorskip("tensorboard")
+    mlflow = pytest.importorskip("mlflow")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run("ms", tmp_path, clf_csv, tiny_model_dir, **{"logger.loggers": "[csv, tensorboard, mlflow]"})
+    out = tmp_path / "distill_ms"
+    printed = capsys.readouterr().out
+    assert f"tensorboard: logging to {out / 'tensorboard' / 'version_0'}" in printed
+    assert f"mlflow: logging to sqlite:///{out / 'mlflow.db'}" in printed
+    assert "train/LogitMSE" in (out / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    tags = {"scalars": set(), "images": set()}  # fit, validate and test each write an event file
+    for path in (out / "tensorboard" / "version_0").glob("events.out.tfevents.*"):
+        for kind, names in EventAccumulator(str(path)).Reload().Tags().items():
+            tags.get(kind, set()).update(names if isinstance(names, list) else [])
+    assert {"train/LogitMSE", "train/AttnMiniLM", "val/acc", "test/acc"} <= tags["scalars"]
+    assert tags["images"] == {"attention"}  # the attention heatmap
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("bert-distill").experiment_id])
+    assert {"train/LogitMSE", "train/AttnMiniLM", "val/acc"} <= set(mlrun.data.metrics)
+    assert mlrun.data.params["optim.lr"] == "0.0001"
+
+
+def test_a_logger_without_its_package_is_one_line_before_any_model_loads(tmp_path, clf_csv, monkeypatch):
+    monkeypatch.setitem(sys.modules, "comet_ml", None)  # not importable, installed or not
+    with pytest.raises(UserError) as err:
+        run("ms", tmp_path, clf_csv, str(tmp_path / "no_such_teacher"), **{"logger.loggers": "[csv, comet]"})
+    assert str(err.value) == "logger.loggers: comet needs its package: pip install comet-ml"
+
+
+def test_comet_logs_offline_into_the_run_directory(tmp_path, clf_csv, tiny_model_dir, monkeypatch):
+    pytest.importorskip("comet_ml")
+    monkeypatch.delenv("COMET_API_KEY", raising=False)
+    run("ms", tmp_path, clf_csv, tiny_model_dir, **{"logger.loggers": "[csv, comet]"})
+    (archive,) = (tmp_path / "distill_ms" / "comet").glob("*.zip")  # comet's offline experiment, for `comet upload`
+    assert archive.stat().st_size > 0
