@@ -29,6 +29,8 @@ from bert.sections import (
     AT_LEAST_1_OR_NONE,
     DROPOUT,
     FRACTION,
+    MAX_COUNT,
+    MAX_NAME_BYTES,
     NAME,
     NON_NEGATIVE,
     POSITIVE,
@@ -87,19 +89,19 @@ METRICS = {
 }
 DEFAULT_METRICS = ("accuracy", "f1_macro")
 
-BATCHES = Num(0, 1, lo_open=True) | Num(1, integer=True)  # Lightning: a float is a fraction, an int a count
-BATCHES.text = "a fraction in (0, 1] or a whole number of batches >= 1"
+BATCHES = Num(0, 1, lo_open=True) | Num(1, MAX_COUNT, integer=True)  # Lightning: a float is a fraction, an int a count
+BATCHES.text = f"a fraction in (0, 1] or a whole number of batches in [1, {MAX_COUNT}]"
 
 
 def _devices_ok(v: Any) -> bool:
     if isinstance(v, bool):
         return False
     if isinstance(v, int):
-        return v == -1 or v >= 1
+        return v == -1 or 1 <= v <= MAX_COUNT
     if isinstance(v, list):
         return (
             bool(v)
-            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in v)
+            and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_COUNT for d in v)
             and (len(set(v)) == len(v))
         )
     return TEXT.ok(v)
@@ -114,8 +116,8 @@ class TrainerConfig(Section):
 
     SECTION = "trainer"
     RULES = {
-        "max_epochs": Num(1, integer=True, also=(-1,)),
-        "max_steps": Num(1, integer=True, also=(-1,)),
+        "max_epochs": Num(1, MAX_COUNT, integer=True, also=(-1,)),
+        "max_steps": Num(1, MAX_COUNT, integer=True, also=(-1,)),
         "seed": SEED,
         "accelerator": TEXT,
         "devices": Check(_devices_ok, '"auto", -1, a count >= 1, a list of distinct device ids >= 0, or "0,1"'),
@@ -184,7 +186,9 @@ def _monitor_ok(v: Any, keys: list[str]) -> bool:
 
 
 def _run_name_ok(v: Any) -> bool:
-    return v is None or (TEXT.ok(v) and not any(c in v for c in "/\\") and v not in (".", ".."))
+    return v is None or (
+        TEXT.ok(v) and not any(c in v for c in "/\\") and v not in (".", "..") and len(v.encode()) <= MAX_NAME_BYTES
+    )
 
 
 @dataclass
@@ -192,7 +196,7 @@ class LoggerConfig(Section):
     SECTION = "logger"
     RULES = {
         "project": TEXT,
-        "run_name": Check(_run_name_ok, "None or a directory name (no / or \\)"),
+        "run_name": Check(_run_name_ok, f"None or a directory name (no / or \\, at most {MAX_NAME_BYTES} UTF-8 bytes)"),
         "output_dir": TEXT,
     }
 
@@ -423,7 +427,7 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -
             raise UserError(f"{source}: cannot read config ({err.strerror})") from None
         try:
             raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
+        except (yaml.YAMLError, ValueError) as err:  # ValueError: an int of over 4300 digits
             mark = getattr(err, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
             raise UserError(f"{source}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
@@ -435,7 +439,7 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -
             raise UserError(f"override {item!r}: expected section.key=value")
         try:
             parsed = yaml.safe_load(value) if value != "" else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # ValueError: an int of over 4300 digits
             parsed = value
         _set_dotted(raw, key.split("."), parsed, item)
     try:
