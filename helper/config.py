@@ -120,7 +120,9 @@ class TrainerConfig(Section):
         "max_steps": Num(1, MAX_COUNT, integer=True, also=(-1,)),
         "seed": SEED,
         "accelerator": TEXT,
-        "devices": Check(_devices_ok, '"auto", -1, a count >= 1, a list of distinct device ids >= 0, or "0,1"'),
+        "devices": Check(
+            _devices_ok, f'"auto", -1, a count in [1, {MAX_COUNT}], a list of distinct device ids >= 0, or "0,1"'
+        ),
         "strategy": TEXT,
         "num_nodes": AT_LEAST_1,
         "accumulate_grad_batches": AT_LEAST_1,
@@ -433,16 +435,16 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -
             raise UserError(f"{source}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
         if not isinstance(raw, dict):
             raise UserError(f"{source}: top level must be a mapping of sections")
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"override {item!r}: expected section.key=value")
-        try:
-            parsed = yaml.safe_load(value) if value != "" else None
-        except (yaml.YAMLError, ValueError):  # ValueError: an int of over 4300 digits
-            parsed = value
-        _set_dotted(raw, key.split("."), parsed, item)
     try:
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise UserError(f"override {item!r}: expected section.key=value")
+            try:
+                parsed = yaml.safe_load(value) if value != "" else None
+            except (yaml.YAMLError, ValueError):  # ValueError: an int of over 4300 digits
+                parsed = value
+            _set_dotted(raw, key.split("."), parsed, item)
         return build(cls, raw)
     except UserError as err:
         raise UserError(f"{source}{' (with overrides)' if overrides else ''}: {err}") from None
@@ -450,12 +452,12 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -
 
 def _set_dotted(raw: dict, keys: list[str], value: Any, item: str) -> None:
     node = raw
-    for k in keys[:-1]:
+    for i, k in enumerate(keys[:-1]):
         child = node.get(k)
         if child is None:
             child = node[k] = {}
         if not isinstance(child, dict):
-            raise UserError(f"override {item!r}: {k!r} is not a section")
+            raise UserError(f"{'.'.join(keys[: i + 1])}: {child!r} is not a section (override {item!r})")
         node = child
     node[keys[-1]] = value
 

@@ -18,10 +18,12 @@ from helper.config import (
     StudentConfig,
     StudentSpec,
     TrainerConfig,
+    TransferSetConfig,
     load_config,
 )
 
-F, D = FinetuneConfig, DistillationRunConfig
+F, D, T = FinetuneConfig, DistillationRunConfig, TransferSetConfig
+BIG = "100000000000000000000"  # 10**20: beyond int64
 
 # (config class, overrides, the dotted key the message must name, a fragment of the rule it must state)
 OVERRIDES = [
@@ -79,7 +81,7 @@ OVERRIDES = [
     (F, ["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps", "in [1, 2147483647]"),
     (F, ["trainer.early_stopping_patience=0"], "trainer.early_stopping_patience", "None or an integer in [1, "),
     (F, ["trainer.seed=-1"], "trainer.seed", "in [0, 4294967295]"),
-    (F, ["trainer.devices=0"], "trainer.devices", "a count >= 1"),
+    (F, ["trainer.devices=0"], "trainer.devices", "a count in [1, 2147483647]"),
     (F, ["trainer.devices=[]"], "trainer.devices", "distinct device ids"),
     (F, ["trainer.devices=[0, 0]"], "trainer.devices", "distinct device ids"),
     (F, ["trainer.precision=16-mixed", "trainer.accelerator=cpu"], "trainer.precision", "on cpu use bf16-mixed"),
@@ -119,6 +121,30 @@ OVERRIDES = [
     # keys
     (F, ["trainer.max_epoch=3"], "trainer.max_epoch", "unknown key"),
     (D, ["student.init_from_teacher.layer=[1]"], "student.init_from_teacher.layer", "unknown key"),
+    (F, ["data=0", "data.source=csv"], "data", "0 is not a section (override 'data.source=csv')"),
+    # upper bounds: 10**20 passed, trained one step, then crashed in itertools.islice (> sys.maxsize)
+    (F, [f"data.batch_size={BIG}"], "data.batch_size", "in [1, 2147483647]"),
+    (F, [f"data.eval_batch_size={BIG}"], "data.eval_batch_size", "in [1, 2147483647]"),
+    (F, [f"data.limit_train={BIG}"], "data.limit_train", "in [1, 2147483647]"),
+    (F, [f"data.max_length={BIG}"], "data.max_length", "in [2, 2147483647]"),
+    (F, ["trainer.max_steps=9223372036854775808"], "trainer.max_steps", "-1 or an integer in [1, 2147483647]"),
+    (F, [f"trainer.max_epochs={BIG}"], "trainer.max_epochs", "in [1, 2147483647]"),
+    (F, [f"trainer.limit_train_batches={BIG}"], "trainer.limit_train_batches", "batches in [1, 2147483647]"),
+    (F, [f"trainer.devices=[{BIG}]"], "trainer.devices", "device ids"),
+    (D, [f"distill.report_batches={BIG}"], "distill.report_batches", "in [1, 2147483647]"),
+    (T, [f"transfer.batch_size={BIG}"], "transfer.batch_size", "in [1, 2147483647]"),
+    (T, [f"transfer.augment.n_iter={BIG}"], "transfer.augment.n_iter", "in [1, 2147483647]"),
+    (T, [f"transfer.generate.count={BIG}"], "transfer.generate.count", "in [1, 2147483647]"),
+    (T, [f"transfer.generate.batch_size={BIG}"], "transfer.generate.batch_size", "in [1, 2147483647]"),
+    (F, ["logger.run_name=" + "a" * 256], "logger.run_name", "at most 255 UTF-8 bytes"),
+    # found by tests/test_config_fuzz.py: an int beyond the float range was an OverflowError, not a refusal
+    (F, ["data.batch_size=1" + "0" * 400], "data.batch_size", "in [1, 2147483647]"),
+    (F, ["optim.lr=1" + "0" * 400], "optim.lr", "expected float, got 1000"),
+    (F, ["data.batch_size=" + "1" * 5000], "data.batch_size", "expected int, got '111"),  # YAML: over 4300 digits
+    (F, ["data.encoding=rot13"], "data.encoding", "a text encoding"),  # bytes-to-bytes: open() refuses it
+    (F, ['data.encoding="utf-8\\0"'], "data.encoding", "a text encoding"),  # was a ValueError (embedded null)
+    (F, ['model.name="a\\u2028b"'], "model.name", "one-line string"),  # a line break for str.splitlines
+    (D, ["student.config={null: 2}"], "student.config.None", "expected str, got None"),  # keys are fitted too
 ]
 
 
@@ -131,7 +157,7 @@ def _one_line_naming(err: pytest.ExceptionInfo, key: str, fragment: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "cls, overrides, key, fragment", OVERRIDES, ids=[" ".join(case[1]) for case in OVERRIDES]
+    "cls, overrides, key, fragment", OVERRIDES, ids=[" ".join(case[1])[:80] for case in OVERRIDES]
 )  # fmt: skip
 def test_bad_override(cls, overrides, key, fragment):
     with pytest.raises(UserError) as err:
@@ -148,6 +174,14 @@ YAML = [
     ("trainer:\n  gradient_clip_val: .NaN\n", "trainer.gradient_clip_val", "> 0"),
     ("trainer:\n  max_epochs: -1\n  max_steps: -1\n", "trainer.max_epochs", "needs trainer.max_steps >= 1"),
 ]
+
+
+def test_yaml_int_over_4300_digits_is_one_line(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("data:\n  batch_size: " + "1" * 5000 + "\n")
+    with pytest.raises(UserError, match="invalid YAML") as err:
+        load_config(FinetuneConfig, path, [])
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("text, key, fragment", YAML, ids=[case[0].replace("\n", " ") for case in YAML])
