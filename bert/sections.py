@@ -100,8 +100,15 @@ class Num(Rule):
 
 
 def text_ok(v: Any) -> bool:
-    """Not blank, no line break of any kind (\\n, \\r, \\u2028, ...: what `str.splitlines` splits at), no NUL."""
-    return isinstance(v, str) and v.strip() != "" and v.splitlines() == [v] and "\0" not in v
+    """Not blank, one line (no \\n, \\r, \\u2028, ...: nothing `str.splitlines` splits at), no NUL, and valid
+    Unicode (no lone surrogate, which no file name, log or UTF-8 file can hold)."""
+    if not (isinstance(v, str) and v.strip() != "" and v.splitlines() == [v] and "\0" not in v):
+        return False
+    try:
+        v.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def name_ok(v: Any) -> bool:
@@ -127,8 +134,8 @@ def _encoding_ok(v: Any) -> bool:
     return True
 
 
-# The largest count or size a setting takes (int32): products of a few (a bucket of 50 batches) stay below sys.maxsize,
-# the limit of Python's range and islice and of int64 tensors, where 10**20 examples a batch crashes after one step.
+# The largest count or size a setting takes (int32). Products of a few (a bucket of 50 batches) stay below sys.maxsize,
+# the limit of Python's range and islice and of int64 tensors: data.batch_size=10**20 crashed after one training step.
 MAX_COUNT = 2**31 - 1
 MAX_NAME_BYTES = 255  # a file or directory name on Linux, macOS and Windows
 

@@ -144,6 +144,8 @@ OVERRIDES = [
     (F, ["data.encoding=rot13"], "data.encoding", "a text encoding"),  # bytes-to-bytes: open() refuses it
     (F, ['data.encoding="utf-8\\0"'], "data.encoding", "a text encoding"),  # was a ValueError (embedded null)
     (F, ['model.name="a\\u2028b"'], "model.name", "one-line string"),  # a line break for str.splitlines
+    (F, ['logger.run_name="\\ud800"'], "logger.run_name", "a directory name"),  # was a UnicodeEncodeError
+    (F, ['data.train="\\ud800"'], "data.train", "non-empty one-line string"),  # a lone surrogate: no path holds one
     (D, ["student.config={null: 2}"], "student.config.None", "expected str, got None"),  # keys are fitted too
 ]
 

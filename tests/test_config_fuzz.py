@@ -46,7 +46,7 @@ CORE = [0, -1, 10**20, 2**63, 10**400, float("nan"), float("inf"), 1e-320, "", "
 EDGES = CORE + [
     1, 2, 2**31 - 1, 2**31, 2**63 - 1, -(10**20),  # ints: int32 and int64 ends
     0.0, -0.0, 0.5, 1.0, -1.5, 1e308, -1e308, float("-inf"),
-    " ", "x", "auto", "-1", "1e20", "null", "é日本🙂", "a\u2028b", "\t", "../x", "a/b",
+    " ", "x", "auto", "-1", "1e20", "null", "é日本🙂", "a\u2028b", "\ud800", "\t", "../x", "a/b",
     str(ROOT / "configs"), str(ROOT / "no" / "such" / "file"), str(UNREADABLE),  # a directory, nothing, unreadable
     False, [0], ["a", "a"], [[]], [None], {"a": 1}, {"name": "x"}, [{"name": "x"}], {"train": "a"}, {1: 2},
 ]  # fmt: skip
@@ -101,10 +101,11 @@ def _override(cls: type, path: tuple, value: typing.Any) -> str:
 
 
 def _names(msg: str, path: tuple) -> bool:
-    """The message names the key, or (a check across fields) its section and the field's name."""
-    section = _dotted(path[:-1]) if path[:-1] else None
-    return _dotted(path) in msg or (
-        section is not None and re.search(rf"{re.escape(section)}[:.]", msg) is not None and path[-1] in msg
+    """The message names the key, or (a check across fields) a section above it and the step from there towards the
+    key: `transfer.augment.p_pos: p_mask + p_pos = ...` for `transfer.augment.p_mask`, `student: set exactly one of
+    name, config, init_from_teacher, bilstm (got name, bilstm)` for `student.bilstm.word_vectors`."""
+    return _dotted(path) in msg or any(
+        re.search(rf"{re.escape(_dotted(path[:j]))}[:.]", msg) and path[j] in msg for j in range(1, len(path))
     )
 
 
