@@ -7,7 +7,6 @@ Standard library only (and `bert.errors`): reading and checking a config never l
 
 from __future__ import annotations
 
-import codecs
 import copy
 import dataclasses
 import functools
@@ -83,7 +82,7 @@ class Num(Rule):
             return False
         if v in self.also:
             return True
-        if not math.isfinite(v):
+        if isinstance(v, float) and not math.isfinite(v):  # an int is finite (and may be too large for a float)
             return False
         if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
             return False
@@ -101,21 +100,44 @@ class Num(Rule):
 
 
 def text_ok(v: Any) -> bool:
-    return isinstance(v, str) and v.strip() != "" and not any(c in v for c in "\n\r\0")
+    """Not blank, one line (no \\n, \\r, \\u2028, ...: nothing `str.splitlines` splits at), no NUL, and valid
+    Unicode (no lone surrogate, which no file name, log or UTF-8 file can hold)."""
+    if not (isinstance(v, str) and v.strip() != "" and v.splitlines() == [v] and "\0" not in v):
+        return False
+    try:
+        v.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def name_ok(v: Any) -> bool:
-    """A name usable in metric keys and directory names: letters, digits, `_`, `-`, `.` (not `.` or `..`)."""
-    return isinstance(v, str) and bool(v) and v not in (".", "..") and all(c.isalnum() or c in "_-." for c in v)
+    """A name usable in metric keys and directory names: letters, digits, `_`, `-`, `.` (not `.` or `..`), at most
+    `MAX_NAME_BYTES` in UTF-8."""
+    return (
+        isinstance(v, str)
+        and bool(v)
+        and v not in (".", "..")
+        and all(c.isalnum() or c in "_-." for c in v)
+        and len(v.encode()) <= MAX_NAME_BYTES
+    )
 
 
 def _encoding_ok(v: Any) -> bool:
-    try:
-        codecs.lookup(v)
-    except (LookupError, TypeError):
+    """A codec that `open(encoding=...)` takes: not rot13, hex, base64 and the other bytes-to-bytes codecs."""
+    if not text_ok(v):
         return False
-    return text_ok(v)
+    try:
+        "".encode(v)
+    except LookupError:
+        return False
+    return True
 
+
+# The largest count or size a setting takes (int32). Products of a few (a bucket of 50 batches) stay below sys.maxsize,
+# the limit of Python's range and islice and of int64 tensors: data.batch_size=10**20 crashed after one training step.
+MAX_COUNT = 2**31 - 1
+MAX_NAME_BYTES = 255  # a file or directory name on Linux, macOS and Windows
 
 TEXT = Check(text_ok, "a non-empty one-line string")
 TEXT_OR_NONE = Check(lambda v: v is None or text_ok(v), "None or a non-empty one-line string")
@@ -126,9 +148,9 @@ NON_NEGATIVE = Num(0)
 PROBABILITY = Num(0, 1)
 FRACTION = Num(0, 1, hi_open=True)  # [0, 1)
 DROPOUT = Num(0, 1, hi_open=True, none=True)
-COUNT = Num(0, integer=True)
-AT_LEAST_1 = Num(1, integer=True)
-AT_LEAST_1_OR_NONE = Num(1, integer=True, none=True)
+COUNT = Num(0, MAX_COUNT, integer=True)
+AT_LEAST_1 = Num(1, MAX_COUNT, integer=True)
+AT_LEAST_1_OR_NONE = Num(1, MAX_COUNT, integer=True, none=True)
 SEED = Num(0, 2**32 - 1, integer=True)  # what numpy and Lightning's seed_everything accept
 
 
@@ -184,7 +206,8 @@ def fit(tp: Any, value: Any, key: str, base: Any = None) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError("", key, f"expected a mapping, got {value!r}")
-        return {k: fit(args[1] if args else Any, v, f"{key}.{k}") for k, v in value.items()}
+        kt, vt = args or (Any, Any)
+        return {fit(kt, k, f"{key}.{k}"): fit(vt, v, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -195,7 +218,7 @@ def fit(tp: Any, value: Any, key: str, base: Any = None) -> Any:
         if scalar:  # a string too: YAML 1.1 reads `5e-5` (no dot) as one
             try:
                 return float(value)
-            except ValueError:
+            except (ValueError, OverflowError):  # OverflowError: an int beyond the float range
                 pass
     elif tp is str:
         if scalar:

@@ -16,6 +16,7 @@ from bert.sections import (
     AT_LEAST_1_OR_NONE,
     COUNT,
     ENCODING,
+    MAX_COUNT,
     SEED,
     TEXT,
     TEXT_OR_NONE,
@@ -43,7 +44,8 @@ class LoaderConfig(Section):
     RULES = {
         "text_column": TEXT,
         "encoding": ENCODING,
-        "max_length": Num(2, integer=True),  # [CLS] + [SEP]; the model's own limit is checked when it is loaded
+        # [CLS] + [SEP]; the model's own limit (its position embeddings) is checked when it is loaded
+        "max_length": Num(2, MAX_COUNT, integer=True),
         "batch_size": AT_LEAST_1,
         "eval_batch_size": AT_LEAST_1_OR_NONE,
         "num_workers": COUNT,
@@ -167,7 +169,7 @@ class TextDataConfig(LoaderConfig):
         "hf_split": TEXT,
         "hf_validation_split": TEXT_OR_NONE,
         "validation_fraction": Num(0, 1, lo_open=True, hi_open=True),
-        "max_length": Num(3, integer=True),  # [CLS] + at least one token + [SEP]
+        "max_length": Num(3, MAX_COUNT, integer=True),  # [CLS] + at least one token + [SEP]
     }
 
     # "text": a plain text file, one text a line (blank lines skipped); "hf": datasets.load_dataset(name, subset);

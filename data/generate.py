@@ -13,15 +13,17 @@ Fine-tuning (plain torch: AdamW, causal-LM loss, `start + sentence + eos` per ex
 from __future__ import annotations
 
 import random
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bert.errors import UserError
-from bert.sections import AT_LEAST_1, COUNT, POSITIVE, SEED, TEXT, Num, Section
+from bert.sections import AT_LEAST_1, COUNT, MAX_COUNT, POSITIVE, SEED, TEXT, Num, Section
 from data.progress import Progress
 
 PROGRESS_EVERY_S = 5.0  # a progress line on stderr at most this often
+DEVICE = r"auto|cpu|mps|cuda(:\d{1,9})?"  # checked without torch: reading a config must not load it
 MAX_DRAWS_PER_SENTENCE = 10  # give up after count * this many samples (duplicates, empty lines)
 
 
@@ -43,7 +45,7 @@ class GenerateConfig(Section):
         "finetune_epochs": COUNT,
         "finetune_lr": POSITIVE,
         "finetune_batch_size": AT_LEAST_1,
-        "finetune_max_length": Num(3, integer=True),  # start + at least one token + eos
+        "finetune_max_length": Num(3, MAX_COUNT, integer=True),  # start + at least one token + eos
         "device": TEXT,
         "seed": SEED,
     }
@@ -67,13 +69,8 @@ class GenerateConfig(Section):
     def check(self) -> None:
         if self.min_new_tokens > self.max_new_tokens:
             self.fail("min_new_tokens", f"{self.min_new_tokens} exceeds max_new_tokens {self.max_new_tokens}")
-        if self.device != "auto":
-            import torch  # only here: reading a config must not load torch
-
-            try:
-                torch.device(self.device)
-            except RuntimeError:
-                self.fail("device", f"{self.device!r} is not a torch device (auto, cpu, cuda, cuda:N, mps)")
+        if not re.fullmatch(DEVICE, self.device):
+            self.fail("device", f"{self.device!r} is not a torch device (auto, cpu, cuda, cuda:N, mps)")
 
 
 def load_lm(name: str):

@@ -31,6 +31,8 @@ from bert.sections import (
     AT_LEAST_1_OR_NONE,
     DROPOUT,
     FRACTION,
+    MAX_COUNT,
+    MAX_NAME_BYTES,
     NAME,
     NON_NEGATIVE,
     POSITIVE,
@@ -108,19 +110,19 @@ METRICS = {
 }
 DEFAULT_METRICS = ("accuracy", "f1_macro")
 
-BATCHES = Num(0, 1, lo_open=True) | Num(1, integer=True)  # Lightning: a float is a fraction, an int a count
-BATCHES.text = "a fraction in (0, 1] or a whole number of batches >= 1"
+BATCHES = Num(0, 1, lo_open=True) | Num(1, MAX_COUNT, integer=True)  # Lightning: a float is a fraction, an int a count
+BATCHES.text = f"a fraction in (0, 1] or a whole number of batches in [1, {MAX_COUNT}]"
 
 
 def _devices_ok(v: Any) -> bool:
     if isinstance(v, bool):
         return False
     if isinstance(v, int):
-        return v == -1 or v >= 1
+        return v == -1 or 1 <= v <= MAX_COUNT
     if isinstance(v, list):
         return (
             bool(v)
-            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in v)
+            and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_COUNT for d in v)
             and (len(set(v)) == len(v))
         )
     return TEXT.ok(v)
@@ -135,11 +137,13 @@ class TrainerConfig(Section):
 
     SECTION = "trainer"
     RULES = {
-        "max_epochs": Num(1, integer=True, also=(-1,)),
-        "max_steps": Num(1, integer=True, also=(-1,)),
+        "max_epochs": Num(1, MAX_COUNT, integer=True, also=(-1,)),
+        "max_steps": Num(1, MAX_COUNT, integer=True, also=(-1,)),
         "seed": SEED,
         "accelerator": TEXT,
-        "devices": Check(_devices_ok, '"auto", -1, a count >= 1, a list of distinct device ids >= 0, or "0,1"'),
+        "devices": Check(
+            _devices_ok, f'"auto", -1, a count in [1, {MAX_COUNT}], a list of distinct device ids >= 0, or "0,1"'
+        ),
         "strategy": TEXT,
         "num_nodes": AT_LEAST_1,
         "accumulate_grad_batches": AT_LEAST_1,
@@ -207,7 +211,9 @@ def _monitor_ok(v: Any, keys: list[str]) -> bool:
 
 
 def _run_name_ok(v: Any) -> bool:
-    return v is None or (TEXT.ok(v) and not any(c in v for c in "/\\") and v not in (".", ".."))
+    return v is None or (
+        TEXT.ok(v) and not any(c in v for c in "/\\") and v not in (".", "..") and len(v.encode()) <= MAX_NAME_BYTES
+    )
 
 
 LoggerName = Literal["wandb", "csv", "tensorboard", "mlflow", "comet"]  # helper/training.py builds them
@@ -219,7 +225,7 @@ class LoggerConfig(Section):
     RULES = {
         "loggers": Check(lambda v: bool(v) and len(set(v)) == len(v), "a non-empty list of distinct logger names"),
         "project": TEXT,
-        "run_name": Check(_run_name_ok, "None or a directory name (no / or \\)"),
+        "run_name": Check(_run_name_ok, f"None or a directory name (no / or \\, at most {MAX_NAME_BYTES} UTF-8 bytes)"),
         "output_dir": TEXT,
     }
 
@@ -452,22 +458,22 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -
             raise UserError(f"{source}: cannot read config ({err.strerror})") from None
         try:
             raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
+        except (yaml.YAMLError, ValueError) as err:  # ValueError: an int of over 4300 digits
             mark = getattr(err, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
             raise UserError(f"{source}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
         if not isinstance(raw, dict):
             raise UserError(f"{source}: top level must be a mapping of sections")
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"override {item!r}: expected section.key=value")
-        try:
-            parsed = yaml.safe_load(value) if value != "" else None
-        except yaml.YAMLError:
-            parsed = value
-        _set_dotted(raw, key.split("."), parsed, item)
     try:
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise UserError(f"override {item!r}: expected section.key=value")
+            try:
+                parsed = yaml.safe_load(value) if value != "" else None
+            except (yaml.YAMLError, ValueError):  # ValueError: an int of over 4300 digits
+                parsed = value
+            _set_dotted(raw, key.split("."), parsed, item)
         return build(cls, raw)
     except UserError as err:
         raise UserError(f"{source}{' (with overrides)' if overrides else ''}: {err}") from None
@@ -475,12 +481,12 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -
 
 def _set_dotted(raw: dict, keys: list[str], value: Any, item: str) -> None:
     node = raw
-    for k in keys[:-1]:
+    for i, k in enumerate(keys[:-1]):
         child = node.get(k)
         if child is None:
             child = node[k] = {}
         if not isinstance(child, dict):
-            raise UserError(f"override {item!r}: {k!r} is not a section")
+            raise UserError(f"{'.'.join(keys[: i + 1])}: {child!r} is not a section (override {item!r})")
         node = child
     node[keys[-1]] = value
 

@@ -80,7 +80,9 @@ def configure_optimizers(module: pl.LightningModule, named_params, cfg: OptimCon
     optimizer = build_optimizer(named_params, cfg)
     trainer = module.trainer
     total = int(trainer.estimated_stepping_batches)  # also sets up the training data: num_training_batches is known
-    per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+    per_epoch = None
+    if cfg.warmup_epochs is not None:
+        per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
     return {"optimizer": optimizer, "lr_scheduler": build_scheduler(optimizer, cfg, total, per_epoch)}
 
 

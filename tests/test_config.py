@@ -219,7 +219,7 @@ def _run(args: list[str]) -> tuple[subprocess.CompletedProcess, float]:
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("data.batch_size=0", "data.batch_size: 0 must be an integer >= 1"),
+        ("data.batch_size=0", "data.batch_size: 0 must be an integer in [1, 2147483647]"),
         ("data.batch_sise=8", "unknown key 'data.batch_sise'"),
     ],
 )

@@ -172,9 +172,9 @@ def test_prefix_longer_than_every_sentence(lm_dir):
 @pytest.mark.parametrize(
     "kw, message",
     [
-        (dict(count=0), "transfer.generate.count: 0 must be an integer >= 1"),
-        (dict(prefix_words=0), "transfer.generate.prefix_words: 0 must be an integer >= 1"),
-        (dict(top_k=-1), "transfer.generate.top_k: -1 must be an integer >= 0"),
+        (dict(count=0), "transfer.generate.count: 0 must be an integer in [1, 2147483647]"),
+        (dict(prefix_words=0), "transfer.generate.prefix_words: 0 must be an integer in [1, 2147483647]"),
+        (dict(top_k=-1), "transfer.generate.top_k: -1 must be an integer in [0, 2147483647]"),
         (dict(top_p=1.5), "transfer.generate.top_p: 1.5 must be a finite number in (0, 1]"),
         (dict(top_p=0.0), "transfer.generate.top_p: 0.0 must be a finite number in (0, 1]"),
         (dict(temperature=float("inf")), "transfer.generate.temperature: inf must be a finite number > 0"),

@@ -228,8 +228,8 @@ def test_distillation_stage_reads_the_transfer_set(built, tmp_path, clf_csv, tin
     ("override", "message"),
     [
         ("transfer.augment.p_mask=2", "transfer.augment.p_mask: 2.0 must be a finite number in [0, 1]"),
-        ("transfer.augment.n_iter=0", "transfer.augment.n_iter: 0 must be an integer >= 1"),
-        ("transfer.batch_size=0", "transfer.batch_size: 0 must be an integer >= 1"),
+        ("transfer.augment.n_iter=0", "transfer.augment.n_iter: 0 must be an integer in [1, 2147483647]"),
+        ("transfer.batch_size=0", "transfer.batch_size: 0 must be an integer in [1, 2147483647]"),
         ("transfer.generate.top_p=2", "transfer.generate.top_p: 2.0 must be a finite number in (0, 1]"),
     ],
 )
