@@ -3,8 +3,7 @@ unlabelled text (default MiniLMv2 [QQMiniLMv2, KKMiniLMv2, VVMiniLMv2]); then `f
 
 from __future__ import annotations
 
-from helper.config import run_cli
-from helper.general_config import GeneralRunConfig
+from helper.config import GeneralRunConfig, run_cli
 
 
 def main(cfg: GeneralRunConfig) -> dict:

@@ -48,7 +48,7 @@ from bert.sections import (
     type_hints,
 )
 from data.augment import AugmentConfig
-from data.config import DataConfig
+from data.config import DataConfig, TextDataConfig
 from data.generate import GenerateConfig
 
 # `--help` lists every key with the comment that ends its line here (the `# ...` after the default): keep one per field.
@@ -444,6 +444,60 @@ class TransferSetConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# General (task-agnostic) distillation: a bare encoder on unlabelled text (`distillation_general.py`)
+
+# MiniLMv2 (Wang et al. 2021, arXiv:2012.15828): query-query, key-key and value-value self-attention relations of the
+# last layer. Relation heads (default: the teacher's head count) re-split both models' heads, so teacher and student
+# may differ in width and head count.
+GENERAL_ADAPTORS = ["QQMiniLMv2", "KKMiniLMv2", "VVMiniLMv2"]
+
+
+@dataclass
+class MLMConfig(Section):
+    """Masked-language-model loss on the student (BERT masking: of the chosen tokens 80% [MASK], 10% random, 10%
+    kept). The student is then built as a masked LM (`AutoModelForMaskedLM`); its encoder is what is exported."""
+
+    SECTION = "distill.mlm"
+    RULES = {"weight": NON_NEGATIVE, "probability": Num(0, 1, lo_open=True, hi_open=True)}
+
+    weight: float = 1.0  # weight of the MLM loss in the total
+    probability: float = 0.15  # fraction of the (non-special) tokens chosen for prediction
+
+
+@dataclass
+class GeneralDistillConfig(AdaptorsConfig):
+    # Intermediate-layer adaptors only (the models are bare encoders: no logits, no labels).
+    adaptors: list[Any] = field(default_factory=lambda: list(GENERAL_ADAPTORS))  # losses, by name
+    mlm: MLMConfig | None = None  # masked-LM loss on the student; null (default): off
+
+
+@dataclass
+class GeneralTrainerConfig(TrainerConfig):
+    """`trainer:` of general distillation: there are no labels, so the held-out distillation loss picks the best
+    checkpoint (and stops early)."""
+
+    monitor: Literal["val/loss"] = "val/loss"  # the held-out distillation loss (minimised)
+
+
+def _general_student() -> StudentConfig:
+    """MiniLM-style: the teacher's architecture made smaller, randomly initialised (2 layers, hidden 192, 12 heads)."""
+    return StudentConfig(
+        config={"num_hidden_layers": 2, "hidden_size": 192, "num_attention_heads": 12, "intermediate_size": 768}
+    )
+
+
+@dataclass
+class GeneralRunConfig:
+    teacher: ModelConfig = field(default_factory=ModelConfig)  # the pretrained all-MiniLM-L6-v2 (any encoder works)
+    student: StudentConfig = field(default_factory=_general_student)
+    distill: GeneralDistillConfig = field(default_factory=GeneralDistillConfig)
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_ratio=0.05))
+    trainer: GeneralTrainerConfig = field(default_factory=lambda: GeneralTrainerConfig(max_epochs=1))
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Loading
 
 
@@ -720,7 +774,6 @@ def config_rows(cfg: Any) -> list[tuple[str, str, str, str, str]]:
 def config_reference() -> str:
     """docs/configuration.md: every stage's keys (type, value in its YAML file else the code default, what it must be,
     comment), one table per section; a section identical to one listed before points to it."""
-    import helper.general_config as general_config  # it imports this module
 
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
@@ -730,7 +783,7 @@ def config_reference() -> str:
         "",
         "<!-- Generated from the config classes by `python docs/make_config_reference.py`; do not edit by hand. -->",
         "",
-        "Generated from the config classes (`helper/config.py`, `helper/general_config.py`, `data/config.py`,",
+        "Generated from the config classes (`helper/config.py`, `data/config.py`,",
         "`data/augment.py`, `data/generate.py`) and the stage YAML files in `configs/`, as `python <stage>.py --help`",
         "lists them. **value** is the stage's: its YAML file's, else the code default (list entries such as",
         "`students[]`: the code default). **must be**: the choices or range checked when the config is read.",
@@ -739,7 +792,7 @@ def config_reference() -> str:
     ]
     seen: dict[tuple, str] = {}
     for script, cls_name, config_file in REFERENCE_STAGES:
-        cls = globals().get(cls_name) or getattr(general_config, cls_name)
+        cls = globals()[cls_name]
         cfg = load_config(cls, ROOT / "configs" / config_file)
         out += ["", f"## {script}", "", f"`{cls_name}`, values from `configs/{config_file}`, else the code defaults."]
         groups: dict[str, list] = {}

@@ -37,8 +37,7 @@ from bert.features import Features, ModelDims, merge_requests
 from bert.loading import name_labels
 from bert.recorder import FeatureRecorder
 from helper.adaptors import Adaptor, LogitKL, build_adaptors
-from helper.config import DEFAULT_METRICS, DistillationRunConfig, OptimConfig, ShareConfig
-from helper.general_config import GeneralRunConfig
+from helper.config import DEFAULT_METRICS, DistillationRunConfig, GeneralRunConfig, OptimConfig, ShareConfig
 from helper.hgckpt import (
     HF_KEY,
     HgCkptIO,  # noqa: F401  (kd-clf's snippets import it from here)

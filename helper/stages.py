@@ -30,6 +30,7 @@ from helper.checkpoint import check_export_dir, load_classifier
 from helper.config import (
     DistillationRunConfig,
     FinetuneConfig,
+    GeneralRunConfig,
     StudentSpec,
     TeacherConfig,
     TransferSetConfig,
@@ -46,7 +47,6 @@ from helper.distiller import (
     check_weights,
 )
 from helper.finetuner import ClfFinetune
-from helper.general_config import GeneralRunConfig
 from helper.heatmap import AttentionHeatmap
 from helper.students import build_encoder_student, build_student, load_encoder
 from helper.training import (

@@ -16,6 +16,7 @@ from helper.config import (
     DistillationRunConfig,
     DistillConfig,
     FinetuneConfig,
+    GeneralDistillConfig,
     InitFromConfig,
     LoggerConfig,
     ModelConfig,
@@ -28,7 +29,6 @@ from helper.config import (
     parse_cli,
     save_config,
 )
-from helper.general_config import GeneralDistillConfig
 from tests.conftest import ROOT
 
 

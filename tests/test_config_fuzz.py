@@ -25,8 +25,7 @@ from hypothesis import strategies as st
 
 from bert.errors import UserError
 from bert.sections import type_hints
-from helper.config import DistillationRunConfig, FinetuneConfig, TransferSetConfig, load_config
-from helper.general_config import GeneralRunConfig
+from helper.config import DistillationRunConfig, FinetuneConfig, GeneralRunConfig, TransferSetConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))  # hypothesis examples per stage

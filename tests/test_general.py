@@ -15,9 +15,8 @@ from bert.errors import UserError
 from data.config import TextDataConfig
 from data.text import TextDataModule, tokenize_windows
 from data.transfer import write_transfer
-from helper.config import FinetuneConfig, load_config
+from helper.config import FinetuneConfig, GeneralRunConfig, load_config
 from helper.distiller import mask_tokens
-from helper.general_config import GeneralRunConfig
 from tests.conftest import NEGATIVE, POSITIVE, ROOT, run_overrides
 
 WORDS = [w for text in POSITIVE + NEGATIVE for w in text.split()]

@@ -25,8 +25,7 @@ import distillation_ts_2nd
 import finetune
 import predict
 import transfer_set
-from helper.config import DistillationRunConfig, FinetuneConfig, TransferSetConfig, load_config
-from helper.general_config import GeneralRunConfig
+from helper.config import DistillationRunConfig, FinetuneConfig, GeneralRunConfig, TransferSetConfig, load_config
 from tests.conftest import NEGATIVE, POSITIVE, ROOT, run_overrides
 
 RECORD = Path(__file__).with_name("stage_hashes.json")
