@@ -59,6 +59,7 @@ def transfer_file(args, n_iter: int, out: Path) -> tuple[Path, dict]:
     cmd = [
         "transfer_set.py", *DATA[args.data], f"teacher.name={args.teacher[0]}", f"transfer.augment.n_iter={n_iter}",
         f"logger.output_dir={out}", f"logger.run_name={name}",
+        *(o for o in args.extra if o.startswith("data.")),  # the same data (e.g. data.limit_train) as the runs
     ]  # fmt: skip
     seconds = run_stage(cmd, out, name)
     summary = [line for line in (out / f"{name}.log").read_text().splitlines() if line.startswith("transfer set:")]
