@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -98,6 +99,18 @@ def check_finite(model: torch.nn.Module, out: Path) -> None:
 # What kd-clf's `get_model` switches on: output flags of a forward call, not part of a model. An export carrying them
 # would not load as sdpa (transformers 5 refuses output_attentions there); the recorder needs none of them.
 RUNTIME_FLAGS = ("output_attentions", "output_hidden_states", "output_values")
+
+
+def say_runtime_flags(model: torch.nn.Module, role: str) -> None:
+    """One line when a model comes with kd-clf's output flags on: they are not needed here."""
+    on = [k for k in RUNTIME_FLAGS if getattr(getattr(model, "config", None), k, False) is True]
+    if on:
+        print(
+            f"{role}: config.{', config.'.join(on)} set (kd-clf's get_model does): not needed, the recorder reads what "
+            "the adaptors ask for through hooks; transformers 5 refuses output_attentions on sdpa models, so drop "
+            "those lines (exports leave them out)",
+            file=sys.stderr,
+        )
 
 
 @contextlib.contextmanager

@@ -37,6 +37,7 @@ from bert.features import Features, ModelDims, merge_requests
 from bert.loading import name_labels
 from bert.recorder import FeatureRecorder
 from helper.adaptors import Adaptor, LogitKL, build_adaptors
+from helper.checkpoint import say_runtime_flags
 from helper.config import DEFAULT_METRICS, DistillationRunConfig, GeneralRunConfig, OptimConfig, ShareConfig
 from helper.hgckpt import (
     HF_KEY,
@@ -247,6 +248,10 @@ class Distiller(pl.LightningModule):
         # unregistered: out of the optimiser and the checkpoints
         self.__dict__["teachers"] = [t.model.eval().requires_grad_(False) for t in teachers]
         self.students = nn.ModuleDict({s.key: s.model.train() for s in students})  # from_pretrained gives eval mode
+        for i, t in enumerate(teachers):
+            say_runtime_flags(t.model, self._role("teacher", i))
+        for s in students:
+            say_runtime_flags(s.model, self._role("student", s.key))
         share = ShareConfig(**share) if isinstance(share, Mapping) else share or ShareConfig()
         if len(students) > 1 and (share.embeddings or share.layers):
             tie_shared(self.students, share.embeddings, share.layers)

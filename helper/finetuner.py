@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from bert.errors import UserError
 from bert.families import logits_of, model_inputs
 from bert.loading import name_labels
+from helper.checkpoint import say_runtime_flags
 from helper.config import DEFAULT_METRICS, OptimConfig
 from helper.hgckpt import (
     HF_KEY,
@@ -51,6 +52,7 @@ class ClfFinetune(pl.LightningModule):
         self.optim = dataclasses.replace(optim or OptimConfig(), **kwargs)
         self.__dict__["dm"] = dm
         self.model = model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes
+        say_runtime_flags(model, "model")
         num_labels = model.config.num_labels
         self.val_scores = Scores(num_labels, "val", getattr(dm, "validation_names", None), metrics, scorers)
         self.test_scores = Scores(num_labels, "test", None, metrics, scorers)

@@ -349,9 +349,13 @@ def kd_clf(tmp_path, monkeypatch, minilm_path):
 
 
 @pytest.mark.parametrize("snippet", [KD_CLF_FINETUNE, KD_CLF_MIX_STEP, KD_CLF_TWO_STEP], ids=["finetune", "mix", "two"])
-def test_kd_clf_readme_snippets_run_as_written(snippet, kd_clf, tmp_path):
+def test_kd_clf_readme_snippets_run_as_written(snippet, kd_clf, tmp_path, capsys):
     namespace = dict(kd_clf)
     exec(compile(snippet, "kd-clf README", "exec"), namespace)
+    if snippet is not KD_CLF_FINETUNE:  # get_model's flags: one line each model saying they are not needed
+        said = capsys.readouterr().err
+        assert "teacher: config.output_attentions, config.output_hidden_states, config.output_values set" in said
+        assert "drop those lines" in said
     hf_dirs = sorted(p.name for p in tmp_path.rglob("*_hf") if (p / "model.safetensors").is_file())
     assert hf_dirs  # HgCkptIO wrote a loadable Hugging Face directory beside the checkpoints
     if snippet is KD_CLF_TWO_STEP:
