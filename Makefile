@@ -22,7 +22,7 @@ demo: setup
 	$(PY) distillation_ms.py
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4
 
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -18,7 +18,7 @@ the cipher dev set against the same student trained on the cipher's gold labels 
 The teacher is runs/sst2_teacher/model when present, else the pretrained MiniLM-L6 with an UNTRAINED head (then the
 cipher accuracies say nothing about distillation, only the timings count).
 
-Smoke run:  .venv/bin/python benchmarks/bench_multi.py --limit 256 --epochs 1 --out /tmp/multi.json
+Smoke run:  .venv/bin/python benchmarks/bench_multi.py --limit 256 --epochs 1 --out /tmp/multi.json [--tiny]
 Full run:   .venv/bin/python benchmarks/bench_multi.py --threads 1
 """
 
@@ -48,6 +48,7 @@ from benchmarks.common import (  # noqa: E402
     save_result,
     set_threads,
     teacher_source,
+    tiny_model_dir,
     turns,
 )
 from bert.loading import load_tokenizer  # noqa: E402
@@ -148,14 +149,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "multi.json")
     add_threads(parser)
     parser.add_argument("--skip", choices=["timing", "cipher"], nargs="*", default=[])
+    parser.add_argument("--tiny", action="store_true", help="smoke run: a random 6-layer BERT of hidden 32 as teacher")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     quiet()
-    path, note = teacher_source()
-    tokenizer = load_tokenizer(path)
-    load_before = loadavg()
-    result: dict = {"teacher": note, "layers": LAYERS, "adaptors": ADAPTORS, "epochs": args.epochs}
     with tempfile.TemporaryDirectory() as tmp:
+        path, note = (tiny_model_dir(Path(tmp) / "tiny", 6), "TINY random BERT") if args.tiny else teacher_source()
+        tokenizer = load_tokenizer(path)
+        load_before = loadavg()
+        result: dict = {"teacher": note, "layers": LAYERS, "adaptors": ADAPTORS, "epochs": args.epochs}
         paths = write_csv(Path(tmp), args.limit or None)
         if "timing" not in args.skip:
             dm = data(paths, tokenizer, {"en": None})

@@ -7,7 +7,7 @@ Variants, each on its own copy of the model (and its own AdamW), interleaved rou
 Two settings: "train" = student step (train mode, fwd + bwd + AdamW step); "teacher" = eval-mode forward under
 torch.inference_mode (no loss). Medians over the rounds after a warm-up.
 
-Run: .venv/bin/python benchmarks/bench_recorder.py [--steps N]
+Run: .venv/bin/python benchmarks/bench_recorder.py [--steps N]   (--tiny: a random BERT of hidden 32, a smoke run)
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +23,19 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import BATCH, MAX_LEN, ROOT, SST2, loadavg, minilm, quiet, save_result, sst2_batches, turns  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    BATCH,
+    MAX_LEN,
+    ROOT,
+    SST2,
+    loadavg,
+    minilm,
+    quiet,
+    save_result,
+    sst2_batches,
+    tiny_model_dir,
+    turns,
+)
 from bert.recorder import FeatureRecorder  # noqa: E402
 
 
@@ -77,10 +90,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=20, help="timed rounds; each runs every variant once (default 20)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "recorder.json")
+    parser.add_argument("--tiny", action="store_true", help="smoke run: a random BERT of hidden 32 and 2 layers")
     args = parser.parse_args(argv)
 
     quiet()
-    path = minilm()
+    tmp = tempfile.TemporaryDirectory()
+    path = tiny_model_dir(Path(tmp.name)) if args.tiny else minilm()
     inputs = batch(AutoTokenizer.from_pretrained(path))
     runs = [(s, v) for s in ("train", "teacher") for v in ("record", "plain", "eager")]
     steps = {run: make_step(run[1], run[0], path, inputs) for run in runs}
@@ -95,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     med = {run: statistics.median(t) for run, t in times.items()}
 
     result = {
-        "what": f"all-MiniLM-L6-v2 classifier, batch {BATCH}x{MAX_LEN}; train = fwd+bwd+AdamW step, teacher = eval "
+        "what": f"{'tiny random BERT' if args.tiny else 'all-MiniLM-L6-v2'} classifier, batch {BATCH}x{MAX_LEN}; "
+        "train = fwd+bwd+AdamW step, teacher = eval "
         "forward under inference_mode; median seconds per step",
         "rounds": args.steps,
         "warmup": args.warmup,

@@ -5,10 +5,12 @@ are not repeated."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
+import runpy
 import statistics
 import subprocess
 import sys
@@ -102,13 +104,17 @@ def teacher_source() -> tuple[str, str]:
     return minilm(), "PRETRAINED, untrained head: runs/sst2_teacher/model is absent"
 
 
-def tiny_model_dir(out: Path) -> str:
+def tiny_model_dir(out: Path, layers: int = 2) -> str:
     """A random BERT classifier (hidden 32, 2 layers, 4 heads) with the MiniLM tokenizer, saved under `out`."""
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
     config = BertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, max_position_embeddings=128
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=128,
     )
     BertForSequenceClassification(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(minilm()).save_pretrained(out)
@@ -262,12 +268,33 @@ def run_stage(cmd: list[str], out: Path, name: str) -> float:
         return json.loads(done.read_text())["seconds"]
     start = time.perf_counter()
     with (out / f"{name}.log").open("w") as log:
-        code = subprocess.run([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+        if os.environ.get("BENCH_IN_PROCESS") == "1":
+            code = _run_in_process(cmd, log)
+        else:
+            code = subprocess.run([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
     if code:
         raise SystemExit(f"error: {cmd[0]} failed (exit {code}); see {out / f'{name}.log'}")
     seconds = time.perf_counter() - start
     done.write_text(json.dumps({"cmd": cmd, "seconds": seconds}))
     return seconds
+
+
+def _run_in_process(cmd: list[str], log) -> int:
+    """The stage script as `__main__` inside this process (BENCH_IN_PROCESS=1: the smoke tests, which then pay no
+    interpreter and import start-up per stage; its seconds then say nothing); its exit status."""
+    argv, environ, threads = sys.argv, dict(os.environ), torch.get_num_threads()
+    sys.argv = [str(ROOT / cmd[0]), *cmd[1:]]
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            runpy.run_path(sys.argv[0], run_name="__main__")
+        return 0
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 1
+    finally:
+        sys.argv = argv
+        os.environ.clear()
+        os.environ.update(environ)  # seed_everything's PL_GLOBAL_SEED and the like stay with the stage
+        torch.set_num_threads(threads)
 
 
 def summarise_test_acc(accs: list[float]) -> dict[str, float]:

@@ -159,3 +159,9 @@ def roberta_student_dir(tmp_path_factory) -> str:
     RobertaForSequenceClassification(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow` tests first: pytest-xdist (`make test` runs two workers) deals the first quarter of the tests round-robin
+    and the rest on demand, so the long runs start early on alternate workers and the short tests fill the gaps."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -13,6 +13,13 @@ from benchmarks import bench_demo, bench_inference, bench_overhead, common
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def stages_in_process(monkeypatch):
+    """common.run_stage runs each stage script inside the test's process: the wiring is the same, without an
+    interpreter start-up and the heavy imports per stage."""
+    monkeypatch.setenv("BENCH_IN_PROCESS", "1")
+
+
 def test_overhead_times_all_variants(tmp_path):
     out = tmp_path / "overhead.json"
     argv = ["--tiny", "--rounds", "1", "--warmup", "0", "--memory-steps", "0", "--students", "1", "--out", str(out)]
@@ -85,7 +92,7 @@ def test_recorder_benchmark(tmp_path):
     from benchmarks import bench_recorder
 
     out = tmp_path / "recorder.json"
-    bench_recorder.main(["--steps", "1", "--warmup", "0", "--out", str(out)])
+    bench_recorder.main(["--tiny", "--steps", "1", "--warmup", "0", "--out", str(out)])
     res = json.loads(out.read_text())
     assert res["train"]["ratio_record_vs_plain"] > 0 and res["teacher"]["ratio_record_vs_eager"] > 0
 
@@ -192,7 +199,7 @@ def test_multi_benchmark_times_the_pair_and_scores_each_student(tmp_path, shared
     from benchmarks import bench_multi
 
     out = tmp_path / "multi.json"
-    res = bench_multi.main(["--limit", "32", "--epochs", "1", "--threads", "1", "--out", str(out)])
+    res = bench_multi.main(["--tiny", "--limit", "32", "--epochs", "1", "--threads", "1", "--out", str(out)])
     assert json.loads(out.read_text())["epochs"] == 1
     for cache in ("off", "on"):
         timing = res[f"cache_{cache}"]

@@ -17,6 +17,7 @@ def test_default_teacher_resolves_to_the_installed_package(minilm_path):
     assert resolve_model_path("some/hub-name") == "some/hub-name"
 
 
+@pytest.mark.slow
 def test_export_reloads_with_plain_transformers_and_predicts_the_same(tmp_path, tiny_model_dir, tokenizer):
     model = load_classifier(tiny_model_dir, ["rotten", "fresh"]).eval()
     out = export_hf(model, tokenizer, tmp_path / "model")

@@ -84,6 +84,7 @@ def test_tokenizer_round_trips(lm_dir, train_texts):
         assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
 
 
+@pytest.mark.slow
 def test_finetune_and_generate(lm_dir, train_texts):
     c = cfg(lm_dir)
     first = generate(train_texts, c)

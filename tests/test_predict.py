@@ -122,6 +122,7 @@ def test_cli_csv_tsv_output(tmp_path, tiny_model_dir, capsys, output, fmt, delim
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed into place
 
 
+@pytest.mark.slow
 def test_cli_stdin_subprocess(tiny_model_dir):
     texts = ["a delight from start to finish", "", "a tedious mess"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -207,6 +208,7 @@ def test_cli_errors(tmp_path, tiny_model_dir, capsys, case):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_cli_error_subprocess(tmp_path):
     """The real process: exit status 2, one line, no traceback (the model is never loaded)."""
     empty = tmp_path / "empty.txt"

@@ -42,6 +42,7 @@ def one_line(err) -> str:
 # -- non-finite loss ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_non_finite_loss_is_one_line_exit_2_and_nothing_exported(tmp_path, clf_csv, tiny_model_dir):
     args = ft_overrides(tmp_path, clf_csv, tiny_model_dir, **{"optim.lr": 1e10, "optim.warmup_ratio": 0})
     proc = subprocess.run(
@@ -92,6 +93,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.slow
 def test_a_second_run_in_the_same_directory_refuses(tmp_path, clf_csv, tiny_model_dir):
     run = tmp_path / "finetune"
     run.mkdir()

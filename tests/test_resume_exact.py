@@ -109,6 +109,7 @@ def resumed_matches(tmp_path, clf_csv, tiny_model_dir, name: str, reference) -> 
     return saved
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [11, 14])  # epoch 2; last.ckpt of steps 9 and 12: mid-epoch, 1 and 4 batches in
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(kill_at, tmp_path, clf_csv, tiny_model_dir, reference):
     name = f"killed_{kill_at}"

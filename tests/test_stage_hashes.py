@@ -147,6 +147,7 @@ def runs(tmp_path_factory, clf_csv, tiny_model_dir) -> dict:
     return record
 
 
+@pytest.mark.slow
 def test_every_stage_gives_the_recorded_exports_and_metrics(runs):
     if WRITE:
         RECORD.write_text(json.dumps({"platform": platform(), "stages": runs}, indent=2) + "\n")

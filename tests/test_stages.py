@@ -379,6 +379,7 @@ def test_two_validation_sets_monitor_and_grad_norms_in_a_stage(tmp_path, clf_csv
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_csv_tensorboard_and_mlflow_loggers_all_get_the_run(tmp_path, clf_csv, tiny_model_dir, capsys):
     pytest.importorskip("tensorboard")
     mlflow = pytest.importorskip("mlflow")
@@ -409,6 +410,7 @@ def test_a_logger_without_its_package_is_one_line_before_any_model_loads(tmp_pat
     assert str(err.value) == "logger.loggers: comet needs its package: pip install comet-ml"
 
 
+@pytest.mark.slow
 def test_comet_logs_offline_into_the_run_directory(tmp_path, clf_csv, tiny_model_dir, monkeypatch):
     pytest.importorskip("comet_ml")
     monkeypatch.delenv("COMET_API_KEY", raising=False)
