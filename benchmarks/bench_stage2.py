@@ -12,7 +12,7 @@ ratio distiller / student alone (target <= 1.10). Teacher and student as in benc
 MiniLM-L6 teacher, 2 layers cut from its layers [1, 5]).
 
 Full run (about 13 minutes with 1 thread):  .venv/bin/python benchmarks/bench_stage2.py --threads 1
-Smoke run:  .venv/bin/python benchmarks/bench_stage2.py --limit 256 --out /tmp/stage2.json
+Smoke run:  .venv/bin/python benchmarks/bench_stage2.py --limit 256 --out /tmp/stage2.json [--tiny]
 `--threads 1` because the machine is shared with other jobs (see bench_e2e.py); `--pairs head` alone takes 3 minutes.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,6 +39,7 @@ from benchmarks.common import (  # noqa: E402
     sst2_data,
     teacher_and_student,
     teacher_source,
+    tiny_model_dir,
     turns,
 )
 from bert.loading import load_tokenizer  # noqa: E402
@@ -74,11 +76,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=2, help="epochs after the first, per run (default: 2)")
     add_threads(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "stage2.json")
+    parser.add_argument("--tiny", action="store_true", help="smoke run: a random 6-layer BERT of hidden 32 as teacher")
     args = parser.parse_args(argv)
     set_threads(args.threads)
 
     quiet()
-    path, note = teacher_source()
+    tmp = tempfile.TemporaryDirectory()
+    path, note = (tiny_model_dir(Path(tmp.name), 6), "TINY random BERT") if args.tiny else teacher_source()
     dm = sst2_data(load_tokenizer(path), args.limit, seed=0)
     n = len(dm.datasets["train"])
     load_before = loadavg()

@@ -117,7 +117,7 @@ def test_stage2_benchmark(tmp_path, shared_data):
     from benchmarks import bench_stage2
 
     out = tmp_path / "stage2.json"
-    bench_stage2.main(["--limit", "32", "--rounds", "1", "--out", str(out)])
+    bench_stage2.main(["--tiny", "--limit", "32", "--rounds", "1", "--out", str(out)])
     res = json.loads(out.read_text())
     assert set(res["pairs"]) == {"head", "encoder"}
     assert all(p["ratio"] > 0 for p in res["pairs"].values())
