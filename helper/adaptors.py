@@ -602,3 +602,55 @@ class CosHidden(LayerAdaptor):
     def pair_loss(self, x_t: Tensor, x_s: Tensor, valid: Tensor) -> Tensor:
         cos = F.cosine_similarity(x_s, x_t, dim=-1)  # (B, T)
         return torch.where(valid, 1 - cos, 0).sum() / valid.sum().clamp_min(1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sentence-embedding adaptors: the student's sentence embedding of its own language learns the teacher's of the
+# teacher's language (each model's `pooled`, made by the pooling declared for it)
+
+
+class SentenceAdaptor(Adaptor):
+    """A loss between the teacher's and the student's sentence embeddings (`pooled`), which may come from different
+    languages and tokenizers. No projection: the student's embedding is used as it is, in the teacher's space, so the
+    widths must match."""
+
+    stage = "inter"
+    sentence_level = True
+
+    def __init__(self, dims_t: ModelDims, dims_s: ModelDims, **kwargs: Any) -> None:
+        super().__init__(dims_t, dims_s, **kwargs)
+        _need_same(
+            "sentence-embedding widths",
+            dims_t.hidden_size,
+            dims_s.hidden_size,
+            "the student's embedding must live in the teacher's space (give the student the teacher's hidden_size)",
+        )
+
+    def request(self) -> tuple[FeatureRequest, FeatureRequest]:
+        return {"pooled": frozenset()}, {"pooled": frozenset()}
+
+
+@register_adaptor
+class SentMSE(SentenceAdaptor):
+    """MSE between the student's and the teacher's sentence embeddings (mean over the batch and the dimensions): on
+    parallel text, student(translation) ≈ teacher(source) and student(source) ≈ teacher(source).
+
+    Reimers & Gurevych, "Making Monolingual Sentence Embeddings Multilingual using Knowledge Distillation", EMNLP 2020,
+    arXiv:2004.09813.
+    """
+
+    def forward(self, feats_t: Features, feats_s: Features, labels: Tensor | None = None) -> Tensor:
+        return F.mse_loss(feats_s.pooled.float(), feats_t.pooled.detach().float())
+
+
+@register_adaptor
+class SentCos(SentenceAdaptor):
+    """1 - cos(student embedding, teacher embedding), averaged over the batch: the direction only, which is what
+    cosine retrieval reads.
+
+    Reimers & Gurevych, "Making Monolingual Sentence Embeddings Multilingual using Knowledge Distillation", EMNLP 2020,
+    arXiv:2004.09813 (their loss is the MSE, `SentMSE`; this is its cosine variant).
+    """
+
+    def forward(self, feats_t: Features, feats_s: Features, labels: Tensor | None = None) -> Tensor:
+        return (1 - F.cosine_similarity(feats_s.pooled.float(), feats_t.pooled.detach().float(), dim=-1)).mean()

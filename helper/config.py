@@ -466,17 +466,80 @@ class MLMConfig(Section):
 
 @dataclass
 class GeneralDistillConfig(AdaptorsConfig):
-    # Intermediate-layer adaptors only (the models are bare encoders: no logits, no labels).
+    RULES = {**AdaptorsConfig.RULES, "report_batches": AT_LEAST_1}
+
+    # Intermediate-layer and sentence-embedding adaptors only (the models are bare encoders: no logits, no labels).
     adaptors: list[Any] = field(default_factory=lambda: list(GENERAL_ADAPTORS))  # losses, by name
     mlm: MLMConfig | None = None  # masked-LM loss on the student; null (default): off
+    report: bool = True  # parallel text: the cross-lingual teacher-vs-students report at the end
+    report_batches: int = 20  # batch-1 latency calls per model in the report (throughput uses a quarter)
+
+
+def _general_monitor_ok(v: Any) -> bool:
+    parts = v.split("/") if isinstance(v, str) else []
+    if parts == ["val", "loss"]:
+        return True
+    if len(parts) == 4 and parts[0] == "val" and name_ok(parts[1]) and name_ok(parts[3]):
+        return parts[2] in ("retrieval", "retrieval_rev", "mse")
+    return False
 
 
 @dataclass
 class GeneralTrainerConfig(TrainerConfig):
     """`trainer:` of general distillation: there are no labels, so the held-out distillation loss picks the best
-    checkpoint (and stops early)."""
+    checkpoint (and stops early), or on parallel text a cross-lingual figure of one student."""
 
-    monitor: Literal["val/loss"] = "val/loss"  # the held-out distillation loss (minimised)
+    # val/loss (minimised), or on parallel text val/<student key>/retrieval/<language or mean> (maximised),
+    # val/<key>/retrieval_rev/<language>, val/<key>/mse/<language> (minimised)
+    monitor: str = "val/loss"  # the held-out distillation loss, or a student's retrieval accuracy or MSE
+
+    def check(self) -> None:
+        if not _general_monitor_ok(self.monitor):
+            self.fail(
+                "monitor",
+                f"{self.monitor!r} is not val/loss, val/<student>/retrieval/<language or mean>, "
+                "val/<student>/retrieval_rev/<language> or val/<student>/mse/<language>",
+            )
+        saved, self.monitor = self.monitor, "val/loss"  # the rest of TrainerConfig's checks
+        try:
+            super().check()
+        finally:
+            self.monitor = saved
+
+
+@dataclass
+class GeneralTeacherConfig(ModelConfig):
+    """The teacher of general distillation: a bare encoder, and how it makes its sentence embedding."""
+
+    # mean, cls or pooler; default: the model's sentence-transformers pooling (its 1_Pooling/config.json: mean for
+    # all-MiniLM-L6-v2) when it has one, else cls
+    pooling: Literal["mean", "cls", "pooler"] | None = None  # sentence embedding of its last layer
+
+
+@dataclass
+class GeneralStudentSpec(StudentConfig):
+    """One of several general-distillation students (`students:`): a student spec plus its key, losses, languages
+    (on parallel text) and pooling."""
+
+    SECTION = "students[]"
+    RULES = {
+        **StudentConfig.RULES,
+        "key": NAME,
+        "languages": Check(
+            lambda v: v is None or (bool(v) and all(name_ok(x) for x in v) and len(set(v)) == len(v)),
+            "None or a list of distinct languages of data.text_files",
+        ),
+    }
+
+    key: str = "student"  # its name: metrics val/<key>/..., export <run dir>/students/<key>
+    adaptors: list[Any] | None = None  # its losses, as distill.adaptors (default); `languages: [...]` restricts one
+    # parallel text: the languages it reads (each adaptor and the MLM apply to each); default: every language
+    languages: list[str] | None = None  # languages of data.text_files it reads
+    pooling: Literal["mean", "cls", "pooler"] | None = None  # its sentence embedding; default: the teacher's
+
+    def check(self) -> None:
+        super().check()
+        check_adaptors(self, self.adaptors or [])
 
 
 def _general_student() -> StudentConfig:
@@ -488,8 +551,10 @@ def _general_student() -> StudentConfig:
 
 @dataclass
 class GeneralRunConfig:
-    teacher: ModelConfig = field(default_factory=ModelConfig)  # the pretrained all-MiniLM-L6-v2 (any encoder works)
+    teacher: GeneralTeacherConfig = field(default_factory=GeneralTeacherConfig)  # all-MiniLM-L6-v2 (any encoder)
     student: StudentConfig = field(default_factory=_general_student)
+    students: list[GeneralStudentSpec] | None = None  # several students trained together (instead of `student`)
+    share: ShareConfig = field(default_factory=ShareConfig)  # modules the students share
     distill: GeneralDistillConfig = field(default_factory=GeneralDistillConfig)
     data: TextDataConfig = field(default_factory=TextDataConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_ratio=0.05))
