@@ -30,8 +30,8 @@ TOKEN_AXES = {
 
 
 def storage_dtype(name: str) -> torch.dtype:
-    """How a stored feature is kept: logits and sentence embeddings float32; attention probabilities (in [0, 1]) float16; other token
-    features bfloat16 (cannot overflow)."""
+    """How a stored feature is kept: logits and sentence embeddings float32; attention probabilities (in [0, 1])
+    float16; other token features bfloat16 (cannot overflow)."""
     return torch.float32 if name in ("logits", "pooled") else torch.float16 if name == "attentions" else torch.bfloat16
 
 

@@ -15,7 +15,7 @@ from transformers.utils import ModelOutput
 
 from bert.errors import UserError
 from bert.families import check_features, get_family, logits_of
-from bert.features import POOLINGS, FEATURES, MODEL_FEATURES, Features, ModelDims
+from bert.features import FEATURES, MODEL_FEATURES, POOLINGS, Features, ModelDims
 
 QKV = ("queries", "keys", "values")
 

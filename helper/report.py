@@ -315,7 +315,7 @@ def write_retrieval_report(
     pivot = distiller.language(view_t)
     rows, figures, summaries = [], {}, {}
     size_t = disk_size(teacher_dir)
-    for key, student in distiller.students.items():
+    for key in distiller.students:
         model = distiller.exported_model(key).to("cpu", torch.float32)
         view_s = distiller.student_views[key]
         remapped = [{**b["views"][view_t], "student": b["views"][view_s]} for b in batches]
@@ -403,20 +403,20 @@ def write_retrieval_report(
                 "",
                 *(f"- **{line}**" for line in summaries.values()),
                 "",
-                f"Translation retrieval on the **{split}** split: for each sentence, is the nearest sentence of the other "
-                "language by cosine, among the whole split, its translation? The student's English side is its own "
-                "embedding when it reads English, else the teacher's. MSE: the student's embedding of the language "
-                f"against the teacher's of the {pivot} sentence.",
+                f"Translation retrieval on the **{split}** split: for each sentence, is the nearest sentence of the "
+                "other language by cosine, among the whole split, its translation? The student's English side is its "
+                "own embedding when it reads English, else the teacher's. MSE: the student's embedding of the "
+                f"language against the teacher's of the {pivot} sentence.",
                 "",
                 *table,
                 "",
                 *speed_table,
                 "",
-                f"- Speed: CPU, fp32, {m['torch_threads']} torch threads, the teacher and each student interleaved call by "
-                f"call on real {split} sentences (the teacher reading {pivot}, the student its first language); "
+                f"- Speed: CPU, fp32, {m['torch_threads']} torch threads, the teacher and each student interleaved "
+                f"call by call on real {split} sentences (the teacher reading {pivot}, the student its first); "
                 "sizes: the safetensors weights.",
-                f"- Machine: {m['cores']} cores, {m['processor']}; torch {m['torch']}, transformers {m['transformers']}; "
-                f"{report['date']}.",
+                f"- Machine: {m['cores']} cores, {m['processor']}; torch {m['torch']}, "
+                f"transformers {m['transformers']}; {report['date']}.",
                 "",
             ]
         )

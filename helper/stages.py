@@ -478,9 +478,8 @@ def _build_general_several(cfg: GeneralRunConfig) -> Job:
         tokenizer=tok_t,
     )
     sizes = ", ".join(f"{split} {len(ds)}" for split, ds in dm.datasets.items())
-    print(
-        f"general distillation: {len(students)} students; examples: {sizes}; teacher {resolve_model_path(cfg.teacher.name)}"
-    )
+    path_t = resolve_model_path(cfg.teacher.name)
+    print(f"general distillation: {len(students)} students; examples: {sizes}; teacher {path_t}")
 
     def report(out: Path, exported: Path) -> dict:
         from helper.report import write_retrieval_report

@@ -5,16 +5,27 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-from transformers import AutoTokenizer, BertForSequenceClassification
+from transformers import AutoTokenizer, BertForSequenceClassification, BertModel
 
 from bert.errors import UserError
 from bert.families import model_inputs
 from bert.features import TOKEN_AXES, ModelDims
+from data.config import TextDataConfig
 from data.data_module import ClfDataModule, Collator
+from data.multi import ParallelDataModule
 from helper.adaptors import build_adaptors
 from helper.config import DataConfig, InitFromConfig, OptimConfig, StudentConfig
-from helper.distiller import BaseDistiller, InterDistiller, PredDistiller, head_parameters
+from helper.distiller import (
+    BaseDistiller,
+    GeneralMultiDistiller,
+    InterDistiller,
+    PredDistiller,
+    Student,
+    Teacher,
+    head_parameters,
+)
 from helper.heatmap import AttentionHeatmap
+from helper.metrics import retrieval_accuracy
 from helper.students import build_student
 from tests.conftest import tiny_bert_config
 
@@ -356,3 +367,46 @@ def test_teacher_is_scored_on_the_validation_set_once_after_a_sanity_check(dm, s
         right = sum(int((distiller.teacher(**model_inputs(b)).logits.argmax(-1) == b["labels"]).sum()) for b in batches)
     expected = right / sum(len(b["labels"]) for b in batches)
     assert float(trainer.callback_metrics["teacher/val/acc"]) == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Students reading several languages of parallel text (GeneralMultiDistiller)
+
+
+def test_multilingual_student_teacher_once_per_sentence_and_retrieval_by_hand(parallel_text, tokenizer):
+    cfg = TextDataConfig(source="parallel", text_column="en", text_files=parallel_text, batch_size=8, cache_dir=None,
+                         max_length=16)  # fmt: skip
+    dm = ParallelDataModule(cfg, {"en": (tokenizer, "en"), "de": (tokenizer, "de"), "fr": (tokenizer, "fr")})
+    dm.setup("fit")
+    torch.manual_seed(0)
+    teacher, student = BertModel(tiny_bert_config()), BertModel(tiny_bert_config(num_hidden_layers=1))
+    distiller = GeneralMultiDistiller(
+        [Teacher(teacher, view="en", pooling="mean")],
+        [Student("s", student, ["SentMSE", {"name": "SentCos", "languages": ["de"]}], ["en", "de", "fr"], "mean")],
+        dm,
+        lr=1e-3,
+    )
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(distiller, dm)
+    cache = distiller.teacher_caches[0]
+    assert len(cache.rows) == 24 and (cache.misses, cache.hits) == (24, 24)  # one entry per English sentence
+    metrics = {k: float(v) for k, v in trainer.validate(distiller, dm, verbose=False)[0].items()}
+    assert {"val/s/SentMSE/en", "val/s/SentMSE/fr", "val/s/SentCos/de"} <= set(metrics)
+    assert "val/s/SentCos/fr" not in metrics
+
+    def mean_pooled(model, lang):
+        enc = tokenizer(dm.texts["validation"][lang], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model.eval()(**enc).last_hidden_state  # (N, T, H)
+        mask = enc["attention_mask"][..., None]  # (N, T, 1)
+        return (hidden * mask).sum(1) / mask.sum(1)
+
+    teacher_en, student_en = mean_pooled(teacher, "en"), mean_pooled(student, "en")
+    assert metrics["teacher/val/retrieval/de"] == pytest.approx(
+        retrieval_accuracy(mean_pooled(teacher, "de"), teacher_en)[0]
+    )
+    forward, backward = retrieval_accuracy(mean_pooled(student, "fr"), student_en)  # the student's own English side
+    assert (metrics["val/s/retrieval/fr"], metrics["val/s/retrieval_rev/fr"]) == pytest.approx((forward, backward))
+    mse = torch.nn.functional.mse_loss(mean_pooled(student, "de"), teacher_en).item()
+    assert metrics["val/s/mse/de"] == pytest.approx(mse, rel=1e-4)

@@ -4,6 +4,7 @@ widths and head counts, chunked windows, the MLM option, unlabelled text sources
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -215,3 +216,95 @@ def test_max_length_beyond_roberta_positions_is_refused(tmp_path, minilm_path, t
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(teacher)
     with pytest.raises(UserError, match=r"data.max_length: 513 is more than the teacher's .* \(512,"):
         run(tmp_path, str(teacher), text_file, **{"data.max_length": 513})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cross-lingual students on parallel text (`data.source: parallel`)
+
+
+def xling_overrides(tmp_path, teacher: str, files: dict, **extra) -> list[str]:
+    text_files = (
+        "{"
+        + ", ".join(f"{lang}: {{{', '.join(f'{k}: {v}' for k, v in f.items())}}}" for lang, f in files.items())
+        + "}"
+    )  # noqa: E501
+    base = {
+        "teacher.name": teacher,
+        "teacher.pooling": "mean",
+        "distill.adaptors": "[SentMSE]",
+        "data.source": "parallel",
+        "data.text_column": "en",
+        "data.text_files": text_files,
+        "data.max_length": 16,
+        "data.batch_size": 8,
+        "data.cache_dir": str(tmp_path / "cache"),
+        "distill.report_batches": 2,
+        "optim.lr": 1e-3,
+        "trainer.max_epochs": 1,
+        "trainer.accelerator": "cpu",
+        "trainer.devices": 1,
+        "trainer.log_every_n_steps": 1,
+        "logger.loggers": "[csv]",
+        "logger.output_dir": str(tmp_path),
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def run_xling(tmp_path, teacher: str, files: dict, **extra) -> dict:
+    cfg = load_config(GeneralRunConfig, ROOT / "configs" / "distillation_general.yaml",
+                      xling_overrides(tmp_path, teacher, files, **extra))  # fmt: skip
+    return distillation_general.main(cfg)
+
+
+def test_cross_lingual_students_are_scored_and_export_sentence_transformers_models(
+    tmp_path, tiny_model_dir, parallel_text
+):
+    students = (
+        "[{key: multi, init_from_teacher: {layers: [1]}},"  # every language
+        " {key: de, init_from_teacher: {layers: [0]}, languages: [en, de], adaptors: [SentCos]}]"  # bilingual
+    )
+    metrics = run_xling(tmp_path, tiny_model_dir, parallel_text, students=students,
+                        **{"trainer.monitor": "val/de/retrieval/de", "trainer.max_epochs": 2})  # fmt: skip
+    for split in ("val", "test"):
+        for lang in ("de", "fr"):
+            assert 0 <= metrics[f"{split}/multi/retrieval/{lang}"] <= 1
+            assert 0 <= metrics[f"teacher/{split}/retrieval_rev/{lang}"] <= 1
+        assert metrics[f"{split}/multi/mse/en"] >= 0 and f"{split}/de/retrieval_rev/de" in metrics
+        assert f"{split}/de/retrieval/fr" not in metrics
+    assert {"val/multi/SentMSE/fr", "val/de/SentCos/en", "val/de/loss"} <= set(metrics)
+    losses = val_losses(tmp_path / "distill_general")
+    assert len(losses) >= 2 and losses[1] < losses[0]
+    export = tmp_path / "distill_general" / "students" / "multi"
+    assert AutoModel.from_pretrained(export).config.num_hidden_layers == 1
+    modules = json.loads((export / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == [
+        "Transformer",
+        "Pooling",
+    ]  # the tiny teacher: no Normalize
+    assert [m["path"] for m in modules] == ["", "1_Pooling"]
+    pooling = json.loads((export / "1_Pooling" / "config.json").read_text())
+    assert pooling["word_embedding_dimension"] == 32 and pooling["pooling_mode_mean_tokens"]
+    assert not pooling["pooling_mode_cls_token"]
+    assert json.loads((export / "sentence_bert_config.json").read_text())["max_seq_length"] == 16
+    report = (tmp_path / "distill_general" / "report" / "report.md").read_text()
+    assert "| multi | fr |" in report and "| de | de |" in report and "throughput" in report
+
+
+def test_cross_lingual_bad_input(tmp_path, tiny_model_dir, parallel_text):
+    ONE = "[{key: a, init_from_teacher: {layers: [0]}}]"  # noqa: N806
+    with pytest.raises(UserError, match=r"students\[0\].languages: 'it' has no files in data.text_files") as err:
+        run_xling(
+            tmp_path,
+            tiny_model_dir,
+            parallel_text,
+            students="[{key: a, init_from_teacher: {layers: [0]}, languages: [en, it]}]",
+        )
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match=r"trainer.monitor: 'val/b/retrieval/de' names no student"):
+        run_xling(tmp_path, tiny_model_dir, parallel_text, students=ONE, **{"trainer.monitor": "val/b/retrieval/de"})
+    with pytest.raises(UserError, match=r"pooling: BertForMaskedLM has no pooler"):  # a masked LM has no pooler
+        run_xling(tmp_path, tiny_model_dir, parallel_text, students="[{key: a, init_from_teacher: {layers: [0]}, pooling: pooler}]",
+                  **{"distill.mlm": "{weight: 1.0}"})  # fmt: skip
+    with pytest.raises(UserError, match=r"compares tokens, but teacher 0 reads view 'en' and the student 'de'"):
+        run_xling(tmp_path, tiny_model_dir, parallel_text, students=ONE, **{"distill.adaptors": "[AttnMiniLM]"})
