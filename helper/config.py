@@ -267,6 +267,9 @@ class InitFromConfig(Section):
 
     layers: list[int] = field(default_factory=lambda: [1, 5])  # 0-based source layers, in order
     embeddings: bool = True  # copy the embeddings too (else random init)
+    # false: the layers are randomly initialised (clkd's weights_from_teacher.transformer_blocks=False); with
+    # embeddings true the student keeps the teacher's embeddings on random layers
+    transformer_blocks: bool = True  # copy the layers' weights (else random layers of the same shapes)
     model: str | None = None  # source model; default: the teacher
 
 
@@ -536,6 +539,9 @@ class GeneralStudentSpec(StudentConfig):
     # parallel text: the languages it reads (each adaptor and the MLM apply to each); default: every language
     languages: list[str] | None = None  # languages of data.text_files it reads
     pooling: Literal["mean", "cls", "pooler"] | None = None  # its sentence embedding; default: the teacher's
+    # clkd's embed_sharing: in_each_model: one word-embedding matrix per language (copies of the student's to start),
+    # the layers shared; exported as one model per language, <run dir>/students/<key>-<language>
+    embeddings_per_language: bool = False  # a word-embedding matrix per language inside the student
 
     def check(self) -> None:
         super().check()

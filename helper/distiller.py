@@ -18,6 +18,7 @@ trained once, exported with every student). Each model reads its view of the bat
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import warnings
@@ -69,8 +70,9 @@ class Student:
     """A student: its key (metrics `val/<key>/acc`, export `<dir>/<key>`), its adaptors (names or mappings as
     `distill.adaptors`, where `teacher: i` picks one teacher and `languages: [...]` the languages it applies to;
     default `distill.adaptors`), its view, or on unlabelled data a list of views (its languages: each adaptor and
-    the MLM apply to each, logged `<key>/<adaptor>/<language>`), its pooling (as `Teacher`'s), and whether its
-    sentence-transformers export ends with a Normalize module (as the teacher's)."""
+    the MLM apply to each, logged `<key>/<adaptor>/<language>`), its pooling (as `Teacher`'s), whether its
+    sentence-transformers export ends with a Normalize module (as the teacher's), and whether it has a word-embedding
+    matrix per language (clkd's `embed_sharing: in_each_model`; exported as `<dir>/<key>-<language>` each)."""
 
     key: str
     model: nn.Module
@@ -78,6 +80,7 @@ class Student:
     view: str | Sequence[str] | None = None
     pooling: str | None = None
     normalize: bool = False
+    embeddings_per_language: bool = False
 
 
 def check_weights(weights: Sequence[float], where: str = "teacher weights") -> list[float]:
@@ -279,6 +282,19 @@ class Distiller(pl.LightningModule):
         share = ShareConfig(**share) if isinstance(share, Mapping) else share or ShareConfig()
         if len(students) > 1 and (share.embeddings or share.layers):
             tie_shared(self.students, share.embeddings, share.layers)
+        self.language_embeddings = nn.ModuleDict()  # key -> {language: word embeddings}; the student holds the first's
+        for s in students:
+            if s.embeddings_per_language:
+                langs = [self.language(v) for v in self.student_langs[s.key]]
+                if len(langs) < 2 or None in langs:
+                    raise UserError(
+                        f"student {s.key!r}: embeddings_per_language needs several languages of parallel text "
+                        f"(it reads {langs})"
+                    )
+                first = s.model.get_input_embeddings()
+                self.language_embeddings[s.key] = nn.ModuleDict(
+                    {lang: first if i == 0 else copy.deepcopy(first) for i, lang in enumerate(langs)}
+                )
         self.adaptors = nn.ModuleDict()
         self.adaptor_teacher: dict[str, list[int | None]] = {}  # per adaptor: its teacher, None for the weighted mean
         self.adaptor_views: dict[str, list[list[str | None]]] = {}  # per adaptor: the student's views it applies to
@@ -598,6 +614,7 @@ class Distiller(pl.LightningModule):
             several = len(self.student_langs[key]) > 1
             for view in self.student_langs[key]:
                 suffix = f"/{self.language(view)}" if several else ""
+                self.use_language(key, view)
                 _, feats_s = self.rec_s[key](**self.student_inputs(batch, key, view))
                 if self._sentences is not None:
                     self._sentences[key, view] = feats_s.pooled.detach()
@@ -610,10 +627,24 @@ class Distiller(pl.LightningModule):
                 if self.mlm is not None:
                     out[self._name(key, "mlm" + suffix)] = mlm = self.mlm_loss(batch, key, generator, view)
                     loss_s = loss_s + self.mlm.weight * mlm
+            self.use_language(key, self.student_langs[key][0])  # what checkpoints and exports see between steps
             if not self.flat:
                 out[f"{key}/loss"] = loss_s
             total = total + loss_s
         return out, total
+
+    def use_language(self, key: str, view: str | None) -> None:
+        """Give student `key` the word embeddings of `view`'s language, when it has one matrix per language (its
+        masked-LM decoder, tied to them, follows)."""
+        table = self.language_embeddings[key] if key in self.language_embeddings else None
+        if table is None:
+            return
+        student, emb = self.students[key], table[self.language(view)]
+        if student.get_input_embeddings() is not emb:
+            student.set_input_embeddings(emb)
+            decoder = getattr(student, "get_output_embeddings", lambda: None)()
+            if decoder is not None:
+                decoder.weight = emb.weight
 
     def _name(self, key: str, name: str) -> str:
         return name if self.flat else f"{key}/{name}"
@@ -732,9 +763,10 @@ class Distiller(pl.LightningModule):
                 try:
                     for key in self.students:
                         for view in self.student_langs[key]:
-                            self._sentences[key, view] = self.rec_s[key](**self.student_inputs(batch, key, view))[
-                                1
-                            ].pooled
+                            self.use_language(key, view)
+                            inputs = self.student_inputs(batch, key, view)
+                            self._sentences[key, view] = self.rec_s[key](**inputs)[1].pooled
+                        self.use_language(key, self.student_langs[key][0])
                     self._keep_sentences(batch, "test")
                 finally:
                     self._sentences = None
@@ -852,10 +884,26 @@ class Distiller(pl.LightningModule):
         """Write the students as Hugging Face directories (safetensors + tokenizer), atomically: the best checkpoint's
         weights when the run has one (`export_best`), else the current ones. One student (flat) goes to `out_dir`,
         several to `<out_dir>/<key>` each (shared modules copied into each)."""
-        for key in self.students:
-            out = Path(out_dir) if self.flat else Path(out_dir) / key
-            export_module(self, self.exported_model(key), tokenizer or self.tokenizer_of(key), out, self._st_files(key))
+        for name, (key, view) in self.export_names().items():
+            out = Path(out_dir) if self.flat else Path(out_dir) / name
+            self.use_language(key, view)
+            try:
+                model = self.exported_model(key)
+                export_module(self, model, tokenizer or self.tokenizer_of(key), out, self._st_files(key))
+            finally:
+                self.use_language(key, self.student_langs[key][0])
         return Path(out_dir)
+
+    def export_names(self) -> dict[str, tuple[str, str | None]]:
+        """{directory name: (student key, view)}: a student's key, or `<key>-<language>` for each language of a
+        student with a word-embedding matrix per language."""
+        out: dict[str, tuple[str, str | None]] = {}
+        for key in self.students:
+            if key in self.language_embeddings:
+                out.update({f"{key}-{self.language(v)}": (key, v) for v in self.student_langs[key]})
+            else:
+                out[key] = (key, None)
+        return out
 
     def _st_files(self, key: str) -> dict[str, str] | None:
         """The sentence-transformers files of an unlabelled student with a declared mean or cls pooling."""

@@ -115,8 +115,8 @@ def fit_and_export(cfg, stage: str, job: Job) -> tuple[dict, Path | None]:
     """
     module, dm = job.module, job.dm
     target = run_dir(cfg.logger, stage) / job.export
-    for key in getattr(module, "students", {}) if job.export == "students" else [None]:
-        check_export_dir(target if key is None else target / key)  # before training: a refusal costs no time
+    for name in module.export_names() if job.export == "students" else [None]:
+        check_export_dir(target if name is None else target / name)  # before training: a refusal costs no time
     trainer, out, resume = build_trainer(cfg, stage, list(job.callbacks))
     check_resume(resume, module, dm, cfg)
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
@@ -465,9 +465,10 @@ def _build_general_several(cfg: GeneralRunConfig) -> Job:
         student = build_encoder_student(spec, teacher, cfg.teacher.name, cfg.distill.mlm is not None)
         check_max_length(data.max_length, student.config, f"students[{i}]", spec.name or spec.key)
         check_vocab(tok_t, student, f"students[{i}]")
-        students.append(
-            Student(spec.key, student, spec.adaptors, languages[spec.key], spec.pooling or pooling_t, normalize)
-        )
+        pooling = spec.pooling or pooling_t
+        views_s = languages[spec.key]
+        per_language = spec.embeddings_per_language
+        students.append(Student(spec.key, student, spec.adaptors, views_s, pooling, normalize, per_language))
     module = GeneralMultiDistiller(
         [Teacher(teacher, view=data.text_column if parallel else None, pooling=pooling_t)],
         students,

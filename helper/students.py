@@ -71,6 +71,8 @@ def cut_student(source: nn.Module, layers: list[int], embeddings: bool, cfg: Stu
     student.load_state_dict(cut.state_dict())
     if not embeddings:
         family.embeddings(student).apply(student._init_weights)
+    if cfg.init_from_teacher is not None and not cfg.init_from_teacher.transformer_blocks:
+        family.layers(student).apply(student._init_weights)
     return student
 
 
@@ -139,4 +141,6 @@ def build_encoder_student(cfg: StudentConfig, teacher: nn.Module, teacher_name: 
         raise UserError(f"student.init_from_teacher: the cut encoder lacks {', '.join(missing[:3])}")
     if not src.embeddings:
         family.embeddings(student).apply(student._init_weights)
+    if not src.transformer_blocks:
+        family.layers(student).apply(student._init_weights)
     return student

@@ -308,3 +308,23 @@ def test_cross_lingual_bad_input(tmp_path, tiny_model_dir, parallel_text):
                   **{"distill.mlm": "{weight: 1.0}"})  # fmt: skip
     with pytest.raises(UserError, match=r"compares tokens, but teacher 0 reads view 'en' and the student 'de'"):
         run_xling(tmp_path, tiny_model_dir, parallel_text, students=ONE, **{"distill.adaptors": "[AttnMiniLM]"})
+
+
+def test_monolingual_students_sharing_a_layer_and_embeddings_per_language(tmp_path, tiny_model_dir, parallel_text):
+    students = (
+        "[{key: de, init_from_teacher: {layers: [0, 1], transformer_blocks: false}, languages: [en, de]},"
+        " {key: fr, init_from_teacher: {layers: [0, 1]}, languages: [en, fr]},"
+        " {key: multi, init_from_teacher: {layers: [0, 1]}, embeddings_per_language: true}]"
+    )
+    metrics = run_xling(tmp_path, tiny_model_dir, parallel_text, students=students,
+                        **{"share.layers": "[1]", "distill.report": "false"})  # fmt: skip
+    assert {"test/de/retrieval/de", "test/fr/retrieval/fr", "test/multi/retrieval/fr"} <= set(metrics)
+    root = tmp_path / "distill_general" / "students"
+    assert sorted(p.name for p in root.iterdir()) == ["de", "fr", "multi-de", "multi-en", "multi-fr"]
+    de, fr, multi_de, multi_fr = (AutoModel.from_pretrained(root / k) for k in ("de", "fr", "multi-de", "multi-fr"))
+    layer = "encoder.layer.{}.attention.self.query.weight"
+    assert torch.equal(de.state_dict()[layer.format(1)], fr.state_dict()[layer.format(1)])  # shared layer 1
+    assert not torch.equal(de.state_dict()[layer.format(0)], fr.state_dict()[layer.format(0)])
+    words = "embeddings.word_embeddings.weight"
+    assert not torch.equal(multi_de.state_dict()[words], multi_fr.state_dict()[words])  # one matrix per language
+    assert torch.equal(multi_de.state_dict()[layer.format(0)], multi_fr.state_dict()[layer.format(0)])
