@@ -162,6 +162,44 @@ def _token_mse(h_t: Tensor, h_s: Tensor, valid: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Schedules of an adaptor's weight and temperature over the training steps (as TextBrewer's schedulers)
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def scheduled(start: float, end: float, kind: str, progress: float) -> float:
+    """The value at `progress` (0 at the first training step, 1 at the last) going from `start` to `end`: constant
+    (stays `start`), linear, or cosine (half a cosine: slow, fast, slow)."""
+    p = min(max(progress, 0.0), 1.0)
+    if kind == "constant":
+        return start
+    frac = p if kind == "linear" else (1 - math.cos(math.pi * p)) / 2
+    return start + (end - start) * frac
+
+
+def parse_schedule(spec: Any, adaptor: Adaptor, where: str) -> dict[str, tuple[float, float, str]]:
+    """An adaptor spec's `schedule: {weight: {to: 0.0, kind: linear}, temperature: {to: 1.0, kind: cosine}}` as
+    {setting: (start: its value now, end, kind)}; only the adaptor's `weight` and, where it has one, `temperature`."""
+    if not isinstance(spec, dict) or not spec:
+        raise UserError(f"{where}: schedule {spec!r}; give {{weight: {{to: 0.0, kind: linear}}}} (or temperature)")
+    out = {}
+    for name, rule in spec.items():
+        if name not in ("weight", "temperature") or not hasattr(adaptor, name):
+            have = "weight, temperature" if hasattr(adaptor, "temperature") else "weight"
+            raise UserError(f"{where}: schedule.{name}: {adaptor.key} can schedule only {have}")
+        if not isinstance(rule, dict) or set(rule) - {"to", "kind"} or "to" not in rule:
+            raise UserError(f"{where}: schedule.{name} {rule!r}; give {{to: <number>, kind: {'|'.join(SCHEDULES)}}}")
+        end, kind = rule["to"], rule.get("kind", "linear")
+        low = 0 if name == "weight" else 1e-6
+        if isinstance(end, bool) or not isinstance(end, (int, float)) or not end >= low or not math.isfinite(end):
+            raise UserError(f"{where}: schedule.{name}.to {end!r} must be a number {'>= 0' if low == 0 else '> 0'}")
+        if kind not in SCHEDULES:
+            raise UserError(f"{where}: schedule.{name}.kind {kind!r} is not one of {', '.join(SCHEDULES)}")
+        out[name] = (float(getattr(adaptor, name)), float(end), kind)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Registry
 
 ADAPTORS: dict[str, type[Adaptor]] = {}

@@ -461,10 +461,20 @@ class MLMConfig(Section):
     kept). The student is then built as a masked LM (`AutoModelForMaskedLM`); its encoder is what is exported."""
 
     SECTION = "distill.mlm"
-    RULES = {"weight": NON_NEGATIVE, "probability": Num(0, 1, lo_open=True, hi_open=True)}
+    RULES = {
+        "weight": NON_NEGATIVE,
+        "probability": Num(0, 1, lo_open=True, hi_open=True),
+        "soft_weight": NON_NEGATIVE,
+        "temperature": POSITIVE,
+    }
 
-    weight: float = 1.0  # weight of the MLM loss in the total
+    weight: float = 1.0  # weight of the MLM loss (cross-entropy on the masked tokens) in the total
     probability: float = 0.15  # fraction of the (non-special) tokens chosen for prediction
+    # Soft targets: T² · KL(teacher ‖ student) of the masked-token distributions at `temperature`, the teacher reading
+    # the same masked text with its masked-LM head (it is then loaded as AutoModelForMaskedLM); clkd's "soft-target
+    # cross-entropy", e.g. weight 0.5, soft_weight 0.5, temperature 4
+    soft_weight: float = 0.0  # weight of the soft-target MLM loss (logged mlm_soft); 0: off
+    temperature: float = 1.0  # of the soft targets
 
 
 @dataclass

@@ -37,7 +37,8 @@ from bert.families import check_features, get_family, logits_of, model_inputs
 from bert.features import Features, ModelDims, merge_requests
 from bert.loading import name_labels
 from bert.recorder import FeatureRecorder
-from helper.adaptors import Adaptor, LogitKL, build_adaptors
+from data.data_module import tokenizer_id
+from helper.adaptors import Adaptor, LogitKL, build_adaptors, parse_schedule, scheduled
 from helper.checkpoint import say_runtime_flags, sentence_transformers_files
 from helper.config import DEFAULT_METRICS, DistillationRunConfig, GeneralRunConfig, OptimConfig, ShareConfig
 from helper.hgckpt import (
@@ -298,6 +299,7 @@ class Distiller(pl.LightningModule):
         self.adaptors = nn.ModuleDict()
         self.adaptor_teacher: dict[str, list[int | None]] = {}  # per adaptor: its teacher, None for the weighted mean
         self.adaptor_views: dict[str, list[list[str | None]]] = {}  # per adaptor: the student's views it applies to
+        self.adaptor_schedules: dict[str, list[dict]] = {}  # per adaptor: {setting: (start, end, kind)}
         requests_t: list[list] = [[] for _ in teachers]
         for s in students:
             self._build_adaptors(s, requests_t)
@@ -381,13 +383,14 @@ class Distiller(pl.LightningModule):
             if not isinstance(specs, (list, tuple)) or not specs:
                 raise UserError(f"{self._where(s.key)}adaptors: expected a non-empty list, got {specs!r}")
         dims_s = ModelDims.of(getattr(s.model, "config", None))
-        built, chosen, views, seen = nn.ModuleList(), [], [], {}
+        built, chosen, views, schedules, seen = nn.ModuleList(), [], [], [], {}
         for i, spec in enumerate(specs):
             where = f"{self._where(s.key)}adaptors[{i}]"
-            teacher, languages = None, None
-            if isinstance(spec, Mapping) and ("teacher" in spec or "languages" in spec):
+            teacher, languages, schedule = None, None, None
+            if isinstance(spec, Mapping) and {"teacher", "languages", "schedule"} & set(spec):
                 spec = dict(spec)
                 teacher, languages = spec.pop("teacher", None), spec.pop("languages", None)
+                schedule = spec.pop("schedule", None)
                 if teacher is not None and (
                     isinstance(teacher, bool) or not isinstance(teacher, int) or not 0 <= teacher < n
                 ):
@@ -427,6 +430,7 @@ class Distiller(pl.LightningModule):
             built.append(adaptor)
             chosen.append(teacher)
             views.append(applies)
+            schedules.append(parse_schedule(schedule, adaptor, where) if schedule is not None else {})
         where = f"{self._where(s.key)}adaptors"
         wrong = [a.key for a in built if a.stage not in self.stages]
         if wrong:
@@ -443,6 +447,7 @@ class Distiller(pl.LightningModule):
         self.adaptors[s.key] = built
         self.adaptor_teacher[s.key] = chosen
         self.adaptor_views[s.key] = views
+        self.adaptor_schedules[s.key] = schedules
 
     def _where(self, key: str) -> str:
         return "distill." if self.flat else f"student {key!r}: "
@@ -479,6 +484,23 @@ class Distiller(pl.LightningModule):
             if tok is None or tok.mask_token_id is None:
                 raise UserError(f"distill.mlm: tokenizer {getattr(tok, 'name_or_path', None)} has no mask token")
             self._special[key] = torch.tensor(sorted(set(tok.all_special_ids)))
+        if getattr(self.mlm, "soft_weight", 0) > 0:
+            teacher = self.teachers[0]
+            if getattr(teacher, "get_output_embeddings", lambda: None)() is None:
+                raise UserError(
+                    f"distill.mlm.soft_weight: the teacher {type(teacher).__name__} has no masked-LM head to give soft "
+                    "targets; use a masked LM as the teacher, or set soft_weight 0"
+                )
+            views = getattr(self.dm, "views", None) or {}
+            tok_t = views[self.teacher_views[0]][0] if views else self.tokenizer
+            for key, student in self.students.items():
+                if tokenizer_id(self.tokenizer_of(key)) != tokenizer_id(tok_t) or (
+                    student.config.vocab_size != teacher.config.vocab_size
+                ):
+                    raise UserError(
+                        f"distill.mlm.soft_weight: student {key!r} does not read the teacher's vocabulary; soft MLM "
+                        "targets need the same tokens"
+                    )
 
     # -- what trains ------------------------------------------------------------------------------------------------
     def configure_trainable(self) -> None:
@@ -625,8 +647,12 @@ class Distiller(pl.LightningModule):
                         out[self._name(key, adaptor.key + suffix)] = loss
                         loss_s = loss_s + adaptor.weight * loss
                 if self.mlm is not None:
-                    out[self._name(key, "mlm" + suffix)] = mlm = self.mlm_loss(batch, key, generator, view)
+                    mlm, soft = self.mlm_loss(batch, key, generator, view)
+                    out[self._name(key, "mlm" + suffix)] = mlm
                     loss_s = loss_s + self.mlm.weight * mlm
+                    if soft is not None:
+                        out[self._name(key, "mlm_soft" + suffix)] = soft
+                        loss_s = loss_s + self.mlm.soft_weight * soft
             self.use_language(key, self.student_langs[key][0])  # what checkpoints and exports see between steps
             if not self.flat:
                 out[f"{key}/loss"] = loss_s
@@ -652,8 +678,11 @@ class Distiller(pl.LightningModule):
     def mlm_loss(
         self, batch: dict, key: str, generator: torch.Generator | None = None, view: str | None = None
     ) -> torch.Tensor:
-        """Cross-entropy of the student's predictions at the masked positions (a second, masked, student pass) of
-        its `view` (default: its first)."""
+        """(cross-entropy of the student's predictions at the masked positions (a second, masked, student pass) of
+        its `view` (default: its first), and with `mlm.soft_weight` the soft-target loss T² · KL(teacher ‖ student)
+        of the masked-token distributions at `mlm.temperature`, the first teacher reading the same masked tokens
+        (else None)). Hinton et al. 2015 (arXiv:1503.02531) on DistilBERT's masked LM (Sanh et al. 2019,
+        arXiv:1910.01108)."""
         student = self.students[key]
         inputs = self.student_inputs(batch, key, view)
         inputs["input_ids"], labels = mask_tokens(
@@ -666,12 +695,39 @@ class Distiller(pl.LightningModule):
             generator,
         )
         logits = student(**inputs).logits  # (B, T, V)
-        if not bool((labels != -100).any()):
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        chosen = labels != -100  # (B, T)
+        if not bool(chosen.any()):
+            zero = logits.sum() * 0.0
+            return zero, (zero if self.mlm.soft_weight > 0 else None)
+        hard = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        if not self.mlm.soft_weight > 0:
+            return hard, None
+        teacher, tau = self.teachers[0], self.mlm.temperature
+        with torch.no_grad():
+            logits_t = teacher(**model_inputs(inputs, teacher)).logits[chosen].float()  # (N, V)
+        logp_s = (logits[chosen].float() / tau).log_softmax(-1)  # (N, V)
+        soft = F.kl_div(logp_s, (logits_t / tau).log_softmax(-1), reduction="batchmean", log_target=True) * tau**2
+        return hard, soft
 
     # -- steps ------------------------------------------------------------------------------------------------------
+    def apply_schedules(self) -> dict[str, float]:
+        """Set every scheduled adaptor weight and temperature to its value at this training step (of
+        `trainer.estimated_stepping_batches`); returns them as {log name: value}."""
+        if not any(any(s) for s in self.adaptor_schedules.values()):
+            return {}
+        trainer = self._trainer
+        steps = trainer.estimated_stepping_batches if trainer is not None else 1
+        progress = self.global_step / max(1, steps - 1) if math.isfinite(steps) else 0.0
+        values = {}
+        for key, schedules in self.adaptor_schedules.items():
+            for adaptor, schedule in zip(self.adaptors[key], schedules):
+                for name, (start, end, kind) in schedule.items():
+                    setattr(adaptor, name, scheduled(start, end, kind, progress))
+                    values[self._name(key, f"{adaptor.key}/{name}")] = getattr(adaptor, name)
+        return values
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        scheduled_now = self.apply_schedules()
         losses, total = self.losses(batch)
         self.step_losses = {k: v.detach() for k, v in losses.items()}  # NonFiniteGuard names them
         n = len(batch["idx"] if "idx" in batch else batch["labels"])
@@ -679,6 +735,8 @@ class Distiller(pl.LightningModule):
             for name, loss in losses.items():
                 self.log(f"train/{name}", loss, batch_size=n)
             self.log("train/loss", total, prog_bar=True, batch_size=n)
+            for name, value in scheduled_now.items():
+                self.log(f"schedule/{name}", value, batch_size=n)
             for i, cache in enumerate(self.teacher_caches):
                 if cache is not None:
                     self.log(self._key("train/teacher_cache_hit_rate", str(i)), cache.hit_rate)

@@ -420,7 +420,8 @@ def build_general(cfg: GeneralRunConfig) -> Job:
     tokenizer = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
     dm = TextDataModule(cfg.data, tokenizer)
     dm.setup("fit")
-    teacher = load_encoder(cfg.teacher.name, cfg.teacher.attn_implementation)
+    soft = cfg.distill.mlm is not None and cfg.distill.mlm.soft_weight > 0
+    teacher = load_encoder(cfg.teacher.name, cfg.teacher.attn_implementation, masked_lm=soft)
     check_max_length(cfg.data.max_length, teacher.config, "teacher", cfg.teacher.name)
     student = build_encoder_student(cfg.student, teacher, cfg.teacher.name, cfg.distill.mlm is not None)
     check_max_length(cfg.data.max_length, student.config, "student", cfg.student.name or "the student")
@@ -444,7 +445,8 @@ def _build_general_several(cfg: GeneralRunConfig) -> Job:
 
     data = cfg.data
     tok_t = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
-    teacher = load_encoder(cfg.teacher.name, cfg.teacher.attn_implementation)
+    soft = cfg.distill.mlm is not None and cfg.distill.mlm.soft_weight > 0
+    teacher = load_encoder(cfg.teacher.name, cfg.teacher.attn_implementation, masked_lm=soft)
     check_max_length(data.max_length, teacher.config, "teacher", cfg.teacher.name)
     check_vocab(tok_t, teacher, "teacher")
     found, normalize = sentence_pooling(cfg.teacher.name)

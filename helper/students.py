@@ -98,10 +98,21 @@ def lstm_student(teacher: nn.Module, cfg: StudentConfig, label_names: list[str],
     return student
 
 
-def load_encoder(name: str, attn_implementation: str = "sdpa", role: str = "teacher") -> nn.Module:
-    """The bare encoder (`AutoModel`) of `name`: a pretrained encoder or a classifier's directory (its head dropped)."""
+def load_encoder(name: str, attn_implementation: str = "sdpa", role: str = "teacher", masked_lm: bool = False):
+    """The bare encoder (`AutoModel`) of `name`: a pretrained encoder or a classifier's directory (its head dropped);
+    with `masked_lm`, the model with its trained masked-LM head (`AutoModelForMaskedLM`; one line if it has none)."""
     config = load_model_config(name)
     impl = family_of(config).attn_implementation(attn_implementation)
+    if masked_lm:
+        model, info = load_named(
+            role, AutoModelForMaskedLM.from_pretrained, name, attn_implementation=impl, output_loading_info=True
+        )
+        if info["missing_keys"]:
+            raise UserError(
+                f"{role} {name}: has no trained masked-LM head ({sorted(info['missing_keys'])[0]} is missing); soft "
+                "MLM targets need a masked LM such as xlm-roberta-base"
+            )
+        return model
     model = load_named(role, AutoModel.from_pretrained, name, attn_implementation=impl)
     get_family(model).layers(model)  # one line if it has no attention layers (a BiLSTM)
     return model

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import pytorch_lightning as pl
 import torch
-from transformers import AutoTokenizer, BertForSequenceClassification, BertModel
+from transformers import AutoTokenizer, BertForMaskedLM, BertForSequenceClassification, BertModel
 
 from bert.errors import UserError
 from bert.families import model_inputs
@@ -13,8 +15,8 @@ from bert.features import TOKEN_AXES, ModelDims
 from data.config import TextDataConfig
 from data.data_module import ClfDataModule, Collator
 from data.multi import ParallelDataModule
-from helper.adaptors import build_adaptors
-from helper.config import DataConfig, InitFromConfig, OptimConfig, StudentConfig
+from helper.adaptors import build_adaptors, scheduled
+from helper.config import DataConfig, GeneralDistillConfig, InitFromConfig, MLMConfig, OptimConfig, StudentConfig
 from helper.distiller import (
     BaseDistiller,
     GeneralMultiDistiller,
@@ -23,6 +25,7 @@ from helper.distiller import (
     Student,
     Teacher,
     head_parameters,
+    mask_tokens,
 )
 from helper.heatmap import AttentionHeatmap
 from helper.metrics import retrieval_accuracy
@@ -410,3 +413,55 @@ def test_multilingual_student_teacher_once_per_sentence_and_retrieval_by_hand(pa
     assert (metrics["val/s/retrieval/fr"], metrics["val/s/retrieval_rev/fr"]) == pytest.approx((forward, backward))
     mse = torch.nn.functional.mse_loss(mean_pooled(student, "de"), teacher_en).item()
     assert metrics["val/s/mse/de"] == pytest.approx(mse, rel=1e-4)
+
+
+def test_mlm_soft_targets_weights_and_schedules(parallel_text, tokenizer):
+    cfg = TextDataConfig(source="parallel", text_column="en", text_files=parallel_text, batch_size=8, cache_dir=None,
+                         max_length=16)  # fmt: skip
+    dm = ParallelDataModule(cfg, {"en": (tokenizer, "en"), "de": (tokenizer, "de")})
+    dm.setup("fit")
+    torch.manual_seed(0)
+    teacher, student = BertForMaskedLM(tiny_bert_config()), BertForMaskedLM(tiny_bert_config(num_hidden_layers=1))
+    sched = {"weight": {"to": 0.0, "kind": "cosine"}}
+    mlm = MLMConfig(weight=0.3, probability=0.5, soft_weight=0.7, temperature=2.0)
+    distiller = GeneralMultiDistiller(
+        [Teacher(teacher, view="en", pooling="mean")],
+        [Student("s", student, [{"name": "SentMSE", "weight": 2.0, "schedule": sched}], ["en", "de"], "mean")],
+        dm,
+        distill=GeneralDistillConfig(mlm=mlm),
+    )
+    batch = next(iter(dm.val_dataloader()))
+    losses, total = distiller.losses(batch, cached=False, generator=torch.Generator().manual_seed(0))
+    parts = [
+        2.0 * losses[f"s/SentMSE/{x}"] + 0.3 * losses[f"s/mlm/{x}"] + 0.7 * losses[f"s/mlm_soft/{x}"]
+        for x in ("en", "de")
+    ]
+    assert total.item() == pytest.approx(sum(parts).item())
+    # the soft targets by hand: the same masks (same generator), the teacher reading the student's masked tokens
+    inputs = {k: v for k, v in batch["views"]["de"].items() if k != "token_type_ids"}
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    ids, labels = mask_tokens(inputs["input_ids"], inputs["attention_mask"], special, tokenizer.mask_token_id,
+                              tokenizer.vocab_size, 0.5, torch.Generator().manual_seed(0))  # fmt: skip
+    chosen = labels != -100
+    student.eval()  # no dropout, so that the student's pass can be repeated by hand
+    hard, soft = distiller.mlm_loss(batch, "s", torch.Generator().manual_seed(0), "de")
+    with torch.no_grad():
+        z_t = teacher(input_ids=ids, attention_mask=inputs["attention_mask"]).logits[chosen] / 2.0  # (N, V)
+        z_s = student(input_ids=ids, attention_mask=inputs["attention_mask"]).logits[chosen] / 2.0  # (N, V)
+    p_t = z_t.softmax(-1)
+    by_hand = 4.0 * (p_t * (p_t.log() - z_s.log_softmax(-1))).sum(-1).mean()
+    assert soft.item() == pytest.approx(by_hand.item(), rel=1e-4) and hard.item() > 0
+    # the cosine weight schedule reaches its end value at the last step
+    trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False, limit_val_batches=0,
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(distiller, dm)
+    assert distiller.adaptors["s"][0].weight == pytest.approx(0.0, abs=1e-9)
+    assert [scheduled(2.0, 0.0, kind, 0.25) for kind in ("constant", "linear", "cosine")] == pytest.approx(
+        [2.0, 1.5, 1 + math.cos(math.pi / 4)]
+    )
+    with pytest.raises(UserError, match=r"schedule.temperature: SentMSE can schedule only weight"):
+        GeneralMultiDistiller([Teacher(teacher, view="en")], [Student("s", student, [{"name": "SentMSE", "schedule": {
+            "temperature": {"to": 1}}}], ["en", "de"])], dm)  # fmt: skip
+    with pytest.raises(UserError, match=r"mlm.soft_weight: the teacher BertModel has no masked-LM head"):
+        GeneralMultiDistiller([Teacher(BertModel(tiny_bert_config()), view="en")], [Student("s", student, ["SentMSE"],
+            ["en", "de"])], dm, distill=GeneralDistillConfig(mlm=mlm))  # fmt: skip

@@ -304,8 +304,8 @@ def test_cross_lingual_bad_input(tmp_path, tiny_model_dir, parallel_text):
     with pytest.raises(UserError, match=r"trainer.monitor: 'val/b/retrieval/de' names no student"):
         run_xling(tmp_path, tiny_model_dir, parallel_text, students=ONE, **{"trainer.monitor": "val/b/retrieval/de"})
     with pytest.raises(UserError, match=r"pooling: BertForMaskedLM has no pooler"):  # a masked LM has no pooler
-        run_xling(tmp_path, tiny_model_dir, parallel_text, students="[{key: a, init_from_teacher: {layers: [0]}, pooling: pooler}]",
-                  **{"distill.mlm": "{weight: 1.0}"})  # fmt: skip
+        pooler = "[{key: a, init_from_teacher: {layers: [0]}, pooling: pooler}]"
+        run_xling(tmp_path, tiny_model_dir, parallel_text, students=pooler, **{"distill.mlm": "{weight: 1.0}"})
     with pytest.raises(UserError, match=r"compares tokens, but teacher 0 reads view 'en' and the student 'de'"):
         run_xling(tmp_path, tiny_model_dir, parallel_text, students=ONE, **{"distill.adaptors": "[AttnMiniLM]"})
 
