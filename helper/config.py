@@ -542,6 +542,7 @@ class GeneralStudentSpec(StudentConfig):
             lambda v: v is None or (bool(v) and all(name_ok(x) for x in v) and len(set(v)) == len(v)),
             "None or a list of distinct languages of data.text_files",
         ),
+        "vocab_size": Num(1, MAX_COUNT, integer=True, none=True),
     }
 
     key: str = "student"  # its name: metrics val/<key>/..., export <run dir>/students/<key>
@@ -552,10 +553,17 @@ class GeneralStudentSpec(StudentConfig):
     # clkd's embed_sharing: in_each_model: one word-embedding matrix per language (copies of the student's to start),
     # the layers shared; exported as one model per language, <run dir>/students/<key>-<language>
     embeddings_per_language: bool = False  # a word-embedding matrix per language inside the student
+    # A WordPiece vocabulary of this size trained (`tokenizers`) on the training text of its languages, special tokens
+    # as the teacher's; embedding rows of tokens the teacher has are copied from the student's (teacher's) rows, the
+    # others start random; the export carries the tokenizer. None: the teacher's tokenizer. The trainer keeps every
+    # character of the text as a token, so a vocabulary smaller than the text's alphabet comes out larger.
+    vocab_size: int | None = None  # train its own vocabulary of this many tokens (None: the teacher's)
 
     def check(self) -> None:
         super().check()
         check_adaptors(self, self.adaptors or [])
+        if self.vocab_size is not None and self.tokenizer is not None:
+            self.fail("vocab_size", "trains a vocabulary; set it or tokenizer, not both")
 
 
 def _general_student() -> StudentConfig:

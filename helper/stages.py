@@ -51,7 +51,7 @@ from helper.distiller import (
 )
 from helper.finetuner import ClfFinetune
 from helper.heatmap import AttentionHeatmap
-from helper.students import build_encoder_student, build_student, load_encoder
+from helper.students import adopt_vocabulary, build_encoder_student, build_student, load_encoder, train_wordpiece
 from helper.training import (
     best_checkpoint,
     build_trainer,
@@ -370,6 +370,8 @@ def check_general(cfg: GeneralRunConfig) -> None:
         where = "student" if cfg.students is None else f"students[{i}]"
         if spec.tokenizer is not None:
             raise UserError(f"{where}.tokenizer: general distillation uses the teacher's tokenizer")
+        if spec.vocab_size is not None and cfg.data.source != "parallel":
+            raise UserError(f"{where}.vocab_size: a student's own vocabulary is trained on parallel text only")
         for lang in spec.languages or []:
             if cfg.data.source != "parallel" or lang not in cfg.data.text_files:
                 have = ", ".join(cfg.data.text_files or []) or "none: data.source is not parallel"
@@ -440,7 +442,7 @@ def _build_general_several(cfg: GeneralRunConfig) -> Job:
     """Several students, each reading its languages of parallel text (or the one text): export to
     `<run dir>/students/<key>` (encoder, tokenizer, sentence-transformers files), and on parallel text a
     cross-lingual report (`helper.report.write_retrieval_report`)."""
-    from data.multi import ParallelDataModule
+    from data.multi import ParallelDataModule, read_parallel_texts
     from data.text import TextDataModule
 
     data = cfg.data
@@ -455,9 +457,19 @@ def _build_general_several(cfg: GeneralRunConfig) -> Job:
     parallel = data.source == "parallel"
     languages = {s.key: (s.languages or list(data.text_files)) if parallel else [None] for s in specs}
     views: dict[str, tuple] = {}
-    if parallel:  # one view per language, all read with the teacher's tokenizer; the teacher's language first
+    student_views = {s.key: languages[s.key] for s in specs}  # the views each student reads
+    tokenizers = {s.key: tok_t for s in specs}
+    if parallel:  # one view per language read with the teacher's tokenizer (the teacher's language first), and
+        # one per language of a student with its own vocabulary, `<language>@<key>`
         for lang in [data.text_column, *(x for langs in languages.values() for x in langs)]:
             views.setdefault(lang, (tok_t, lang))
+        train = read_parallel_texts(data)["train"] if any(s.vocab_size for s in specs) else {}
+        for i, spec in enumerate(specs):
+            if spec.vocab_size is not None:
+                texts = [t for lang in languages[spec.key] for t in train[lang]]
+                tokenizers[spec.key] = train_wordpiece(texts, spec.vocab_size, tok_t, f"students[{i}].vocab_size")
+                student_views[spec.key] = [f"{lang}@{spec.key}" for lang in languages[spec.key]]
+                views.update({f"{lang}@{spec.key}": (tokenizers[spec.key], lang) for lang in languages[spec.key]})
         dm = ParallelDataModule(data, views)
     else:
         dm = TextDataModule(data, tok_t)
@@ -465,10 +477,15 @@ def _build_general_several(cfg: GeneralRunConfig) -> Job:
     students = []
     for i, spec in enumerate(specs):
         student = build_encoder_student(spec, teacher, cfg.teacher.name, cfg.distill.mlm is not None)
+        if spec.vocab_size is not None:
+            copied = adopt_vocabulary(student, tokenizers[spec.key], tok_t)
+            print(
+                f"student {spec.key}: vocab {len(tokenizers[spec.key])} tokens, {copied} rows copied from the teacher"
+            )
         check_max_length(data.max_length, student.config, f"students[{i}]", spec.name or spec.key)
-        check_vocab(tok_t, student, f"students[{i}]")
+        check_vocab(tokenizers[spec.key], student, f"students[{i}]")
         pooling = spec.pooling or pooling_t
-        views_s = languages[spec.key]
+        views_s = student_views[spec.key]
         per_language = spec.embeddings_per_language
         students.append(Student(spec.key, student, spec.adaptors, views_s, pooling, normalize, per_language))
     module = GeneralMultiDistiller(

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForSequenceClassification, BertModel
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, BertModel
 
 import distillation_general
 import finetune
@@ -18,7 +18,7 @@ from data.text import TextDataModule, tokenize_windows
 from data.transfer import write_transfer
 from helper.config import FinetuneConfig, GeneralRunConfig, load_config
 from helper.distiller import mask_tokens
-from tests.conftest import NEGATIVE, POSITIVE, ROOT, run_overrides
+from tests.conftest import NEGATIVE, POSITIVE, ROOT, run_overrides, tiny_bert_config
 
 WORDS = [w for text in POSITIVE + NEGATIVE for w in text.split()]
 LONG = " ".join(WORDS * 4)  # ~100 tokens: several windows at max_length 16
@@ -328,3 +328,31 @@ def test_monolingual_students_sharing_a_layer_and_embeddings_per_language(tmp_pa
     words = "embeddings.word_embeddings.weight"
     assert not torch.equal(multi_de.state_dict()[words], multi_fr.state_dict()[words])  # one matrix per language
     assert torch.equal(multi_de.state_dict()[layer.format(0)], multi_fr.state_dict()[layer.format(0)])
+
+
+def test_student_with_its_own_trained_vocabulary(tmp_path, tiny_model_dir, parallel_text, tokenizer):
+    students = "[{key: de, init_from_teacher: {layers: [0]}, languages: [en, de], vocab_size: 60}]"
+    metrics = run_xling(tmp_path, tiny_model_dir, parallel_text, students=students, **{"distill.report": "false"})
+    assert "test/de/retrieval/de" in metrics
+    export = tmp_path / "distill_general" / "students" / "de"
+    tok = AutoTokenizer.from_pretrained(export)  # the export carries its trained tokenizer
+    # 60 asked; the trainer keeps every character of the text as a token, which here makes a few more
+    assert 60 <= len(tok) < 80 and AutoModel.from_pretrained(export).config.vocab_size == len(tok)
+    assert tok.convert_ids_to_tokens(tok("good ecalp")["input_ids"])[0] == "[CLS]"
+    assert tok.pad_token_id == 0 and tok.mask_token == "[MASK]"
+    with pytest.raises(UserError, match=r"students\[0\].vocab_size: 5 is not larger than the 5 special tokens"):
+        run_xling(tmp_path, tiny_model_dir, parallel_text, students=students.replace("60", "5"))
+
+
+def test_trained_vocabulary_keeps_the_teachers_rows(tokenizer):
+    from helper.students import adopt_vocabulary, train_wordpiece
+
+    tok = train_wordpiece(["good film", "dull film", "a tedious mess"] * 5, 40, tokenizer)
+    torch.manual_seed(0)
+    student = BertModel(tiny_bert_config())
+    teacher_rows = student.get_input_embeddings().weight.detach().clone()
+    copied = adopt_vocabulary(student, tok, tokenizer)
+    rows = student.get_input_embeddings().weight
+    assert rows.shape[0] == len(tok) >= 40 and copied >= 10
+    film_s, film_t = tok.convert_tokens_to_ids("film"), tokenizer.convert_tokens_to_ids("film")
+    assert torch.equal(rows[film_s], teacher_rows[film_t]) and film_s != film_t
