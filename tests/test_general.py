@@ -293,6 +293,8 @@ def test_cross_lingual_students_are_scored_and_export_sentence_transformers_mode
 
 def test_cross_lingual_bad_input(tmp_path, tiny_model_dir, parallel_text):
     ONE = "[{key: a, init_from_teacher: {layers: [0]}}]"  # noqa: N806
+    with pytest.raises(UserError, match=r"students\[0\].vocab_size: 5 is not larger than the 5 special tokens"):
+        run_xling(tmp_path, tiny_model_dir, parallel_text, students=ONE.replace("}}", "}, vocab_size: 5}"))
     with pytest.raises(UserError, match=r"students\[0\].languages: 'it' has no files in data.text_files") as err:
         run_xling(
             tmp_path,
@@ -313,7 +315,7 @@ def test_cross_lingual_bad_input(tmp_path, tiny_model_dir, parallel_text):
 def test_monolingual_students_sharing_a_layer_and_embeddings_per_language(tmp_path, tiny_model_dir, parallel_text):
     students = (
         "[{key: de, init_from_teacher: {layers: [0, 1], transformer_blocks: false}, languages: [en, de]},"
-        " {key: fr, init_from_teacher: {layers: [0, 1]}, languages: [en, fr]},"
+        " {key: fr, init_from_teacher: {layers: [0, 1]}, languages: [en, fr], vocab_size: 60},"
         " {key: multi, init_from_teacher: {layers: [0, 1]}, embeddings_per_language: true}]"
     )
     metrics = run_xling(tmp_path, tiny_model_dir, parallel_text, students=students,
@@ -328,20 +330,10 @@ def test_monolingual_students_sharing_a_layer_and_embeddings_per_language(tmp_pa
     words = "embeddings.word_embeddings.weight"
     assert not torch.equal(multi_de.state_dict()[words], multi_fr.state_dict()[words])  # one matrix per language
     assert torch.equal(multi_de.state_dict()[layer.format(0)], multi_fr.state_dict()[layer.format(0)])
-
-
-def test_student_with_its_own_trained_vocabulary(tmp_path, tiny_model_dir, parallel_text, tokenizer):
-    students = "[{key: de, init_from_teacher: {layers: [0]}, languages: [en, de], vocab_size: 60}]"
-    metrics = run_xling(tmp_path, tiny_model_dir, parallel_text, students=students, **{"distill.report": "false"})
-    assert "test/de/retrieval/de" in metrics
-    export = tmp_path / "distill_general" / "students" / "de"
-    tok = AutoTokenizer.from_pretrained(export)  # the export carries its trained tokenizer
+    tok = AutoTokenizer.from_pretrained(root / "fr")  # the export carries its trained tokenizer
     # 60 asked; the trainer keeps every character of the text as a token, which here makes a few more
-    assert 60 <= len(tok) < 80 and AutoModel.from_pretrained(export).config.vocab_size == len(tok)
-    assert tok.convert_ids_to_tokens(tok("good ecalp")["input_ids"])[0] == "[CLS]"
-    assert tok.pad_token_id == 0 and tok.mask_token == "[MASK]"
-    with pytest.raises(UserError, match=r"students\[0\].vocab_size: 5 is not larger than the 5 special tokens"):
-        run_xling(tmp_path, tiny_model_dir, parallel_text, students=students.replace("60", "5"))
+    assert 60 <= len(tok) < 80 and fr.config.vocab_size == len(tok) and de.config.vocab_size == 30522
+    assert tok.convert_ids_to_tokens(tok("GOOD FILM")["input_ids"])[0] == "[CLS]" and tok.pad_token_id == 0
 
 
 def test_trained_vocabulary_keeps_the_teachers_rows(tokenizer):
