@@ -322,8 +322,8 @@ def write_retrieval_report(
         speed = measure_speed(
             {"teacher": teacher, "student": model}, remapped, n_latency=n_latency, n_throughput=n_throughput
         )
-        names = distiller.export_names() if hasattr(distiller, "export_names") else {key: (key, None)}
-        size_s = disk_size(Path(students_dir) / next(n for n, (k, _) in names.items() if k == key))
+        exported = next(name for name, (k, _) in distiller.export_names().items() if k == key)
+        size_s = disk_size(Path(students_dir) / exported)
         params = {
             "teacher": sum(p.numel() for p in teacher.parameters()),
             "student": sum(p.numel() for p in model.parameters()),
