@@ -650,7 +650,7 @@ class CosHidden(LayerAdaptor):
 class SentenceAdaptor(Adaptor):
     """A loss between the teacher's and the student's sentence embeddings (`pooled`), which may come from different
     languages and tokenizers. No projection: the student's embedding is used as it is, in the teacher's space, so the
-    widths must match."""
+    widths must match. Averaged over the examples with at least one real token in both models (0 when none)."""
 
     stage = "inter"
     sentence_level = True
@@ -667,6 +667,15 @@ class SentenceAdaptor(Adaptor):
     def request(self) -> tuple[FeatureRequest, FeatureRequest]:
         return {"pooled": frozenset()}, {"pooled": frozenset()}
 
+    def forward(self, feats_t: Features, feats_s: Features, labels: Tensor | None = None) -> Tensor:
+        valid = feats_t.attention_mask.any(1) & feats_s.attention_mask.any(1)  # (B,)
+        per_example = self.per_example(feats_t.pooled.detach().float(), feats_s.pooled.float())  # (B,)
+        return torch.where(valid, per_example, 0).sum() / valid.sum().clamp_min(1)
+
+    @abc.abstractmethod
+    def per_example(self, x_t: Tensor, x_s: Tensor) -> Tensor:
+        """(B,) loss of each example; x_*: (B, H)."""
+
 
 @register_adaptor
 class SentMSE(SentenceAdaptor):
@@ -677,8 +686,8 @@ class SentMSE(SentenceAdaptor):
     arXiv:2004.09813.
     """
 
-    def forward(self, feats_t: Features, feats_s: Features, labels: Tensor | None = None) -> Tensor:
-        return F.mse_loss(feats_s.pooled.float(), feats_t.pooled.detach().float())
+    def per_example(self, x_t: Tensor, x_s: Tensor) -> Tensor:
+        return ((x_s - x_t) ** 2).mean(-1)
 
 
 @register_adaptor
@@ -690,5 +699,5 @@ class SentCos(SentenceAdaptor):
     arXiv:2004.09813 (their loss is the MSE, `SentMSE`; this is its cosine variant).
     """
 
-    def forward(self, feats_t: Features, feats_s: Features, labels: Tensor | None = None) -> Tensor:
-        return (1 - F.cosine_similarity(feats_s.pooled.float(), feats_t.pooled.detach().float(), dim=-1)).mean()
+    def per_example(self, x_t: Tensor, x_s: Tensor) -> Tensor:
+        return 1 - F.cosine_similarity(x_s, x_t, dim=-1)
