@@ -1,6 +1,7 @@
 """The one distillation module, `Distiller`: N frozen teachers into M students, on labelled or unlabelled batches,
 classifiers or bare encoders, with logit, feature and masked-LM losses. kd-clf's `BaseDistiller` (mix-step),
-`InterDistiller` / `PredDistiller` (two-step), `MultiDistiller` and `GeneralDistiller` are configurations of it.
+`InterDistiller` / `PredDistiller` (two-step), `MultiDistiller`, `GeneralDistiller` and `GeneralMultiDistiller` are
+configurations of it.
 
 Teachers are frozen, in eval mode, run under `no_grad` (not `inference_mode`: their tensors meet student tensors in
 the losses), kept out of the optimiser and the checkpoints (not registered submodules), and moved to the first
@@ -13,7 +14,8 @@ weighted mean: of the softened distributions, mean_i w_i softmax(z_i / T) (`Logi
 al. 2015 (arXiv:1503.02531) for an ensemble. Any other adaptor reads one teacher, named by `teacher: <index>` in its
 mapping. Students may share their embeddings and named encoder layers (the first student's modules, tied by reference,
 trained once, exported with every student). Each model reads its view of the batch (a tokenizer and a text column,
-`data/multi.py`).
+`data/multi.py`); on unlabelled parallel text a student may read several (its languages), and students reading other
+languages than the teacher's are scored by translation retrieval of their sentence embeddings.
 """
 
 from __future__ import annotations
