@@ -12,6 +12,10 @@ LAYER_FEATURES = ("attentions", "queries", "keys", "values", "hidden_states")
 MODEL_FEATURES = ("embeddings", "pooled", "logits")
 FEATURES = LAYER_FEATURES + MODEL_FEATURES
 
+# How a model makes its sentence embedding (`pooled`) of its last layer: the [CLS] vector, the mean over the real
+# tokens (sentence-transformers' mean pooling, all-MiniLM-L6-v2's), or its pooler's output (dense + tanh on [CLS]).
+POOLINGS = ("cls", "mean", "pooler")
+
 # Axes of one example's feature tensor (batch axis removed) that run over its tokens: what padding changes.
 TOKEN_AXES = {
     "attentions": (1, 2),  # (h, n, n)
@@ -26,9 +30,9 @@ TOKEN_AXES = {
 
 
 def storage_dtype(name: str) -> torch.dtype:
-    """How a stored feature is kept: logits float32; attention probabilities (in [0, 1]) float16; other token
-    features bfloat16 (cannot overflow)."""
-    return torch.float32 if name == "logits" else torch.float16 if name == "attentions" else torch.bfloat16
+    """How a stored feature is kept: logits and sentence embeddings float32; attention probabilities (in [0, 1])
+    float16; other token features bfloat16 (cannot overflow)."""
+    return torch.float32 if name in ("logits", "pooled") else torch.float16 if name == "attentions" else torch.bfloat16
 
 
 # What to record: feature name -> layer indices. For "embeddings" and "logits" the presence of the key is what counts.
@@ -43,7 +47,8 @@ class Features:
     queries/keys/values: layer -> (B, h, T, d)
     hidden_states: layer -> (B, T, H) output of that encoder layer
     embeddings:    (B, T, H) embedding output (input of layer 0)
-    pooled:        (B, H) sentence representation: [CLS] of the last layer, or a module's classifier input
+    pooled:        (B, H) sentence representation: the model's pooling of its last layer (default [CLS]), or a
+                   module's classifier input
     logits:        (B, C)
     attention_mask: (B, T) 1 for real tokens, 0 for padding
     """

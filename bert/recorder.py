@@ -15,7 +15,7 @@ from transformers.utils import ModelOutput
 
 from bert.errors import UserError
 from bert.families import check_features, get_family, logits_of
-from bert.features import FEATURES, MODEL_FEATURES, Features, ModelDims
+from bert.features import FEATURES, MODEL_FEATURES, POOLINGS, Features, ModelDims
 
 QKV = ("queries", "keys", "values")
 
@@ -23,8 +23,10 @@ QKV = ("queries", "keys", "values")
 class FeatureRecorder:
     """Hooks only the requested layers/features of `model`; `close()` (or leaving the `with` block) removes them."""
 
-    def __init__(self, model: nn.Module, request: Mapping[str, Collection[int]]):
+    def __init__(self, model: nn.Module, request: Mapping[str, Collection[int]], pooling: str | None = None):
+        """`pooling` (`POOLINGS`; None: cls) is how `pooled` is made of an encoder's last layer."""
         self.model = model
+        self.pooling = pooling or "cls"
         self.family = get_family(model)
         check_features(model, request)
         layers = self.family.layers(model) if self.family.layers_path is not None else []
@@ -54,9 +56,22 @@ class FeatureRecorder:
             self._handles.append(layers[i].register_forward_hook(self._keep_output("hidden_states", i)))
         if "embeddings" in self.request:
             self._handles.append(layers[0].register_forward_pre_hook(self._keep_layer_input, with_kwargs=True))
+        if self.pooling not in POOLINGS:
+            raise UserError(f"pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
+        if layers and self.pooling == "pooler" and getattr(model.base_model, "pooler", None) is None:
+            raise UserError(
+                f"pooling: {type(model).__name__} has no pooler (a masked LM, or built without one); use mean or cls"
+            )
+        if not layers and pooling is not None:
+            raise UserError(
+                f"pooling: {type(model).__name__} has no encoder layers to pool; it offers only its own sentence "
+                "representation (leave pooling unset)"
+            )
         if "pooled" in self.request:
-            if layers:  # an encoder: the last layer's [CLS] vector
-                self._handles.append(layers[-1].register_forward_hook(self._keep_cls))
+            if layers and self.pooling == "pooler":  # the pooler's output
+                self._handles.append(model.base_model.pooler.register_forward_hook(self._keep_output("pooled", 0)))
+            elif layers:  # an encoder: its last layer, pooled in `_features`
+                self._handles.append(layers[-1].register_forward_hook(self._keep_output("pooled", 0)))
             else:  # a module: the input of its classifier
                 head = model.get_submodule(self.family.pooled_path)
                 self._handles.append(head.register_forward_pre_hook(self._keep_head_input))
@@ -115,10 +130,6 @@ class FeatureRecorder:
         if self._active:
             self._store["embeddings", 0] = args[0] if args else kwargs["hidden_states"]
 
-    def _keep_cls(self, module, args, output):
-        if self._active:
-            self._store["pooled", 0] = (output[0] if isinstance(output, tuple) else output)[:, 0]  # (B, H)
-
     def _keep_head_input(self, module, args):
         if self._active:
             self._store["pooled", 0] = args[0]  # (B, H)
@@ -164,7 +175,13 @@ class FeatureRecorder:
         if "embeddings" in self.request:
             feats.embeddings = self._take("embeddings", 0)
         if "pooled" in self.request:
-            feats.pooled = self._take("pooled", 0)
+            pooled = self._take("pooled", 0)  # (B, T, H) of the last layer, or (B, H)
+            if pooled.dim() == 3 and self.pooling == "cls":
+                pooled = pooled[:, 0]  # (B, H)
+            elif pooled.dim() == 3:  # mean over the real tokens
+                weights = feats.attention_mask.to(pooled.dtype)[..., None]  # (B, T, 1)
+                pooled = (pooled * weights).sum(1) / weights.sum(1).clamp_min(1)  # (B, H)
+            feats.pooled = pooled
         if "logits" in self.request:
             feats.logits = logits_of(output, self.model)
         return feats

@@ -30,6 +30,10 @@ from bert.sections import (
 SPLITS = ("train", "validation", "test")
 
 
+def _split_files_ok(v: Any) -> bool:
+    return isinstance(v, dict) and bool(v) and all(k in SPLITS and text_ok(p) for k, p in v.items())
+
+
 def _sets_ok(v: Any) -> bool:
     if v is None or isinstance(v, str):
         return v is None or text_ok(v)
@@ -170,11 +174,17 @@ class TextDataConfig(LoaderConfig):
         "hf_validation_split": TEXT_OR_NONE,
         "validation_fraction": Num(0, 1, lo_open=True, hi_open=True),
         "max_length": Num(3, MAX_COUNT, integer=True),  # [CLS] + at least one token + [SEP]
+        "text_files": Check(
+            lambda v: v is None or (bool(v) and all(name_ok(c) and _split_files_ok(f) for c, f in v.items())),
+            "None or a mapping from a language (letters, digits, _ - .) to a mapping from train/validation/test to "
+            "text files",
+        ),
     }
 
     # "text": a plain text file, one text a line (blank lines skipped); "hf": datasets.load_dataset(name, subset);
-    # "transfer": the `text` column of a transfer-set Parquet file (transfer_set.py)
-    source: Literal["text", "hf", "transfer"] = "text"  # where the unlabelled text comes from
+    # "transfer": the `text` column of a transfer-set Parquet file (transfer_set.py); "parallel": line-aligned files,
+    # one per language and split (`text_files`), each model reading its language of the same example
+    source: Literal["text", "hf", "transfer", "parallel"] = "text"  # where the unlabelled text comes from
     train: str | None = None  # text: the text file; transfer: the Parquet file
     validation: str | None = None  # a text file (one text a line) to validate on; default: hold out a fraction
     name: str | None = None  # hf: dataset name or local directory
@@ -185,3 +195,30 @@ class TextDataConfig(LoaderConfig):
     validation_fraction: float = 0.05  # fraction of the texts held out for validation (when none is given)
     # Longer texts are cut into consecutive windows of max_length tokens ([CLS] and [SEP] included), not truncated.
     max_length: int = 128  # tokens per window; longer texts become several windows
+    # parallel: language -> {train: file, validation: file, test: file}, line i of every file one example; the language
+    # the teacher reads is data.text_column (e.g. en). Texts are truncated to max_length, not cut into windows.
+    text_files: dict[str, dict[str, str]] | None = None  # parallel: language -> split -> text file
+
+    def check(self) -> None:
+        if self.source != "parallel":
+            if self.text_files is not None:
+                self.fail("text_files", f"is read by data.source=parallel only (source is {self.source})")
+            return
+        if not self.text_files:
+            self.fail("text_files", "required for data.source=parallel: {language: {train: file, validation: file}}")
+        if self.text_column not in self.text_files:
+            self.fail(
+                "text_column",
+                f"{self.text_column!r} is not a language of data.text_files ({', '.join(self.text_files)}); name the "
+                "language the teacher reads",
+            )
+        first, splits = next(iter(self.text_files.items()))
+        for lang, files in self.text_files.items():
+            for split in ("train", "validation"):
+                if split not in files:
+                    self.fail(f"text_files.{lang}", f"no {split} file (parallel text needs train and validation)")
+            if set(files) != set(splits):
+                self.fail(f"text_files.{lang}", f"has splits {sorted(files)} but {first} has {sorted(splits)}")
+        for key in ("train", "validation", "name"):
+            if getattr(self, key) is not None:
+                self.fail(key, "not read by data.source=parallel (its files are in data.text_files)")

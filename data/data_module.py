@@ -252,6 +252,15 @@ class LengthGroupedBatchSampler(ResumableBatches):
         return batches
 
 
+def train_batches(ds, cfg, start: tuple[int, int] | None) -> ResumableBatches:
+    """Seeded training batches of `ds` (grouped by length when `cfg.group_by_length`), starting at `start` (epoch,
+    batches done) after a resume."""
+    sampler = EpochShuffle(len(ds), cfg.seed)
+    if cfg.group_by_length:
+        return LengthGroupedBatchSampler(sampler, cfg.batch_size, False, ds.lengths, cfg.seed, start)
+    return ResumableBatches(sampler, cfg.batch_size, False, start)
+
+
 def split_fingerprint(ds) -> dict:
     """What identifies a split's content: its number of examples and a hash of its token ids (of every tokenization it
     holds: `enc`/`enc_s`, or one per view in `encs`) and labels."""
@@ -393,12 +402,8 @@ class ClfDataModule(L.LightningDataModule):
         The loader has its own generator, so creating its iterator leaves the global torch RNG (dropout) untouched.
         """
         ds, cfg = self.datasets["train"], self.cfg
-        sampler = EpochShuffle(len(ds), cfg.seed)
         start, self.train_start = getattr(self, "train_start", None), None
-        if cfg.group_by_length:
-            batches = LengthGroupedBatchSampler(sampler, cfg.batch_size, False, ds.lengths, cfg.seed, start)
-        else:
-            batches = ResumableBatches(sampler, cfg.batch_size, False, start)
+        batches = train_batches(ds, cfg, start)
         return self._loader(ds, batch_sampler=batches, generator=torch.Generator().manual_seed(cfg.seed))
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:

@@ -1,21 +1,35 @@
 """`MultiDataModule`: the same examples read by several models, each through its own *view*: a tokenizer and a text
 column (`text_en`, `text_de`, ... of a csv/jsonl/hf source, or line-aligned files of `source: parallel` with
 `data.text_files`). Example indices (`idx`), labels and batches are shared, so per-example teacher caches stay valid.
+
+`ParallelDataModule`: the same for unlabelled parallel text (general distillation, `TextDataConfig` with
+`source: parallel`): one file per language and split, line i of every file one example, a view per (tokenizer,
+language); the teacher cache keeps one entry per example, that is per sentence of the teacher's language.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import pytorch_lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bert.errors import UserError
 from bert.loading import load_tokenizer
-from data.data_module import ClfDataModule, _example, tokenize_cached, tokenizer_id
+from data.config import TextDataConfig
+from data.data_module import (
+    ClfDataModule,
+    _example,
+    tokenize_cached,
+    tokenizer_id,
+    train_batches,
+)
 from data.padding import pad_batch
+from data.readers import read_lines
 
 # Sources whose examples are rows with named columns; the others have one text (or a file per column: parallel).
 COLUMN_SOURCES = ("hf", "csv", "tsv", "json", "jsonl")
@@ -136,3 +150,93 @@ class MultiDataModule(ClfDataModule):
         workers = self.cfg.num_workers
         collate = MultiCollator({name: tok.pad_token_id for name, (tok, _) in self.views.items()})
         return DataLoader(dataset, collate_fn=collate, num_workers=workers, persistent_workers=workers > 0, **kw)
+
+
+def read_parallel_texts(cfg: TextDataConfig) -> dict[str, dict[str, list[str]]]:
+    """{split: {language: its lines}} of `cfg.text_files`; every language of a split has as many lines (else one
+    line naming both files and their counts), no line is blank; `limit_train`/`limit_eval` keep the same seeded
+    examples in every language."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for split in ("train", "validation", "test"):
+        files = {lang: f[split] for lang, f in cfg.text_files.items() if split in f}
+        if not files:
+            continue
+        texts = {lang: [line.strip() for line in read_lines(path, cfg.encoding)] for lang, path in files.items()}
+        (lang0, first), path0 = next(iter(texts.items())), next(iter(files.values()))
+        for lang, lines in texts.items():
+            if len(lines) != len(first):
+                raise UserError(
+                    f"data.text_files: {files[lang]} has {len(lines)} lines but {path0} has {len(first)}; parallel "
+                    "files must be line-aligned"
+                )
+            blank = next((n for n, line in enumerate(lines, 1) if not line), None)
+            if blank is not None:
+                raise UserError(f"data.text_files.{lang}.{split}: {files[lang]} line {blank} is blank")
+        if not first:
+            raise UserError(f"data.text_files.{lang0}.{split}: {path0} is empty")
+        limit = cfg.limit_train if split == "train" else cfg.limit_eval
+        if limit is not None and limit < len(first):
+            keep = sorted(random.Random(cfg.seed).sample(range(len(first)), limit))
+            texts = {lang: [lines[i] for i in keep] for lang, lines in texts.items()}
+        out[split] = texts
+    return out
+
+
+class ParallelDataModule(L.LightningDataModule):
+    """Unlabelled parallel text, each model reading its view: `views` maps a view name to (tokenizer, language of
+    `cfg.text_files`); the first view is also the batch's top level. After `setup()`: `datasets` (train,
+    validation[, test]), `texts` ({split: {language: lines}}), `has_test`; `label_names` None, labels -1."""
+
+    label_names = None
+    student_tokenizer = None
+    validation_names: list[str] = []
+
+    def __init__(self, cfg: TextDataConfig, views: Mapping[str, tuple]):
+        super().__init__()
+        if cfg.source != "parallel" or not cfg.text_files:
+            raise UserError("ParallelDataModule: needs data.source=parallel with data.text_files")
+        for name, (tok, lang) in views.items():
+            if lang not in cfg.text_files:
+                raise UserError(
+                    f"view {name!r}: language {lang!r} has no files in data.text_files "
+                    f"(languages: {', '.join(cfg.text_files)})"
+                )
+            if tok.pad_token_id is None:
+                raise UserError(f"tokenizer {tok.name_or_path}: has no pad token")
+        self.cfg, self.views = cfg, dict(views)
+        self.tokenizer = next(iter(self.views.values()))[0]
+        self.datasets: dict[str, MultiSplit] = {}
+        self.texts: dict[str, dict[str, list[str]]] = {}
+        self.has_test = "test" in next(iter(cfg.text_files.values()))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        cfg = self.cfg
+        self.texts = read_parallel_texts(cfg)
+        for split, texts in self.texts.items():
+            encs = {
+                name: tokenize_cached(texts[lang], None, tok, tokenizer_id(tok), cfg.max_length, cfg.cache_dir)
+                for name, (tok, lang) in self.views.items()
+            }
+            self.datasets[split] = MultiSplit(encs, [-1] * len(texts[cfg.text_column]))
+
+    def _loader(self, dataset, **kw) -> DataLoader:
+        workers = self.cfg.num_workers
+        collate = MultiCollator({name: tok.pad_token_id for name, (tok, _) in self.views.items()})
+        return DataLoader(dataset, collate_fn=collate, num_workers=workers, persistent_workers=workers > 0, **kw)
+
+    def train_dataloader(self) -> DataLoader:
+        ds, cfg = self.datasets["train"], self.cfg
+        start, self.train_start = getattr(self, "train_start", None), None
+        return self._loader(
+            ds, batch_sampler=train_batches(ds, cfg, start), generator=torch.Generator().manual_seed(cfg.seed)
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["validation"], batch_size=self.cfg.eval_batch_size or self.cfg.batch_size)
+
+    def test_dataloader(self) -> DataLoader | list:
+        if not self.has_test:
+            return []
+        return self._loader(self.datasets["test"], batch_size=self.cfg.eval_batch_size or self.cfg.batch_size)

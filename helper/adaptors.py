@@ -162,6 +162,44 @@ def _token_mse(h_t: Tensor, h_s: Tensor, valid: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Schedules of an adaptor's weight and temperature over the training steps (as TextBrewer's schedulers)
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def scheduled(start: float, end: float, kind: str, progress: float) -> float:
+    """The value at `progress` (0 at the first training step, 1 at the last) going from `start` to `end`: constant
+    (stays `start`), linear, or cosine (half a cosine: slow, fast, slow)."""
+    p = min(max(progress, 0.0), 1.0)
+    if kind == "constant":
+        return start
+    frac = p if kind == "linear" else (1 - math.cos(math.pi * p)) / 2
+    return start + (end - start) * frac
+
+
+def parse_schedule(spec: Any, adaptor: Adaptor, where: str) -> dict[str, tuple[float, float, str]]:
+    """An adaptor spec's `schedule: {weight: {to: 0.0, kind: linear}, temperature: {to: 1.0, kind: cosine}}` as
+    {setting: (start: its value now, end, kind)}; only the adaptor's `weight` and, where it has one, `temperature`."""
+    if not isinstance(spec, dict) or not spec:
+        raise UserError(f"{where}: schedule {spec!r}; give {{weight: {{to: 0.0, kind: linear}}}} (or temperature)")
+    out = {}
+    for name, rule in spec.items():
+        if name not in ("weight", "temperature") or not hasattr(adaptor, name):
+            have = "weight, temperature" if hasattr(adaptor, "temperature") else "weight"
+            raise UserError(f"{where}: schedule.{name}: {adaptor.key} can schedule only {have}")
+        if not isinstance(rule, dict) or set(rule) - {"to", "kind"} or "to" not in rule:
+            raise UserError(f"{where}: schedule.{name} {rule!r}; give {{to: <number>, kind: {'|'.join(SCHEDULES)}}}")
+        end, kind = rule["to"], rule.get("kind", "linear")
+        low = 0 if name == "weight" else 1e-6
+        if isinstance(end, bool) or not isinstance(end, (int, float)) or not end >= low or not math.isfinite(end):
+            raise UserError(f"{where}: schedule.{name}.to {end!r} must be a number {'>= 0' if low == 0 else '> 0'}")
+        if kind not in SCHEDULES:
+            raise UserError(f"{where}: schedule.{name}.kind {kind!r} is not one of {', '.join(SCHEDULES)}")
+        out[name] = (float(getattr(adaptor, name)), float(end), kind)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Registry
 
 ADAPTORS: dict[str, type[Adaptor]] = {}
@@ -602,3 +640,64 @@ class CosHidden(LayerAdaptor):
     def pair_loss(self, x_t: Tensor, x_s: Tensor, valid: Tensor) -> Tensor:
         cos = F.cosine_similarity(x_s, x_t, dim=-1)  # (B, T)
         return torch.where(valid, 1 - cos, 0).sum() / valid.sum().clamp_min(1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sentence-embedding adaptors: the student's sentence embedding of its own language learns the teacher's of the
+# teacher's language (each model's `pooled`, made by the pooling declared for it)
+
+
+class SentenceAdaptor(Adaptor):
+    """A loss between the teacher's and the student's sentence embeddings (`pooled`), which may come from different
+    languages and tokenizers. No projection: the student's embedding is used as it is, in the teacher's space, so the
+    widths must match. Averaged over the examples with at least one real token in both models (0 when none)."""
+
+    stage = "inter"
+    sentence_level = True
+
+    def __init__(self, dims_t: ModelDims, dims_s: ModelDims, **kwargs: Any) -> None:
+        super().__init__(dims_t, dims_s, **kwargs)
+        _need_same(
+            "sentence-embedding widths",
+            dims_t.hidden_size,
+            dims_s.hidden_size,
+            "the student's embedding must live in the teacher's space (give the student the teacher's hidden_size)",
+        )
+
+    def request(self) -> tuple[FeatureRequest, FeatureRequest]:
+        return {"pooled": frozenset()}, {"pooled": frozenset()}
+
+    def forward(self, feats_t: Features, feats_s: Features, labels: Tensor | None = None) -> Tensor:
+        valid = feats_t.attention_mask.any(1) & feats_s.attention_mask.any(1)  # (B,)
+        per_example = self.per_example(feats_t.pooled.detach().float(), feats_s.pooled.float())  # (B,)
+        return torch.where(valid, per_example, 0).sum() / valid.sum().clamp_min(1)
+
+    @abc.abstractmethod
+    def per_example(self, x_t: Tensor, x_s: Tensor) -> Tensor:
+        """(B,) loss of each example; x_*: (B, H)."""
+
+
+@register_adaptor
+class SentMSE(SentenceAdaptor):
+    """MSE between the student's and the teacher's sentence embeddings (mean over the batch and the dimensions): on
+    parallel text, student(translation) ≈ teacher(source) and student(source) ≈ teacher(source).
+
+    Reimers & Gurevych, "Making Monolingual Sentence Embeddings Multilingual using Knowledge Distillation", EMNLP 2020,
+    arXiv:2004.09813.
+    """
+
+    def per_example(self, x_t: Tensor, x_s: Tensor) -> Tensor:
+        return ((x_s - x_t) ** 2).mean(-1)
+
+
+@register_adaptor
+class SentCos(SentenceAdaptor):
+    """1 - cos(student embedding, teacher embedding), averaged over the batch: the direction only, which is what
+    cosine retrieval reads.
+
+    Reimers & Gurevych, "Making Monolingual Sentence Embeddings Multilingual using Knowledge Distillation", EMNLP 2020,
+    arXiv:2004.09813 (their loss is the MSE, `SentMSE`; this is its cosine variant).
+    """
+
+    def per_example(self, x_t: Tensor, x_s: Tensor) -> Tensor:
+        return 1 - F.cosine_similarity(x_s, x_t, dim=-1)

@@ -6,6 +6,7 @@ Lightning's own `.ckpt` files are already written atomically (fsspec transaction
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -68,8 +69,9 @@ def load_classifier(
 EXPORT_FILES = re.compile(
     r"config\.json|generation_config\.json|.*\.safetensors|model\.safetensors\.index\.json|tokenizer(_config)?\.json"
     r"|special_tokens_map\.json|added_tokens\.json|vocab\.(txt|json)|merges\.txt|spiece\.model"
-    r"|sentencepiece\.bpe\.model|chat_template\.(jinja|json)"
+    r"|sentencepiece\.bpe\.model|chat_template\.(jinja|json)|modules\.json|sentence_bert_config\.json"
 )
+POOLING_DIR = "1_Pooling"  # sentence-transformers' pooling module: its config.json (`sentence_transformers_files`)
 
 
 def _temp_dirs(out: Path) -> list[Path]:
@@ -134,6 +136,9 @@ def check_export_dir(out: Path) -> None:
         raise UserError(f"export: {out} exists and is not a directory; not replaced")
     if out.is_dir():
         foreign = sorted(p.name for p in out.iterdir() if not (p.is_file() and EXPORT_FILES.fullmatch(p.name)))
+        pooling = out / POOLING_DIR
+        if POOLING_DIR in foreign and pooling.is_dir() and [p.name for p in pooling.iterdir()] == ["config.json"]:
+            foreign.remove(POOLING_DIR)
         if foreign:
             raise UserError(
                 f"export: {out} holds files this project does not write ({', '.join(foreign[:3])}"
@@ -141,8 +146,38 @@ def check_export_dir(out: Path) -> None:
             )
 
 
-def export_hf(model: torch.nn.Module, tokenizer, out_dir: str | Path) -> Path:
+def sentence_transformers_files(hidden_size: int, pooling: str, max_length: int, normalize: bool) -> dict[str, str]:
+    """The files that make an encoder directory a sentence-transformers model (its documented layout): `modules.json`
+    (Transformer, Pooling[, Normalize]), `1_Pooling/config.json` (mean or cls pooling) and
+    `sentence_bert_config.json`. {relative path: content}."""
+    if pooling not in ("mean", "cls"):
+        raise ValueError(f"sentence_transformers_files: pooling {pooling!r} has no sentence-transformers Pooling mode")
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": POOLING_DIR, "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    pooling_config = {
+        "word_embedding_dimension": hidden_size,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    return {
+        "modules.json": json.dumps(modules, indent=2) + "\n",
+        f"{POOLING_DIR}/config.json": json.dumps(pooling_config, indent=2) + "\n",
+        "sentence_bert_config.json": json.dumps({"max_seq_length": max_length, "do_lower_case": False}, indent=2)
+        + "\n",
+    }
+
+
+def export_hf(
+    model: torch.nn.Module, tokenizer, out_dir: str | Path, extra_files: dict[str, str] | None = None
+) -> Path:
     """Write model (safetensors) and tokenizer with `save_pretrained`, atomically: a temp dir renamed into place.
+    `extra_files` ({relative path: text}, e.g. `sentence_transformers_files`) are written with them.
 
     Refuses non-finite weights, and an existing `out_dir` holding files `save_pretrained` does not write (nothing is
     deleted that the project did not write). Leftover temp directories of killed exports to the same place are removed.
@@ -161,8 +196,11 @@ def export_hf(model: torch.nn.Module, tokenizer, out_dir: str | Path) -> Path:
             model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)  # some writers create 0600 files
+        for name, text in (extra_files or {}).items():
+            (tmp / name).parent.mkdir(mode=0o755, exist_ok=True)
+            (tmp / name).write_text(text)
+        for f in tmp.rglob("*"):
+            os.chmod(f, 0o755 if f.is_dir() else 0o644)  # some writers create 0600 files
             _fsync(f)
         _fsync(tmp)
         old = out.with_name(f".{out.name}.old")

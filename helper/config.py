@@ -267,6 +267,9 @@ class InitFromConfig(Section):
 
     layers: list[int] = field(default_factory=lambda: [1, 5])  # 0-based source layers, in order
     embeddings: bool = True  # copy the embeddings too (else random init)
+    # false: the layers are randomly initialised (clkd's weights_from_teacher.transformer_blocks=False); with
+    # embeddings true the student keeps the teacher's embeddings on random layers
+    transformer_blocks: bool = True  # copy the layers' weights (else random layers of the same shapes)
     model: str | None = None  # source model; default: the teacher
 
 
@@ -458,25 +461,109 @@ class MLMConfig(Section):
     kept). The student is then built as a masked LM (`AutoModelForMaskedLM`); its encoder is what is exported."""
 
     SECTION = "distill.mlm"
-    RULES = {"weight": NON_NEGATIVE, "probability": Num(0, 1, lo_open=True, hi_open=True)}
+    RULES = {
+        "weight": NON_NEGATIVE,
+        "probability": Num(0, 1, lo_open=True, hi_open=True),
+        "soft_weight": NON_NEGATIVE,
+        "temperature": POSITIVE,
+    }
 
-    weight: float = 1.0  # weight of the MLM loss in the total
+    weight: float = 1.0  # weight of the MLM loss (cross-entropy on the masked tokens) in the total
     probability: float = 0.15  # fraction of the (non-special) tokens chosen for prediction
+    # Soft targets: T² · KL(teacher ‖ student) of the masked-token distributions at `temperature`, the teacher reading
+    # the same masked text with its masked-LM head (it is then loaded as AutoModelForMaskedLM); clkd's "soft-target
+    # cross-entropy", e.g. weight 0.5, soft_weight 0.5, temperature 4
+    soft_weight: float = 0.0  # weight of the soft-target MLM loss (logged mlm_soft); 0: off
+    temperature: float = 1.0  # of the soft targets
 
 
 @dataclass
 class GeneralDistillConfig(AdaptorsConfig):
-    # Intermediate-layer adaptors only (the models are bare encoders: no logits, no labels).
+    RULES = {**AdaptorsConfig.RULES, "report_batches": AT_LEAST_1}
+
+    # Intermediate-layer and sentence-embedding adaptors only (the models are bare encoders: no logits, no labels).
     adaptors: list[Any] = field(default_factory=lambda: list(GENERAL_ADAPTORS))  # losses, by name
     mlm: MLMConfig | None = None  # masked-LM loss on the student; null (default): off
+    report: bool = True  # parallel text: the cross-lingual teacher-vs-students report at the end
+    report_batches: int = 20  # batch-1 latency calls per model in the report (throughput uses a quarter)
+
+
+def _general_monitor_ok(v: Any) -> bool:
+    parts = v.split("/") if isinstance(v, str) else []
+    if parts == ["val", "loss"]:
+        return True
+    if len(parts) == 4 and parts[0] == "val" and name_ok(parts[1]) and name_ok(parts[3]):
+        return parts[2] in ("retrieval", "retrieval_rev", "mse")
+    return False
 
 
 @dataclass
 class GeneralTrainerConfig(TrainerConfig):
     """`trainer:` of general distillation: there are no labels, so the held-out distillation loss picks the best
-    checkpoint (and stops early)."""
+    checkpoint (and stops early), or on parallel text a cross-lingual figure of one student."""
 
-    monitor: Literal["val/loss"] = "val/loss"  # the held-out distillation loss (minimised)
+    # val/loss (minimised), or on parallel text val/<student key>/retrieval/<language or mean> (maximised),
+    # val/<key>/retrieval_rev/<language>, val/<key>/mse/<language> (minimised)
+    monitor: str = "val/loss"  # the held-out distillation loss, or a student's retrieval accuracy or MSE
+
+    def check(self) -> None:
+        if not _general_monitor_ok(self.monitor):
+            self.fail(
+                "monitor",
+                f"{self.monitor!r} is not val/loss, val/<student>/retrieval/<language or mean>, "
+                "val/<student>/retrieval_rev/<language> or val/<student>/mse/<language>",
+            )
+        saved, self.monitor = self.monitor, "val/loss"  # the rest of TrainerConfig's checks
+        try:
+            super().check()
+        finally:
+            self.monitor = saved
+
+
+@dataclass
+class GeneralTeacherConfig(ModelConfig):
+    """The teacher of general distillation: a bare encoder, and how it makes its sentence embedding."""
+
+    # mean, cls or pooler; default: the model's sentence-transformers pooling (its 1_Pooling/config.json: mean for
+    # all-MiniLM-L6-v2) when it has one, else cls
+    pooling: Literal["mean", "cls", "pooler"] | None = None  # sentence embedding of its last layer
+
+
+@dataclass
+class GeneralStudentSpec(StudentConfig):
+    """One of several general-distillation students (`students:`): a student spec plus its key, losses, languages
+    (on parallel text) and pooling."""
+
+    SECTION = "students[]"
+    RULES = {
+        **StudentConfig.RULES,
+        "key": NAME,
+        "languages": Check(
+            lambda v: v is None or (bool(v) and all(name_ok(x) for x in v) and len(set(v)) == len(v)),
+            "None or a list of distinct languages of data.text_files",
+        ),
+        "vocab_size": Num(1, MAX_COUNT, integer=True, none=True),
+    }
+
+    key: str = "student"  # its name: metrics val/<key>/..., export <run dir>/students/<key>
+    adaptors: list[Any] | None = None  # its losses, as distill.adaptors (default); `languages: [...]` restricts one
+    # parallel text: the languages it reads (each adaptor and the MLM apply to each); default: every language
+    languages: list[str] | None = None  # languages of data.text_files it reads
+    pooling: Literal["mean", "cls", "pooler"] | None = None  # its sentence embedding; default: the teacher's
+    # clkd's embed_sharing: in_each_model: one word-embedding matrix per language (copies of the student's to start),
+    # the layers shared; exported as one model per language, <run dir>/students/<key>-<language>
+    embeddings_per_language: bool = False  # a word-embedding matrix per language inside the student
+    # A WordPiece vocabulary of this size trained (`tokenizers`) on the training text of its languages, special tokens
+    # as the teacher's; embedding rows of tokens the teacher has are copied from the student's (teacher's) rows, the
+    # others start random; the export carries the tokenizer. None: the teacher's tokenizer. The trainer keeps every
+    # character of the text as a token, so a vocabulary smaller than the text's alphabet comes out larger.
+    vocab_size: int | None = None  # train its own vocabulary of this many tokens (None: the teacher's)
+
+    def check(self) -> None:
+        super().check()
+        check_adaptors(self, self.adaptors or [])
+        if self.vocab_size is not None and self.tokenizer is not None:
+            self.fail("vocab_size", "trains a vocabulary; set it or tokenizer, not both")
 
 
 def _general_student() -> StudentConfig:
@@ -488,8 +575,10 @@ def _general_student() -> StudentConfig:
 
 @dataclass
 class GeneralRunConfig:
-    teacher: ModelConfig = field(default_factory=ModelConfig)  # the pretrained all-MiniLM-L6-v2 (any encoder works)
+    teacher: GeneralTeacherConfig = field(default_factory=GeneralTeacherConfig)  # all-MiniLM-L6-v2 (any encoder)
     student: StudentConfig = field(default_factory=_general_student)
+    students: list[GeneralStudentSpec] | None = None  # several students trained together (instead of `student`)
+    share: ShareConfig = field(default_factory=ShareConfig)  # modules the students share
     distill: GeneralDistillConfig = field(default_factory=GeneralDistillConfig)
     data: TextDataConfig = field(default_factory=TextDataConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_ratio=0.05))

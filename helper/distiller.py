@@ -1,6 +1,7 @@
 """The one distillation module, `Distiller`: N frozen teachers into M students, on labelled or unlabelled batches,
 classifiers or bare encoders, with logit, feature and masked-LM losses. kd-clf's `BaseDistiller` (mix-step),
-`InterDistiller` / `PredDistiller` (two-step), `MultiDistiller` and `GeneralDistiller` are configurations of it.
+`InterDistiller` / `PredDistiller` (two-step), `MultiDistiller`, `GeneralDistiller` and `GeneralMultiDistiller` are
+configurations of it.
 
 Teachers are frozen, in eval mode, run under `no_grad` (not `inference_mode`: their tensors meet student tensors in
 the losses), kept out of the optimiser and the checkpoints (not registered submodules), and moved to the first
@@ -13,11 +14,13 @@ weighted mean: of the softened distributions, mean_i w_i softmax(z_i / T) (`Logi
 al. 2015 (arXiv:1503.02531) for an ensemble. Any other adaptor reads one teacher, named by `teacher: <index>` in its
 mapping. Students may share their embeddings and named encoder layers (the first student's modules, tied by reference,
 trained once, exported with every student). Each model reads its view of the batch (a tokenizer and a text column,
-`data/multi.py`).
+`data/multi.py`); on unlabelled parallel text a student may read several (its languages), and students reading other
+languages than the teacher's are scored by translation retrieval of their sentence embeddings.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import warnings
@@ -36,15 +39,16 @@ from bert.families import check_features, get_family, logits_of, model_inputs
 from bert.features import Features, ModelDims, merge_requests
 from bert.loading import name_labels
 from bert.recorder import FeatureRecorder
-from helper.adaptors import Adaptor, LogitKL, build_adaptors
-from helper.checkpoint import say_runtime_flags
+from data.data_module import tokenizer_id
+from helper.adaptors import Adaptor, LogitKL, build_adaptors, parse_schedule, scheduled
+from helper.checkpoint import say_runtime_flags, sentence_transformers_files
 from helper.config import DEFAULT_METRICS, DistillationRunConfig, GeneralRunConfig, OptimConfig, ShareConfig
 from helper.hgckpt import (
     HF_KEY,
     HgCkptIO,  # noqa: F401  (kd-clf's snippets import it from here)
     hf_export_info,
 )
-from helper.metrics import Scorer, Scores
+from helper.metrics import Scorer, Scores, retrieval_accuracy
 from helper.teacher_cache import TeacherCache, with_stored_logits
 from helper.training import configure_optimizers, export_module
 
@@ -54,23 +58,32 @@ warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_t
 
 @dataclass
 class Teacher:
-    """A teacher: its weight in the mean of the teachers' targets (>= 0; the weights must sum to > 0), and the view
-    of the batch it reads (None: the batch's top level, the data module's first view)."""
+    """A teacher: its weight in the mean of the teachers' targets (>= 0; the weights must sum to > 0), the view
+    of the batch it reads (None: the batch's top level, the data module's first view), and how it pools its last
+    layer into a sentence embedding (`bert.features.POOLINGS`; None: [CLS])."""
 
     model: nn.Module
     weight: float = 1.0
     view: str | None = None
+    pooling: str | None = None
 
 
 @dataclass
 class Student:
     """A student: its key (metrics `val/<key>/acc`, export `<dir>/<key>`), its adaptors (names or mappings as
-    `distill.adaptors`, where `teacher: i` picks one teacher; default `distill.adaptors`), and its view."""
+    `distill.adaptors`, where `teacher: i` picks one teacher and `languages: [...]` the languages it applies to;
+    default `distill.adaptors`), its view, or on unlabelled data a list of views (its languages: each adaptor and
+    the MLM apply to each, logged `<key>/<adaptor>/<language>`), its pooling (as `Teacher`'s), whether its
+    sentence-transformers export ends with a Normalize module (as the teacher's), and whether it has a word-embedding
+    matrix per language (clkd's `embed_sharing: in_each_model`; exported as `<dir>/<key>-<language>` each)."""
 
     key: str
     model: nn.Module
     adaptors: list | nn.ModuleList | None = None
-    view: str | None = None
+    view: str | Sequence[str] | None = None
+    pooling: str | None = None
+    normalize: bool = False
+    embeddings_per_language: bool = False
 
 
 def check_weights(weights: Sequence[float], where: str = "teacher weights") -> list[float]:
@@ -237,14 +250,31 @@ class Distiller(pl.LightningModule):
             raise UserError(f"students: key {dup!r} is used twice; give every student its own key")
         views = getattr(dm, "views", None)
         first_view = next(iter(views)) if views else None
+        self.student_langs = {  # every view a student reads
+            s.key: list(s.view) if isinstance(s.view, (list, tuple)) else [s.view or first_view] for s in students
+        }
         for who, view in [
             *((f"teacher {i}", t.view) for i, t in enumerate(teachers)),
-            *((s.key, s.view) for s in students),
+            *((s.key, v) for s in students for v in self.student_langs[s.key] if v is not None),
         ]:
             if view is not None and (views is None or view not in views):
                 raise UserError(f"{who}: view {view!r} is not one of the data module's ({', '.join(views or [])})")
+        for s in students:
+            langs = self.student_langs[s.key]
+            if not langs or len(set(langs)) != len(langs) or (len(langs) > 1 and self.labelled):
+                raise UserError(
+                    f"student {s.key!r}: views {langs!r}; give distinct views, several only on unlabelled data"
+                )
         self.teacher_views = [t.view or first_view for t in teachers]
-        self.student_views = {s.key: s.view or first_view for s in students}
+        self.student_views = {s.key: self.student_langs[s.key][0] for s in students}
+        self.poolings = {"teachers": [t.pooling for t in teachers], **{s.key: s.pooling for s in students}}
+        self.normalize = {s.key: s.normalize for s in students}
+        # Cross-lingual evaluation: students reading other languages than the first teacher's (`retrieval_languages`)
+        self.retrieval = not self.labelled and any(
+            self.language(v) != self.language(self.teacher_views[0])
+            for langs in self.student_langs.values()
+            for v in langs
+        )
         # unregistered: out of the optimiser and the checkpoints
         self.__dict__["teachers"] = [t.model.eval().requires_grad_(False) for t in teachers]
         self.students = nn.ModuleDict({s.key: s.model.train() for s in students})  # from_pretrained gives eval mode
@@ -255,21 +285,40 @@ class Distiller(pl.LightningModule):
         share = ShareConfig(**share) if isinstance(share, Mapping) else share or ShareConfig()
         if len(students) > 1 and (share.embeddings or share.layers):
             tie_shared(self.students, share.embeddings, share.layers)
+        self.language_embeddings = nn.ModuleDict()  # key -> {language: word embeddings}; the student holds the first's
+        for s in students:
+            if s.embeddings_per_language:
+                langs = [self.language(v) for v in self.student_langs[s.key]]
+                if len(langs) < 2 or None in langs:
+                    raise UserError(
+                        f"student {s.key!r}: embeddings_per_language needs several languages of parallel text "
+                        f"(it reads {langs})"
+                    )
+                first = s.model.get_input_embeddings()
+                self.language_embeddings[s.key] = nn.ModuleDict(
+                    {lang: first if i == 0 else copy.deepcopy(first) for i, lang in enumerate(langs)}
+                )
         self.adaptors = nn.ModuleDict()
         self.adaptor_teacher: dict[str, list[int | None]] = {}  # per adaptor: its teacher, None for the weighted mean
+        self.adaptor_views: dict[str, list[list[str | None]]] = {}  # per adaptor: the student's views it applies to
+        self.adaptor_schedules: dict[str, list[dict]] = {}  # per adaptor: {setting: (start, end, kind)}
         requests_t: list[list] = [[] for _ in teachers]
         for s in students:
             self._build_adaptors(s, requests_t)
+        pooled = [{"pooled": frozenset()}] if self.retrieval else []  # the sentence embeddings retrieval compares
         self.rec_t = []
         for i, teacher in enumerate(self.teachers):
-            request = merge_requests(*requests_t[i])
+            request = merge_requests(*requests_t[i], *(pooled if i == 0 else []))
             check_features(teacher, request, self._role("teacher", i))
-            self.rec_t.append(FeatureRecorder(teacher, request))
+            self.rec_t.append(self._recorder(teacher, request, self.poolings["teachers"][i], self._role("teacher", i)))
         self.rec_s = {}
         for key, student in self.students.items():
-            request = merge_requests(*(a.request()[1] for a in self.adaptors[key]))
+            request = merge_requests(*(a.request()[1] for a in self.adaptors[key]), *pooled)
             check_features(student, request, self._role("student", key))
-            self.rec_s[key] = FeatureRecorder(student, request)
+            self.rec_s[key] = self._recorder(student, request, self.poolings[key], self._role("student", key))
+        self._sentences: dict | None = None  # sentence embeddings of the evaluation batch, while it is evaluated
+        self._collected: dict[str, dict] = {}  # split -> {"idx": [...], "emb": {(who, view or language): [...]}}
+        self._teacher_sentences: dict[str, dict[str, torch.Tensor]] = {}  # split -> language -> (N, H), once
         cache = self.distill.cache_teacher
         self.teacher_caches = [
             TeacherCache(self.distill.cache_max_mb) if cache and r.request else None for r in self.rec_t
@@ -336,14 +385,17 @@ class Distiller(pl.LightningModule):
             if not isinstance(specs, (list, tuple)) or not specs:
                 raise UserError(f"{self._where(s.key)}adaptors: expected a non-empty list, got {specs!r}")
         dims_s = ModelDims.of(getattr(s.model, "config", None))
-        built, chosen, seen = nn.ModuleList(), [], {}
+        built, chosen, views, schedules, seen = nn.ModuleList(), [], [], [], {}
         for i, spec in enumerate(specs):
             where = f"{self._where(s.key)}adaptors[{i}]"
-            teacher = None
-            if isinstance(spec, Mapping) and "teacher" in spec:
+            teacher, languages, schedule = None, None, None
+            if isinstance(spec, Mapping) and {"teacher", "languages", "schedule"} & set(spec):
                 spec = dict(spec)
-                teacher = spec.pop("teacher")
-                if isinstance(teacher, bool) or not isinstance(teacher, int) or not 0 <= teacher < n:
+                teacher, languages = spec.pop("teacher", None), spec.pop("languages", None)
+                schedule = spec.pop("schedule", None)
+                if teacher is not None and (
+                    isinstance(teacher, bool) or not isinstance(teacher, int) or not 0 <= teacher < n
+                ):
                     raise UserError(f"{where}: teacher {teacher!r} is not a teacher index (0..{n - 1})")
             if isinstance(spec, Adaptor):
                 adaptor = spec
@@ -366,16 +418,21 @@ class Distiller(pl.LightningModule):
                     f"{where}: reads {features} of one teacher; with {n} teachers give it `teacher: <index>` "
                     f"(0..{n - 1}); only logit adaptors compare with the teachers' weighted mean"
                 )
-            if not adaptor.sentence_level and self.teacher_views[teacher] != self.student_views[s.key]:
+            applies = self._adaptor_views(s.key, where, languages)
+            other = next((v for v in applies if v != self.teacher_views[teacher or 0]), None)
+            if not adaptor.sentence_level and other is not None:
                 raise UserError(
                     f"{where}: compares tokens, but teacher {teacher} reads view {self.teacher_views[teacher]!r} and "
-                    f"the student {self.student_views[s.key]!r}; token-level adaptors need the same tokenizer and text"
+                    f"the student {other!r}; token-level adaptors need the same tokenizer and text (give it "
+                    "`languages: [...]` of the teacher's language)"
                 )
             for t in range(n) if teacher is None else [teacher]:
                 if teacher is not None or self.weights[t] > 0:
                     requests_t[t].append(adaptor.request()[0])
             built.append(adaptor)
             chosen.append(teacher)
+            views.append(applies)
+            schedules.append(parse_schedule(schedule, adaptor, where) if schedule is not None else {})
         where = f"{self._where(s.key)}adaptors"
         wrong = [a.key for a in built if a.stage not in self.stages]
         if wrong:
@@ -391,9 +448,35 @@ class Distiller(pl.LightningModule):
             )
         self.adaptors[s.key] = built
         self.adaptor_teacher[s.key] = chosen
+        self.adaptor_views[s.key] = views
+        self.adaptor_schedules[s.key] = schedules
 
     def _where(self, key: str) -> str:
         return "distill." if self.flat else f"student {key!r}: "
+
+    @staticmethod
+    def _recorder(model: nn.Module, request, pooling: str | None, role: str) -> FeatureRecorder:
+        try:
+            return FeatureRecorder(model, request, pooling)
+        except UserError as err:
+            raise UserError(f"{role}: {err}") from None
+
+    def language(self, view: str | None) -> str | None:
+        """The language (text column) a view reads; None for a data module without views."""
+        views = getattr(self.dm, "views", None)
+        return views[view][1] if views and view is not None else None
+
+    def _adaptor_views(self, key: str, where: str, languages: Any) -> list[str | None]:
+        """The views of student `key` an adaptor applies to: those reading one of `languages` (None: every one)."""
+        mine = self.student_langs[key]
+        if languages is None:
+            return list(mine)
+        read = [self.language(v) for v in mine]
+        if not isinstance(languages, list) or not languages or any(lang not in read for lang in languages):
+            raise UserError(
+                f"{where}: languages {languages!r}; give a list of the student's ({', '.join(map(str, read))})"
+            )
+        return [v for v in mine if self.language(v) in languages]
 
     def _check_mlm(self) -> None:
         for key, student in self.students.items():
@@ -403,6 +486,23 @@ class Distiller(pl.LightningModule):
             if tok is None or tok.mask_token_id is None:
                 raise UserError(f"distill.mlm: tokenizer {getattr(tok, 'name_or_path', None)} has no mask token")
             self._special[key] = torch.tensor(sorted(set(tok.all_special_ids)))
+        if getattr(self.mlm, "soft_weight", 0) > 0:
+            teacher = self.teachers[0]
+            if getattr(teacher, "get_output_embeddings", lambda: None)() is None:
+                raise UserError(
+                    f"distill.mlm.soft_weight: the teacher {type(teacher).__name__} has no masked-LM head to give soft "
+                    "targets; use a masked LM as the teacher, or set soft_weight 0"
+                )
+            views = getattr(self.dm, "views", None) or {}
+            tok_t = views[self.teacher_views[0]][0] if views else self.tokenizer
+            for key, student in self.students.items():
+                if tokenizer_id(self.tokenizer_of(key)) != tokenizer_id(tok_t) or (
+                    student.config.vocab_size != teacher.config.vocab_size
+                ):
+                    raise UserError(
+                        f"distill.mlm.soft_weight: student {key!r} does not read the teacher's vocabulary; soft MLM "
+                        "targets need the same tokens"
+                    )
 
     # -- what trains ------------------------------------------------------------------------------------------------
     def configure_trainable(self) -> None:
@@ -515,11 +615,11 @@ class Distiller(pl.LightningModule):
         return memo[kind, tau]
 
     # -- losses -----------------------------------------------------------------------------------------------------
-    def student_inputs(self, batch: dict, key: str | None = None) -> dict:
-        """The inputs of a student (default: the first): its view, or the student tokens of a `ClfDataModule` batch
-        when teacher and student tokenize differently."""
+    def student_inputs(self, batch: dict, key: str | None = None, view: str | None = None) -> dict:
+        """The inputs of a student (default: the first): its view (default: its first), or the student tokens of a
+        `ClfDataModule` batch when teacher and student tokenize differently."""
         key = key or next(iter(self.students))
-        view = self.student_views[key]
+        view = view or self.student_views[key]
         inputs = self.view(batch, view) if view is not None else batch.get("student", batch)
         return model_inputs(inputs, self.students[key])
 
@@ -531,28 +631,62 @@ class Distiller(pl.LightningModule):
         memo: dict = {}
         out: dict[str, torch.Tensor] = {}
         total = 0.0
+        if self._sentences is not None and feats_t[0] is not None:
+            self._sentences["teacher", self.teacher_views[0]] = feats_t[0].pooled
         for key in self.students:
-            _, feats_s = self.rec_s[key](**self.student_inputs(batch, key))
             loss_s = 0.0
-            for adaptor, teacher in zip(self.adaptors[key], self.adaptor_teacher[key]):
-                loss = adaptor(self.target(feats_t, adaptor, teacher, memo), feats_s, labels)
-                out[self._name(key, adaptor.key)] = loss
-                loss_s = loss_s + adaptor.weight * loss
-            if self.mlm is not None:
-                out[self._name(key, "mlm")] = mlm = self.mlm_loss(batch, key, generator)
-                loss_s = loss_s + self.mlm.weight * mlm
+            several = len(self.student_langs[key]) > 1
+            for view in self.student_langs[key]:
+                suffix = f"/{self.language(view)}" if several else ""
+                self.use_language(key, view)
+                _, feats_s = self.rec_s[key](**self.student_inputs(batch, key, view))
+                if self._sentences is not None:
+                    self._sentences[key, view] = feats_s.pooled.detach()
+                adaptors = zip(self.adaptors[key], self.adaptor_teacher[key], self.adaptor_views[key])
+                for adaptor, teacher, views in adaptors:
+                    if view in views:
+                        loss = adaptor(self.target(feats_t, adaptor, teacher, memo), feats_s, labels)
+                        out[self._name(key, adaptor.key + suffix)] = loss
+                        loss_s = loss_s + adaptor.weight * loss
+                if self.mlm is not None:
+                    mlm, soft = self.mlm_loss(batch, key, generator, view)
+                    out[self._name(key, "mlm" + suffix)] = mlm
+                    loss_s = loss_s + self.mlm.weight * mlm
+                    if soft is not None:
+                        out[self._name(key, "mlm_soft" + suffix)] = soft
+                        loss_s = loss_s + self.mlm.soft_weight * soft
+            self.use_language(key, self.student_langs[key][0])  # what checkpoints and exports see between steps
             if not self.flat:
                 out[f"{key}/loss"] = loss_s
             total = total + loss_s
         return out, total
 
+    def use_language(self, key: str, view: str | None) -> None:
+        """Give student `key` the word embeddings of `view`'s language, when it has one matrix per language (its
+        masked-LM decoder, tied to them, follows)."""
+        table = self.language_embeddings[key] if key in self.language_embeddings else None
+        if table is None:
+            return
+        student, emb = self.students[key], table[self.language(view)]
+        if student.get_input_embeddings() is not emb:
+            student.set_input_embeddings(emb)
+            decoder = getattr(student, "get_output_embeddings", lambda: None)()
+            if decoder is not None:
+                decoder.weight = emb.weight
+
     def _name(self, key: str, name: str) -> str:
         return name if self.flat else f"{key}/{name}"
 
-    def mlm_loss(self, batch: dict, key: str, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Cross-entropy of the student's predictions at the masked positions (a second, masked, student pass)."""
+    def mlm_loss(
+        self, batch: dict, key: str, generator: torch.Generator | None = None, view: str | None = None
+    ) -> torch.Tensor:
+        """(cross-entropy of the student's predictions at the masked positions (a second, masked, student pass) of
+        its `view` (default: its first), and with `mlm.soft_weight` the soft-target loss T² · KL(teacher ‖ student)
+        of the masked-token distributions at `mlm.temperature`, the first teacher reading the same masked tokens
+        (else None)). Hinton et al. 2015 (arXiv:1503.02531) on DistilBERT's masked LM (Sanh et al. 2019,
+        arXiv:1910.01108)."""
         student = self.students[key]
-        inputs = self.student_inputs(batch, key)
+        inputs = self.student_inputs(batch, key, view)
         inputs["input_ids"], labels = mask_tokens(
             inputs["input_ids"],
             inputs["attention_mask"],
@@ -563,12 +697,39 @@ class Distiller(pl.LightningModule):
             generator,
         )
         logits = student(**inputs).logits  # (B, T, V)
-        if not bool((labels != -100).any()):
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        chosen = labels != -100  # (B, T)
+        if not bool(chosen.any()):
+            zero = logits.sum() * 0.0
+            return zero, (zero if self.mlm.soft_weight > 0 else None)
+        hard = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        if not self.mlm.soft_weight > 0:
+            return hard, None
+        teacher, tau = self.teachers[0], self.mlm.temperature
+        with torch.no_grad():
+            logits_t = teacher(**model_inputs(inputs, teacher)).logits[chosen].float()  # (N, V)
+        logp_s = (logits[chosen].float() / tau).log_softmax(-1)  # (N, V)
+        soft = F.kl_div(logp_s, (logits_t / tau).log_softmax(-1), reduction="batchmean", log_target=True) * tau**2
+        return hard, soft
 
     # -- steps ------------------------------------------------------------------------------------------------------
+    def apply_schedules(self) -> dict[str, float]:
+        """Set every scheduled adaptor weight and temperature to its value at this training step (of
+        `trainer.estimated_stepping_batches`); returns them as {log name: value}."""
+        if not any(any(s) for s in self.adaptor_schedules.values()):
+            return {}
+        trainer = self._trainer
+        steps = trainer.estimated_stepping_batches if trainer is not None else 1
+        progress = self.global_step / max(1, steps - 1) if math.isfinite(steps) else 0.0
+        values = {}
+        for key, schedules in self.adaptor_schedules.items():
+            for adaptor, schedule in zip(self.adaptors[key], schedules):
+                for name, (start, end, kind) in schedule.items():
+                    setattr(adaptor, name, scheduled(start, end, kind, progress))
+                    values[self._name(key, f"{adaptor.key}/{name}")] = getattr(adaptor, name)
+        return values
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        scheduled_now = self.apply_schedules()
         losses, total = self.losses(batch)
         self.step_losses = {k: v.detach() for k, v in losses.items()}  # NonFiniteGuard names them
         n = len(batch["idx"] if "idx" in batch else batch["labels"])
@@ -576,6 +737,8 @@ class Distiller(pl.LightningModule):
             for name, loss in losses.items():
                 self.log(f"train/{name}", loss, batch_size=n)
             self.log("train/loss", total, prog_bar=True, batch_size=n)
+            for name, value in scheduled_now.items():
+                self.log(f"schedule/{name}", value, batch_size=n)
             for i, cache in enumerate(self.teacher_caches):
                 if cache is not None:
                     self.log(self._key("train/teacher_cache_hit_rate", str(i)), cache.hit_rate)
@@ -596,7 +759,14 @@ class Distiller(pl.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         if not self.labelled:  # the same losses on held-out text, the teachers live, the same masks every time
             generator = torch.Generator().manual_seed(batch_idx) if self.mlm is not None else None
-            losses, total = self.losses(batch, cached=False, generator=generator)
+            collect = self.retrieval and not self.trainer.sanity_checking
+            self._sentences = {} if collect else None
+            try:
+                losses, total = self.losses(batch, cached=False, generator=generator)
+                if collect:
+                    self._keep_sentences(batch, "val")
+            finally:
+                self._sentences = None
             n = len(batch["idx"])
             for name, loss in losses.items():
                 self.log(f"val/{name}", loss, batch_size=n, sync_dist=True)
@@ -638,7 +808,7 @@ class Distiller(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if not self.labelled:
-            return
+            return self._log_retrieval("val")
         self._log_scores(self.val_scores, "val")
         # Every rank takes the same branch; the teacher's metrics are reduced by torchmetrics like the student's.
         if not self.trainer.sanity_checking and not self._teacher_evaluated:
@@ -647,12 +817,94 @@ class Distiller(pl.LightningModule):
             self._teacher_evaluated = True
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
+        if not self.labelled:  # unlabelled: the students' sentence embeddings, for retrieval
+            if self.retrieval:
+                self._sentences = {}
+                try:
+                    for key in self.students:
+                        for view in self.student_langs[key]:
+                            self.use_language(key, view)
+                            inputs = self.student_inputs(batch, key, view)
+                            self._sentences[key, view] = self.rec_s[key](**inputs)[1].pooled
+                        self.use_language(key, self.student_langs[key][0])
+                    self._keep_sentences(batch, "test")
+                finally:
+                    self._sentences = None
+            return
         for key, student in self.students.items():
             logits = logits_of(student(**self.student_inputs(batch, key)), student)
             self.test_scores[key].update(logits, batch["labels"])
 
     def on_test_epoch_end(self) -> None:
+        if not self.labelled:
+            return self._log_retrieval("test")
         self._log_scores(self.test_scores, "test")
+
+    # -- cross-lingual evaluation -----------------------------------------------------------------------------------
+    def _teacher_view(self, language: str) -> str | None:
+        """A view that reads `language` with the first teacher's tokenizer (None when the data module has none)."""
+        views = self.dm.views
+        tok = views[self.teacher_views[0]][0]
+        return next((v for v, (t, lang) in views.items() if t is tok and lang == language), None)
+
+    def _keep_sentences(self, batch: dict, split: str) -> None:
+        """Keep this batch's sentence embeddings (`self._sentences`: the students' per view, the teacher's of its own
+        language when computed) for `_log_retrieval`; the first time through a split, the teacher's of every language
+        the students read too (what the teacher itself scores)."""
+        got = self._collected.setdefault(split, {"idx": [], "emb": {}})
+        got["idx"].append(batch["idx"].cpu())
+        pivot = self.language(self.teacher_views[0])
+        found = {
+            ("teacher", pivot) if who == "teacher" else (who, view): x for (who, view), x in self._sentences.items()
+        }
+        if split not in self._teacher_sentences:
+            wanted = {self.language(v) for langs in self.student_langs.values() for v in langs} | {pivot}
+            with torch.no_grad():
+                for lang in sorted(wanted):
+                    view = self._teacher_view(lang)
+                    if ("teacher", lang) not in found and view is not None:
+                        inputs = model_inputs(self.view(batch, view), self.teachers[0])
+                        found["teacher", lang] = self.rec_t[0](**inputs)[1].pooled
+        else:
+            found.pop(("teacher", pivot), None)
+        for k, x in found.items():
+            got["emb"].setdefault(k, []).append(x.detach().float().cpu())
+
+    def _log_retrieval(self, split: str) -> None:
+        """Translation retrieval (xx->en `retrieval/<xx>`, en->xx `retrieval_rev/<xx>`, their mean over the student's
+        languages `retrieval/mean`) and the MSE to the teacher's embedding of the teacher's language (`mse/<xx>`), per
+        student and language, under `<split>/<key>/`; the teacher's own retrieval under `teacher/<split>/`. The
+        English side is the student's own embedding of the teacher's language when it reads it, else the teacher's."""
+        got = self._collected.pop(split, None)
+        if not got or not got["idx"]:
+            return
+        order = torch.cat(got["idx"]).argsort()
+        emb = {k: torch.cat(v)[order] for k, v in got["emb"].items()}
+        pivot = self.language(self.teacher_views[0])
+        if split not in self._teacher_sentences:
+            self._teacher_sentences[split] = {lang: x for (who, lang), x in emb.items() if who == "teacher"}
+        teacher = self._teacher_sentences[split]
+        target = teacher[pivot]
+        for lang, x in teacher.items():
+            if lang != pivot:
+                forward, backward = retrieval_accuracy(x, target)
+                self.log(f"teacher/{split}/retrieval/{lang}", forward)
+                self.log(f"teacher/{split}/retrieval_rev/{lang}", backward)
+        for key in self.students:
+            prefix = self._key(split, key)
+            langs = {self.language(v): v for v in self.student_langs[key]}
+            own = emb[key, langs[pivot]] if pivot in langs else target
+            accuracies = []
+            for lang, view in langs.items():
+                x = emb[key, view]
+                self.log(f"{prefix}/mse/{lang}", F.mse_loss(x, target))
+                if lang != pivot:
+                    forward, backward = retrieval_accuracy(x, own)
+                    self.log(f"{prefix}/retrieval/{lang}", forward, prog_bar=split == "val")
+                    self.log(f"{prefix}/retrieval_rev/{lang}", backward)
+                    accuracies.append(forward)
+            if accuracies:
+                self.log(f"{prefix}/retrieval/mean", sum(accuracies) / len(accuracies))
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Tensors to `device`, except `idx`: the teacher cache reads it on the CPU (on a GPU, a device copy would cost
@@ -692,10 +944,35 @@ class Distiller(pl.LightningModule):
         """Write the students as Hugging Face directories (safetensors + tokenizer), atomically: the best checkpoint's
         weights when the run has one (`export_best`), else the current ones. One student (flat) goes to `out_dir`,
         several to `<out_dir>/<key>` each (shared modules copied into each)."""
-        for key in self.students:
-            out = Path(out_dir) if self.flat else Path(out_dir) / key
-            export_module(self, self.exported_model(key), tokenizer or self.tokenizer_of(key), out)
+        for name, (key, view) in self.export_names().items():
+            out = Path(out_dir) if self.flat else Path(out_dir) / name
+            self.use_language(key, view)
+            try:
+                model = self.exported_model(key)
+                export_module(self, model, tokenizer or self.tokenizer_of(key), out, self._st_files(key))
+            finally:
+                self.use_language(key, self.student_langs[key][0])
         return Path(out_dir)
+
+    def export_names(self) -> dict[str, tuple[str, str | None]]:
+        """{directory name: (student key, view)}: a student's key, or `<key>-<language>` for each language of a
+        student with a word-embedding matrix per language."""
+        out: dict[str, tuple[str, str | None]] = {}
+        for key in self.students:
+            if key in self.language_embeddings:
+                out.update({f"{key}-{self.language(v)}": (key, v) for v in self.student_langs[key]})
+            else:
+                out[key] = (key, None)
+        return out
+
+    def _st_files(self, key: str) -> dict[str, str] | None:
+        """The sentence-transformers files of an unlabelled student with a declared mean or cls pooling."""
+        pooling = self.poolings[key]
+        if self.labelled or pooling not in ("mean", "cls"):
+            return None
+        max_length = getattr(getattr(self.dm, "cfg", None), "max_length", None) or 128
+        hidden = self.exported_model(key).config.hidden_size
+        return sentence_transformers_files(hidden, pooling, max_length, self.normalize[key])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -775,3 +1052,16 @@ class GeneralDistiller(BaseDistiller):
 
     def __init__(self, teacher: nn.Module, student: nn.Module, tokenizer, dm=None, **kw):
         super().__init__(teacher, student, None, dm, tokenizer=tokenizer, **kw)
+
+
+class GeneralMultiDistiller(Distiller):
+    """General distillation of several students (bare encoders, or masked LMs with `distill.mlm`) on unlabelled text,
+    each with its key; on parallel text (`data.multi.ParallelDataModule`) each student reads its languages (its
+    list of views), and students reading other languages than the teacher's are scored by translation retrieval
+    (`val/<key>/retrieval/<language>`, ...; see `_log_retrieval`). The cross-lingual set-up of Reimers & Gurevych
+    2020 (arXiv:2004.09813) with `SentMSE`: student(translation) ≈ teacher(source), student(source) ≈ teacher(source).
+    """
+
+    stages = ("inter",)
+    labelled = False
+    run_config = GeneralRunConfig

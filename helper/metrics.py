@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -103,3 +104,14 @@ class Scores(nn.Module):
             except (TypeError, ValueError):
                 raise UserError(f"scorer {name!r} returned {type(value).__name__}, not a number") from None
         return out
+
+
+def retrieval_accuracy(queries: torch.Tensor, candidates: torch.Tensor) -> tuple[float, float]:
+    """Translation retrieval: row i of `queries` (N, H) and of `candidates` (N, H) are translations of each other.
+    Returns (the fraction of queries whose nearest candidate by cosine is their own, the same from the candidates to
+    the queries); on ties the first row counts. Reimers & Gurevych 2020 (arXiv:2004.09813), section 4.3."""
+    if queries.shape != candidates.shape:
+        raise ValueError(f"retrieval_accuracy: shapes {tuple(queries.shape)} and {tuple(candidates.shape)} differ")
+    sims = F.normalize(queries.float(), dim=-1) @ F.normalize(candidates.float(), dim=-1).T  # (N, N)
+    target = torch.arange(len(sims), device=sims.device)
+    return (sims.argmax(1) == target).float().mean().item(), (sims.argmax(0) == target).float().mean().item()

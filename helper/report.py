@@ -292,3 +292,144 @@ def _chart(r: dict) -> Figure:
         ax.set_title(f"{title}: student {_fmt_ratio(r['ratio'][key], '.2f')}x")
     fig.suptitle(r["summary"], fontsize=13)
     return fig
+
+
+def write_retrieval_report(
+    distiller,
+    metrics: dict[str, float],
+    split: str,
+    teacher_dir: str | Path,
+    students_dir: str | Path,
+    batches: list[dict],
+    out_dir: str | Path,
+    *,
+    n_latency: int = 20,
+    n_throughput: int = 5,
+) -> dict[str, str]:
+    """The cross-lingual report of a parallel-text run (`GeneralMultiDistiller`): per student and language, translation
+    retrieval both ways and the embedding MSE next to the teacher's own retrieval (from `metrics`, the run's
+    metrics.json, on `split`), and each student's CPU speed and size against the teacher's (its exported directory
+    under `students_dir`). Writes report.md and report.json into `out_dir`; returns {student key: summary line}."""
+    teacher = distiller.teachers[0].to("cpu", torch.float32)
+    view_t = distiller.teacher_views[0]
+    pivot = distiller.language(view_t)
+    rows, figures, summaries = [], {}, {}
+    size_t = disk_size(teacher_dir)
+    for key in distiller.students:
+        model = distiller.exported_model(key).to("cpu", torch.float32)
+        view_s = distiller.student_views[key]
+        remapped = [{**b["views"][view_t], "student": b["views"][view_s]} for b in batches]
+        speed = measure_speed(
+            {"teacher": teacher, "student": model}, remapped, n_latency=n_latency, n_throughput=n_throughput
+        )
+        exported = next(name for name, (k, _) in distiller.export_names().items() if k == key)
+        size_s = disk_size(Path(students_dir) / exported)
+        params = {
+            "teacher": sum(p.numel() for p in teacher.parameters()),
+            "student": sum(p.numel() for p in model.parameters()),
+        }
+        ratio = {
+            "throughput": _ratio(speed["student"]["throughput"], speed["teacher"]["throughput"]),
+            "latency_ms": _ratio(speed["student"]["latency_ms"], speed["teacher"]["latency_ms"]),
+            "model_bytes": _ratio(size_s["model_bytes"], size_t["model_bytes"]),
+            "params": _ratio(params["student"], params["teacher"]),
+        }
+        langs = [distiller.language(v) for v in distiller.student_langs[key]]
+        per_lang = {}
+        for lang in langs:
+            got = {name: metrics.get(f"{split}/{key}/{name}/{lang}") for name in ("retrieval", "retrieval_rev", "mse")}
+            got["teacher_retrieval"] = metrics.get(f"teacher/{split}/retrieval/{lang}")
+            got["teacher_retrieval_rev"] = metrics.get(f"teacher/{split}/retrieval_rev/{lang}")
+            per_lang[lang] = got
+            if lang != pivot:
+                rows.append((key, lang, got))
+        figures[key] = {
+            "languages": per_lang,
+            "speed": speed,
+            "size": {"teacher": size_t, "student": size_s},
+            "params": params,
+            "ratio": ratio,
+        }
+        mean = metrics.get(f"{split}/{key}/retrieval/mean")
+        teacher_mean = [per_lang[x]["teacher_retrieval"] for x in langs if x != pivot]
+        teacher_mean = sum(teacher_mean) / len(teacher_mean) if teacher_mean and None not in teacher_mean else None
+        summaries[key] = (
+            f"{key}: retrieval {_pct(mean)} (teacher {_pct(teacher_mean)}) xx->{pivot} on {split}, at "
+            f"{_fmt_ratio(ratio['throughput'], '.1f')}x throughput, {_fmt_ratio(ratio['model_bytes'], '.2f')}x size"
+        )
+    report = {
+        "split": split,
+        "teacher_language": pivot,
+        "summaries": summaries,
+        "students": figures,
+        "dirs": {"teacher": str(teacher_dir), "students": str(students_dir)},
+        "machine": machine_info(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = [
+        f"| student | language | teacher xx->{pivot} | student xx->{pivot} | teacher {pivot}->xx | student {pivot}->xx "
+        f"| MSE to teacher({pivot}) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, lang, got in rows:
+        table.append(
+            f"| {key} | {lang} | {_pct(got['teacher_retrieval'])} | {_pct(got['retrieval'])} | "
+            f"{_pct(got['teacher_retrieval_rev'])} | {_pct(got['retrieval_rev'])} | {_num(got['mse'])} |"
+        )
+    speed_table = [
+        "| model | parameters | model size (MB) | CPU latency, batch 1 (ms) | CPU throughput, batch 32 (examples/s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    first = next(iter(figures.values()))
+    speed_table.append(
+        f"| teacher | {first['params']['teacher'] / 1e6:.2f}M | {size_t['model_bytes'] / 1e6:.1f} | "
+        f"{first['speed']['teacher']['latency_ms']:.2f} | {first['speed']['teacher']['throughput']:.1f} |"
+    )
+    for key, f in figures.items():
+        r = f["ratio"]
+        speed_table.append(
+            f"| {key} | {f['params']['student'] / 1e6:.2f}M ({_fmt_ratio(r['params'], '.2f')}x) | "
+            f"{f['size']['student']['model_bytes'] / 1e6:.1f} ({_fmt_ratio(r['model_bytes'], '.2f')}x) | "
+            f"{f['speed']['student']['latency_ms']:.2f} | {f['speed']['student']['throughput']:.1f} "
+            f"({_fmt_ratio(r['throughput'], '.2f')}x) |"
+        )
+    m = report["machine"]
+    (out / "report.md").write_text(
+        "\n".join(
+            [
+                "# Cross-lingual students vs teacher",
+                "",
+                *(f"- **{line}**" for line in summaries.values()),
+                "",
+                f"Translation retrieval on the **{split}** split: for each sentence, is the nearest sentence of the "
+                "other language by cosine, among the whole split, its translation? The student's English side is its "
+                "own embedding when it reads English, else the teacher's. MSE: the student's embedding of the "
+                f"language against the teacher's of the {pivot} sentence.",
+                "",
+                *table,
+                "",
+                *speed_table,
+                "",
+                f"- Speed: CPU, fp32, {m['torch_threads']} torch threads, the teacher and each student interleaved "
+                f"call by call on real {split} sentences (the teacher reading {pivot}, the student its first); "
+                "sizes: the safetensors weights.",
+                f"- Machine: {m['cores']} cores, {m['processor']}; torch {m['torch']}, "
+                f"transformers {m['transformers']}; {report['date']}.",
+                "",
+            ]
+        )
+    )
+    for line in summaries.values():
+        print(line)
+    return summaries
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.5f}"

@@ -31,6 +31,8 @@ from helper.config import (
     DistillationRunConfig,
     FinetuneConfig,
     GeneralRunConfig,
+    GeneralStudentSpec,
+    StudentConfig,
     StudentSpec,
     TeacherConfig,
     TransferSetConfig,
@@ -39,6 +41,7 @@ from helper.config import (
 from helper.distiller import (
     BaseDistiller,
     GeneralDistiller,
+    GeneralMultiDistiller,
     InterDistiller,
     MultiDistiller,
     PredDistiller,
@@ -48,7 +51,7 @@ from helper.distiller import (
 )
 from helper.finetuner import ClfFinetune
 from helper.heatmap import AttentionHeatmap
-from helper.students import build_encoder_student, build_student, load_encoder
+from helper.students import adopt_vocabulary, build_encoder_student, build_student, load_encoder, train_wordpiece
 from helper.training import (
     best_checkpoint,
     build_trainer,
@@ -112,8 +115,8 @@ def fit_and_export(cfg, stage: str, job: Job) -> tuple[dict, Path | None]:
     """
     module, dm = job.module, job.dm
     target = run_dir(cfg.logger, stage) / job.export
-    for key in getattr(module, "students", {}) if job.export == "students" else [None]:
-        check_export_dir(target if key is None else target / key)  # before training: a refusal costs no time
+    for name in module.export_names() if job.export == "students" else [None]:
+        check_export_dir(target if name is None else target / name)  # before training: a refusal costs no time
     trainer, out, resume = build_trainer(cfg, stage, list(job.callbacks))
     check_resume(resume, module, dm, cfg)
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
@@ -346,9 +349,44 @@ def run_distillation(cfg: DistillationRunConfig, stage: str) -> dict:
 # General (task-agnostic) distillation
 
 
+def general_students(cfg: GeneralRunConfig) -> list[GeneralStudentSpec]:
+    """The students of a general-distillation config, a single `student:` as a list of one (key `student`)."""
+    if cfg.students is not None:
+        return cfg.students
+    names = [f.name for f in dataclasses.fields(StudentConfig)]
+    return [GeneralStudentSpec(**{n: getattr(cfg.student, n) for n in names})]
+
+
+def several_general(cfg: GeneralRunConfig) -> bool:
+    """Several students, or parallel text: the `Distiller` with student keys (`GeneralMultiDistiller`)."""
+    return cfg.students is not None or cfg.data.source == "parallel"
+
+
 def check_general(cfg: GeneralRunConfig) -> None:
-    if cfg.student.tokenizer is not None:
-        raise UserError("student.tokenizer: general distillation compares tokens; the student uses the teacher's")
+    specs = general_students(cfg)
+    if not specs:
+        raise UserError("students: give at least one student")
+    for i, spec in enumerate(specs):
+        where = "student" if cfg.students is None else f"students[{i}]"
+        if spec.tokenizer is not None:
+            raise UserError(f"{where}.tokenizer: general distillation uses the teacher's tokenizer")
+        if spec.vocab_size is not None and cfg.data.source != "parallel":
+            raise UserError(f"{where}.vocab_size: a student's own vocabulary is trained on parallel text only")
+        for lang in spec.languages or []:
+            if cfg.data.source != "parallel" or lang not in cfg.data.text_files:
+                have = ", ".join(cfg.data.text_files or []) or "none: data.source is not parallel"
+                raise UserError(f"{where}.languages: {lang!r} has no files in data.text_files (languages: {have})")
+    keys = [s.key for s in specs]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup is not None:
+        raise UserError(f"students: key {dup!r} is used twice; give every student its own `key:`")
+    monitor = cfg.trainer.monitor.split("/")
+    if len(monitor) == 4:
+        if not several_general(cfg) or monitor[1] not in keys:
+            raise UserError(
+                f"trainer.monitor: {cfg.trainer.monitor!r} names no student of a parallel-text run "
+                f"(keys: {', '.join(keys) if several_general(cfg) else 'none: data.source is not parallel'})"
+            )
     allowed = sorted(name for name, cls in ADAPTORS.items() if cls.stage == "inter")
     names = [spec if isinstance(spec, str) else spec.get("name") for spec in cfg.distill.adaptors]
     wrong = [n for n in names if n in ADAPTORS and ADAPTORS[n].stage != "inter"]
@@ -359,14 +397,33 @@ def check_general(cfg: GeneralRunConfig) -> None:
         )
 
 
+def sentence_pooling(name: str) -> tuple[str | None, bool]:
+    """(the pooling, whether a Normalize module follows) of a sentence-transformers model directory
+    (`1_Pooling/config.json`, `modules.json`); (None, False) for another model."""
+    path = Path(resolve_model_path(name)).expanduser()
+    try:
+        pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
+        modules = json.loads((path / "modules.json").read_text())
+    except (OSError, ValueError):
+        return None, False
+    mode = (
+        "mean" if pooling.get("pooling_mode_mean_tokens") else "cls" if pooling.get("pooling_mode_cls_token") else None
+    )
+    return mode, any(str(m.get("type", "")).endswith(".Normalize") for m in modules if isinstance(m, dict))
+
+
 def build_general(cfg: GeneralRunConfig) -> Job:
-    """A bare encoder student learns the teacher's encoder on unlabelled text; export to `<run dir>/student`."""
+    """A bare encoder student learns the teacher's encoder on unlabelled text; export to `<run dir>/student`.
+    Several students, or parallel text: `_build_general_several`."""
     from data.text import TextDataModule
 
+    if several_general(cfg):
+        return _build_general_several(cfg)
     tokenizer = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
     dm = TextDataModule(cfg.data, tokenizer)
     dm.setup("fit")
-    teacher = load_encoder(cfg.teacher.name, cfg.teacher.attn_implementation)
+    soft = cfg.distill.mlm is not None and cfg.distill.mlm.soft_weight > 0
+    teacher = load_encoder(cfg.teacher.name, cfg.teacher.attn_implementation, masked_lm=soft)
     check_max_length(cfg.data.max_length, teacher.config, "teacher", cfg.teacher.name)
     student = build_encoder_student(cfg.student, teacher, cfg.teacher.name, cfg.distill.mlm is not None)
     check_max_length(cfg.data.max_length, student.config, "student", cfg.student.name or "the student")
@@ -379,6 +436,83 @@ def build_general(cfg: GeneralRunConfig) -> Job:
         f"{len(dm.texts['validation'])} -> {n_val} (validation); teacher {resolve_model_path(cfg.teacher.name)}"
     )
     return Job(dm, module)
+
+
+def _build_general_several(cfg: GeneralRunConfig) -> Job:
+    """Several students, each reading its languages of parallel text (or the one text): export to
+    `<run dir>/students/<key>` (encoder, tokenizer, sentence-transformers files), and on parallel text a
+    cross-lingual report (`helper.report.write_retrieval_report`)."""
+    from data.multi import ParallelDataModule, read_parallel_texts
+    from data.text import TextDataModule
+
+    data = cfg.data
+    tok_t = load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.name)
+    soft = cfg.distill.mlm is not None and cfg.distill.mlm.soft_weight > 0
+    teacher = load_encoder(cfg.teacher.name, cfg.teacher.attn_implementation, masked_lm=soft)
+    check_max_length(data.max_length, teacher.config, "teacher", cfg.teacher.name)
+    check_vocab(tok_t, teacher, "teacher")
+    found, normalize = sentence_pooling(cfg.teacher.name)
+    pooling_t = cfg.teacher.pooling or found
+    specs = general_students(cfg)
+    parallel = data.source == "parallel"
+    languages = {s.key: (s.languages or list(data.text_files)) if parallel else [None] for s in specs}
+    views: dict[str, tuple] = {}
+    student_views = {s.key: languages[s.key] for s in specs}  # the views each student reads
+    tokenizers = {s.key: tok_t for s in specs}
+    if parallel:  # one view per language read with the teacher's tokenizer (the teacher's language first), and
+        # one per language of a student with its own vocabulary, `<language>@<key>`
+        for lang in [data.text_column, *(x for langs in languages.values() for x in langs)]:
+            views.setdefault(lang, (tok_t, lang))
+        train = read_parallel_texts(data)["train"] if any(s.vocab_size for s in specs) else {}
+        for i, spec in enumerate(specs):
+            if spec.vocab_size is not None:
+                texts = [t for lang in languages[spec.key] for t in train[lang]]
+                tokenizers[spec.key] = train_wordpiece(texts, spec.vocab_size, tok_t, f"students[{i}].vocab_size")
+                student_views[spec.key] = [f"{lang}@{spec.key}" for lang in languages[spec.key]]
+                views.update({f"{lang}@{spec.key}": (tokenizers[spec.key], lang) for lang in languages[spec.key]})
+        dm = ParallelDataModule(data, views)
+    else:
+        dm = TextDataModule(data, tok_t)
+    dm.setup("fit")
+    students = []
+    for i, spec in enumerate(specs):
+        student = build_encoder_student(spec, teacher, cfg.teacher.name, cfg.distill.mlm is not None)
+        if spec.vocab_size is not None:
+            copied = adopt_vocabulary(student, tokenizers[spec.key], tok_t)
+            print(
+                f"student {spec.key}: vocab {len(tokenizers[spec.key])} tokens, {copied} rows copied from the teacher"
+            )
+        check_max_length(data.max_length, student.config, f"students[{i}]", spec.name or spec.key)
+        check_vocab(tokenizers[spec.key], student, f"students[{i}]")
+        pooling = spec.pooling or pooling_t
+        views_s = student_views[spec.key]
+        per_language = spec.embeddings_per_language
+        students.append(Student(spec.key, student, spec.adaptors, views_s, pooling, normalize, per_language))
+    module = GeneralMultiDistiller(
+        [Teacher(teacher, view=data.text_column if parallel else None, pooling=pooling_t)],
+        students,
+        dm,
+        share=cfg.share,
+        optim=cfg.optim,
+        distill=cfg.distill,
+        tokenizer=tok_t,
+    )
+    sizes = ", ".join(f"{split} {len(ds)}" for split, ds in dm.datasets.items())
+    path_t = resolve_model_path(cfg.teacher.name)
+    print(f"general distillation: {len(students)} students; examples: {sizes}; teacher {path_t}")
+
+    def report(out: Path, exported: Path) -> dict:
+        from helper.report import write_retrieval_report
+
+        metrics = json.loads((out / "metrics.json").read_text())
+        split = "test" if dm.has_test else "val"
+        batches = list(dm.test_dataloader() if dm.has_test else dm.val_dataloader())
+        path_t = resolve_model_path(cfg.teacher.name)
+        return write_retrieval_report(
+            module, metrics, split, path_t, exported, batches, out / "report", n_latency=cfg.distill.report_batches
+        )
+
+    return Job(dm, module, "students", "students", report=report if cfg.distill.report and module.retrieval else None)
 
 
 def run_general(cfg: GeneralRunConfig) -> dict:

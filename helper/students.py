@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
@@ -71,6 +72,8 @@ def cut_student(source: nn.Module, layers: list[int], embeddings: bool, cfg: Stu
     student.load_state_dict(cut.state_dict())
     if not embeddings:
         family.embeddings(student).apply(student._init_weights)
+    if cfg.init_from_teacher is not None and not cfg.init_from_teacher.transformer_blocks:
+        family.layers(student).apply(student._init_weights)
     return student
 
 
@@ -96,10 +99,21 @@ def lstm_student(teacher: nn.Module, cfg: StudentConfig, label_names: list[str],
     return student
 
 
-def load_encoder(name: str, attn_implementation: str = "sdpa", role: str = "teacher") -> nn.Module:
-    """The bare encoder (`AutoModel`) of `name`: a pretrained encoder or a classifier's directory (its head dropped)."""
+def load_encoder(name: str, attn_implementation: str = "sdpa", role: str = "teacher", masked_lm: bool = False):
+    """The bare encoder (`AutoModel`) of `name`: a pretrained encoder or a classifier's directory (its head dropped);
+    with `masked_lm`, the model with its trained masked-LM head (`AutoModelForMaskedLM`; one line if it has none)."""
     config = load_model_config(name)
     impl = family_of(config).attn_implementation(attn_implementation)
+    if masked_lm:
+        model, info = load_named(
+            role, AutoModelForMaskedLM.from_pretrained, name, attn_implementation=impl, output_loading_info=True
+        )
+        if info["missing_keys"]:
+            raise UserError(
+                f"{role} {name}: has no trained masked-LM head ({sorted(info['missing_keys'])[0]} is missing); soft "
+                "MLM targets need a masked LM such as xlm-roberta-base"
+            )
+        return model
     model = load_named(role, AutoModel.from_pretrained, name, attn_implementation=impl)
     get_family(model).layers(model)  # one line if it has no attention layers (a BiLSTM)
     return model
@@ -139,4 +153,56 @@ def build_encoder_student(cfg: StudentConfig, teacher: nn.Module, teacher_name: 
         raise UserError(f"student.init_from_teacher: the cut encoder lacks {', '.join(missing[:3])}")
     if not src.embeddings:
         family.embeddings(student).apply(student._init_weights)
+    if not src.transformer_blocks:
+        family.layers(student).apply(student._init_weights)
     return student
+
+
+def train_wordpiece(texts: list[str], vocab_size: int, teacher_tokenizer, where: str = "vocab_size"):
+    """A WordPiece tokenizer of `vocab_size` tokens trained on `texts` with the `tokenizers` library: the teacher's
+    (fast) tokenizer's normaliser and pre-tokeniser, its special tokens (first, in the order of their teacher ids) and
+    its [CLS] x [SEP] template."""
+    from tokenizers import Tokenizer, decoders, models, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = teacher_tokenizer
+    specials = sorted(set(tok.all_special_tokens), key=tok.convert_tokens_to_ids)
+    if vocab_size <= len(specials):
+        raise UserError(
+            f"{where}: {vocab_size} is not larger than the {len(specials)} special tokens ({', '.join(specials)})"
+        )
+    if not getattr(tok, "is_fast", False) or tok.cls_token is None or tok.sep_token is None:
+        raise UserError(f"{where}: the teacher's tokenizer {tok.name_or_path} is not a fast BERT-style tokenizer")
+    backend = tok.backend_tokenizer
+    wordpiece = Tokenizer(models.WordPiece(unk_token=tok.unk_token))
+    wordpiece.normalizer, wordpiece.pre_tokenizer = backend.normalizer, backend.pre_tokenizer
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    wordpiece.train_from_iterator(texts, trainer)
+    cls, sep = tok.cls_token, tok.sep_token
+    wordpiece.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, wordpiece.token_to_id(cls)), (sep, wordpiece.token_to_id(sep))],
+    )
+    wordpiece.decoder = decoders.WordPiece()
+    names = ("unk_token", "pad_token", "cls_token", "sep_token", "mask_token")
+    kwargs = {n: getattr(tok, n) for n in names if getattr(tok, n, None) is not None}
+    return PreTrainedTokenizerFast(tokenizer_object=wordpiece, model_max_length=tok.model_max_length, **kwargs)
+
+
+def adopt_vocabulary(student: nn.Module, tokenizer, teacher_tokenizer) -> int:
+    """Give `student` one embedding row per token of `tokenizer`: the row it had for the same token under
+    `teacher_tokenizer` where that has it (a student cut from the teacher: the teacher's row), else a fresh random
+    one; its masked-LM decoder, tied, follows. Returns how many rows were copied."""
+    old = student.get_input_embeddings().weight.detach().clone()
+    student.resize_token_embeddings(len(tokenizer))
+    emb = student.get_input_embeddings()
+    with torch.no_grad():
+        emb.weight.normal_(0.0, student.config.initializer_range)
+        known = teacher_tokenizer.get_vocab()
+        pairs = [(i, known[t]) for t, i in tokenizer.get_vocab().items() if t in known and known[t] < len(old)]
+        rows_s, rows_t = (torch.tensor(x, dtype=torch.long) for x in zip(*pairs)) if pairs else ([], [])
+        if pairs:
+            emb.weight[rows_s] = old[rows_t]
+    student.config.pad_token_id = tokenizer.pad_token_id
+    return len(pairs)

@@ -697,7 +697,7 @@ class ClipGradNorm(Callback):
 
 def monitor_mode(monitor: str) -> str:
     """A loss is minimised, a metric (accuracy, F1) maximised."""
-    return "min" if monitor.endswith("loss") else "max"
+    return "min" if monitor.endswith("loss") or "/mse/" in monitor else "max"
 
 
 def whole_or_given(batches: int | float) -> int | float | None:
@@ -728,12 +728,12 @@ def load_best(module: pl.LightningModule, ckpt: str | None) -> None:
         module.__dict__["_loaded_checkpoint"] = ckpt
 
 
-def export_module(module: pl.LightningModule, model: torch.nn.Module, tokenizer, out_dir) -> Path:
-    """Export `model` (part of `module`) as a Hugging Face directory: with the weights of the run's best checkpoint
-    when `module.export_best` and the run has one, else as it is now."""
+def export_module(module: pl.LightningModule, model: torch.nn.Module, tokenizer, out_dir, extra_files=None) -> Path:
+    """Export `model` (part of `module`) as a Hugging Face directory (with `extra_files`, as `export_hf`): with the
+    weights of the run's best checkpoint when `module.export_best` and the run has one, else as it is now."""
     from helper.checkpoint import export_hf
 
     trainer = module._trainer
     if module.export_best and trainer is not None:
         load_best(module, best_checkpoint(trainer))
-    return export_hf(model, tokenizer, out_dir)
+    return export_hf(model, tokenizer, out_dir, extra_files)

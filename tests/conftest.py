@@ -161,6 +161,23 @@ def roberta_student_dir(tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def parallel_text(tmp_path_factory) -> dict[str, dict[str, str]]:
+    """Line-aligned tiny parallel text, `data.text_files` of `source: parallel`: en, and "de"/"fr" made of its words
+    reversed / upper-cased (other tokens, same meaning per line); train 24, validation 8, test 8 lines."""
+    out = tmp_path_factory.mktemp("parallel")
+    files: dict[str, dict[str, str]] = {}
+    sizes = {"train": 24, "validation": 8, "test": 8}
+    for lang, change in (("en", lambda w: w), ("de", lambda w: w[::-1]), ("fr", str.upper)):
+        for split, n in sizes.items():
+            start = sum(list(sizes.values())[: list(sizes).index(split)])
+            lines = [f"{(POSITIVE + NEGATIVE)[i % 8]} {i}" for i in range(start, start + n)]
+            path = out / f"{split}.{lang}"
+            path.write_text("\n".join(" ".join(change(w) for w in line.split()) for line in lines) + "\n")
+            files.setdefault(lang, {})[split] = str(path)
+    return files
+
+
 def pytest_collection_modifyitems(config, items):
     """`slow` tests first: pytest-xdist (`make test` runs two workers) deals the first quarter of the tests round-robin
     and the rest on demand, so the long runs start early on alternate workers and the short tests fill the gaps."""

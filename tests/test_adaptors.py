@@ -642,3 +642,17 @@ def test_register_user_adaptor(monkeypatch):
         register_adaptor(type("LogitL1", (LogitL1,), {}))
     with pytest.raises(TypeError):
         register_adaptor(torch.nn.Linear)
+
+
+def test_sentence_embedding_adaptors():
+    x_t, x_s = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    feats_t = Features(attention_mask=torch.ones(2, 3), pooled=x_t)
+    feats_s = Features(attention_mask=torch.ones(2, 5), pooled=x_s.requires_grad_())  # other tokenizer, other length
+    dims = ModelDims(num_layers=2, hidden_size=2, num_heads=1)
+    assert build_one("SentMSE", dims, dims)(feats_t, feats_s).item() == pytest.approx((1 + 0 + 1 + 1) / 4)
+    cos = build_one("SentCos", dims, dims)(feats_t, feats_s)
+    assert cos.item() == pytest.approx((0 + (1 - 1 / math.sqrt(2))) / 2)
+    cos.backward()
+    assert x_s.grad is not None and x_t.grad is None
+    with pytest.raises(UserError, match="sentence-embedding widths differ .teacher 8, student 2."):
+        build_one("SentMSE", D3, dims)

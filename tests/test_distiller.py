@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import pytorch_lightning as pl
 import torch
-from transformers import AutoTokenizer, BertForSequenceClassification
+from transformers import AutoTokenizer, BertForMaskedLM, BertForSequenceClassification, BertModel
 
 from bert.errors import UserError
 from bert.families import model_inputs
 from bert.features import TOKEN_AXES, ModelDims
+from data.config import TextDataConfig
 from data.data_module import ClfDataModule, Collator
-from helper.adaptors import build_adaptors
-from helper.config import DataConfig, InitFromConfig, OptimConfig, StudentConfig
-from helper.distiller import BaseDistiller, InterDistiller, PredDistiller, head_parameters
+from data.multi import ParallelDataModule
+from helper.adaptors import build_adaptors, scheduled
+from helper.config import DataConfig, GeneralDistillConfig, InitFromConfig, MLMConfig, OptimConfig, StudentConfig
+from helper.distiller import (
+    BaseDistiller,
+    GeneralMultiDistiller,
+    InterDistiller,
+    PredDistiller,
+    Student,
+    Teacher,
+    head_parameters,
+    mask_tokens,
+)
 from helper.heatmap import AttentionHeatmap
+from helper.metrics import retrieval_accuracy
 from helper.students import build_student
 from tests.conftest import tiny_bert_config
 
@@ -356,3 +370,98 @@ def test_teacher_is_scored_on_the_validation_set_once_after_a_sanity_check(dm, s
         right = sum(int((distiller.teacher(**model_inputs(b)).logits.argmax(-1) == b["labels"]).sum()) for b in batches)
     expected = right / sum(len(b["labels"]) for b in batches)
     assert float(trainer.callback_metrics["teacher/val/acc"]) == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Students reading several languages of parallel text (GeneralMultiDistiller)
+
+
+def test_multilingual_student_teacher_once_per_sentence_and_retrieval_by_hand(parallel_text, tokenizer):
+    cfg = TextDataConfig(source="parallel", text_column="en", text_files=parallel_text, batch_size=8, cache_dir=None,
+                         max_length=16)  # fmt: skip
+    dm = ParallelDataModule(cfg, {"en": (tokenizer, "en"), "de": (tokenizer, "de"), "fr": (tokenizer, "fr")})
+    dm.setup("fit")
+    torch.manual_seed(0)
+    teacher, student = BertModel(tiny_bert_config()), BertModel(tiny_bert_config(num_hidden_layers=1))
+    distiller = GeneralMultiDistiller(
+        [Teacher(teacher, view="en", pooling="mean")],
+        [Student("s", student, ["SentMSE", {"name": "SentCos", "languages": ["de"]}], ["en", "de", "fr"], "mean")],
+        dm,
+        lr=1e-3,
+    )
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(distiller, dm)
+    cache = distiller.teacher_caches[0]
+    assert len(cache.rows) == 24 and (cache.misses, cache.hits) == (24, 24)  # one entry per English sentence
+    metrics = {k: float(v) for k, v in trainer.validate(distiller, dm, verbose=False)[0].items()}
+    assert {"val/s/SentMSE/en", "val/s/SentMSE/fr", "val/s/SentCos/de"} <= set(metrics)
+    assert "val/s/SentCos/fr" not in metrics
+
+    def mean_pooled(model, lang):
+        enc = tokenizer(dm.texts["validation"][lang], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model.eval()(**enc).last_hidden_state  # (N, T, H)
+        mask = enc["attention_mask"][..., None]  # (N, T, 1)
+        return (hidden * mask).sum(1) / mask.sum(1)
+
+    teacher_en, student_en = mean_pooled(teacher, "en"), mean_pooled(student, "en")
+    assert metrics["teacher/val/retrieval/de"] == pytest.approx(
+        retrieval_accuracy(mean_pooled(teacher, "de"), teacher_en)[0]
+    )
+    forward, backward = retrieval_accuracy(mean_pooled(student, "fr"), student_en)  # the student's own English side
+    assert (metrics["val/s/retrieval/fr"], metrics["val/s/retrieval_rev/fr"]) == pytest.approx((forward, backward))
+    mse = torch.nn.functional.mse_loss(mean_pooled(student, "de"), teacher_en).item()
+    assert metrics["val/s/mse/de"] == pytest.approx(mse, rel=1e-4)
+
+
+def test_mlm_soft_targets_weights_and_schedules(parallel_text, tokenizer):
+    cfg = TextDataConfig(source="parallel", text_column="en", text_files=parallel_text, batch_size=8, cache_dir=None,
+                         max_length=16)  # fmt: skip
+    dm = ParallelDataModule(cfg, {"en": (tokenizer, "en"), "de": (tokenizer, "de")})
+    dm.setup("fit")
+    torch.manual_seed(0)
+    teacher, student = BertForMaskedLM(tiny_bert_config()), BertForMaskedLM(tiny_bert_config(num_hidden_layers=1))
+    sched = {"weight": {"to": 0.0, "kind": "cosine"}}
+    mlm = MLMConfig(weight=0.3, probability=0.5, soft_weight=0.7, temperature=2.0)
+    distiller = GeneralMultiDistiller(
+        [Teacher(teacher, view="en", pooling="mean")],
+        [Student("s", student, [{"name": "SentMSE", "weight": 2.0, "schedule": sched}], ["en", "de"], "mean")],
+        dm,
+        distill=GeneralDistillConfig(mlm=mlm),
+    )
+    batch = next(iter(dm.val_dataloader()))
+    losses, total = distiller.losses(batch, cached=False, generator=torch.Generator().manual_seed(0))
+    parts = [
+        2.0 * losses[f"s/SentMSE/{x}"] + 0.3 * losses[f"s/mlm/{x}"] + 0.7 * losses[f"s/mlm_soft/{x}"]
+        for x in ("en", "de")
+    ]
+    assert total.item() == pytest.approx(sum(parts).item())
+    # the soft targets by hand: the same masks (same generator), the teacher reading the student's masked tokens
+    inputs = {k: v for k, v in batch["views"]["de"].items() if k != "token_type_ids"}
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    ids, labels = mask_tokens(inputs["input_ids"], inputs["attention_mask"], special, tokenizer.mask_token_id,
+                              tokenizer.vocab_size, 0.5, torch.Generator().manual_seed(0))  # fmt: skip
+    chosen = labels != -100
+    student.eval()  # no dropout, so that the student's pass can be repeated by hand
+    hard, soft = distiller.mlm_loss(batch, "s", torch.Generator().manual_seed(0), "de")
+    with torch.no_grad():
+        z_t = teacher(input_ids=ids, attention_mask=inputs["attention_mask"]).logits[chosen] / 2.0  # (N, V)
+        z_s = student(input_ids=ids, attention_mask=inputs["attention_mask"]).logits[chosen] / 2.0  # (N, V)
+    p_t = z_t.softmax(-1)
+    by_hand = 4.0 * (p_t * (p_t.log() - z_s.log_softmax(-1))).sum(-1).mean()
+    assert soft.item() == pytest.approx(by_hand.item(), rel=1e-4) and hard.item() > 0
+    # the cosine weight schedule reaches its end value at the last step
+    trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False, limit_val_batches=0,
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(distiller, dm)
+    assert distiller.adaptors["s"][0].weight == pytest.approx(0.0, abs=1e-9)
+    assert [scheduled(2.0, 0.0, kind, 0.25) for kind in ("constant", "linear", "cosine")] == pytest.approx(
+        [2.0, 1.5, 1 + math.cos(math.pi / 4)]
+    )
+    with pytest.raises(UserError, match=r"schedule.temperature: SentMSE can schedule only weight"):
+        GeneralMultiDistiller([Teacher(teacher, view="en")], [Student("s", student, [{"name": "SentMSE", "schedule": {
+            "temperature": {"to": 1}}}], ["en", "de"])], dm)  # fmt: skip
+    with pytest.raises(UserError, match=r"mlm.soft_weight: the teacher BertModel has no masked-LM head"):
+        GeneralMultiDistiller([Teacher(BertModel(tiny_bert_config()), view="en")], [Student("s", student, ["SentMSE"],
+            ["en", "de"])], dm, distill=GeneralDistillConfig(mlm=mlm))  # fmt: skip

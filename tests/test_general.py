@@ -4,10 +4,11 @@ widths and head counts, chunked windows, the MLM option, unlabelled text sources
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForSequenceClassification, BertModel
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, BertModel
 
 import distillation_general
 import finetune
@@ -17,7 +18,7 @@ from data.text import TextDataModule, tokenize_windows
 from data.transfer import write_transfer
 from helper.config import FinetuneConfig, GeneralRunConfig, load_config
 from helper.distiller import mask_tokens
-from tests.conftest import NEGATIVE, POSITIVE, ROOT, run_overrides
+from tests.conftest import NEGATIVE, POSITIVE, ROOT, run_overrides, tiny_bert_config
 
 WORDS = [w for text in POSITIVE + NEGATIVE for w in text.split()]
 LONG = " ".join(WORDS * 4)  # ~100 tokens: several windows at max_length 16
@@ -215,3 +216,135 @@ def test_max_length_beyond_roberta_positions_is_refused(tmp_path, minilm_path, t
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(teacher)
     with pytest.raises(UserError, match=r"data.max_length: 513 is more than the teacher's .* \(512,"):
         run(tmp_path, str(teacher), text_file, **{"data.max_length": 513})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cross-lingual students on parallel text (`data.source: parallel`)
+
+
+def xling_overrides(tmp_path, teacher: str, files: dict, **extra) -> list[str]:
+    text_files = (
+        "{"
+        + ", ".join(f"{lang}: {{{', '.join(f'{k}: {v}' for k, v in f.items())}}}" for lang, f in files.items())
+        + "}"
+    )  # noqa: E501
+    base = {
+        "teacher.name": teacher,
+        "teacher.pooling": "mean",
+        "distill.adaptors": "[SentMSE]",
+        "data.source": "parallel",
+        "data.text_column": "en",
+        "data.text_files": text_files,
+        "data.max_length": 16,
+        "data.batch_size": 8,
+        "data.cache_dir": str(tmp_path / "cache"),
+        "distill.report_batches": 2,
+        "optim.lr": 1e-3,
+        "trainer.max_epochs": 1,
+        "trainer.accelerator": "cpu",
+        "trainer.devices": 1,
+        "trainer.log_every_n_steps": 1,
+        "logger.loggers": "[csv]",
+        "logger.output_dir": str(tmp_path),
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def run_xling(tmp_path, teacher: str, files: dict, **extra) -> dict:
+    cfg = load_config(GeneralRunConfig, ROOT / "configs" / "distillation_general.yaml",
+                      xling_overrides(tmp_path, teacher, files, **extra))  # fmt: skip
+    return distillation_general.main(cfg)
+
+
+def test_cross_lingual_students_are_scored_and_export_sentence_transformers_models(
+    tmp_path, tiny_model_dir, parallel_text
+):
+    students = (
+        "[{key: multi, init_from_teacher: {layers: [1]}},"  # every language
+        " {key: de, init_from_teacher: {layers: [0]}, languages: [en, de], adaptors: [SentCos]}]"  # bilingual
+    )
+    metrics = run_xling(tmp_path, tiny_model_dir, parallel_text, students=students,
+                        **{"trainer.monitor": "val/de/retrieval/de", "trainer.max_epochs": 2})  # fmt: skip
+    for split in ("val", "test"):
+        for lang in ("de", "fr"):
+            assert 0 <= metrics[f"{split}/multi/retrieval/{lang}"] <= 1
+            assert 0 <= metrics[f"teacher/{split}/retrieval_rev/{lang}"] <= 1
+        assert metrics[f"{split}/multi/mse/en"] >= 0 and f"{split}/de/retrieval_rev/de" in metrics
+        assert f"{split}/de/retrieval/fr" not in metrics
+    assert {"val/multi/SentMSE/fr", "val/de/SentCos/en", "val/de/loss"} <= set(metrics)
+    losses = val_losses(tmp_path / "distill_general")
+    assert len(losses) >= 2 and losses[1] < losses[0]
+    export = tmp_path / "distill_general" / "students" / "multi"
+    assert AutoModel.from_pretrained(export).config.num_hidden_layers == 1
+    modules = json.loads((export / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == [
+        "Transformer",
+        "Pooling",
+    ]  # the tiny teacher: no Normalize
+    assert [m["path"] for m in modules] == ["", "1_Pooling"]
+    pooling = json.loads((export / "1_Pooling" / "config.json").read_text())
+    assert pooling["word_embedding_dimension"] == 32 and pooling["pooling_mode_mean_tokens"]
+    assert not pooling["pooling_mode_cls_token"]
+    assert json.loads((export / "sentence_bert_config.json").read_text())["max_seq_length"] == 16
+    report = (tmp_path / "distill_general" / "report" / "report.md").read_text()
+    assert "| multi | fr |" in report and "| de | de |" in report and "throughput" in report
+
+
+def test_cross_lingual_bad_input(tmp_path, tiny_model_dir, parallel_text):
+    ONE = "[{key: a, init_from_teacher: {layers: [0]}}]"  # noqa: N806
+    with pytest.raises(UserError, match=r"students\[0\].vocab_size: 5 is not larger than the 5 special tokens"):
+        run_xling(tmp_path, tiny_model_dir, parallel_text, students=ONE.replace("}}", "}, vocab_size: 5}"))
+    with pytest.raises(UserError, match=r"students\[0\].languages: 'it' has no files in data.text_files") as err:
+        run_xling(
+            tmp_path,
+            tiny_model_dir,
+            parallel_text,
+            students="[{key: a, init_from_teacher: {layers: [0]}, languages: [en, it]}]",
+        )
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match=r"trainer.monitor: 'val/b/retrieval/de' names no student"):
+        run_xling(tmp_path, tiny_model_dir, parallel_text, students=ONE, **{"trainer.monitor": "val/b/retrieval/de"})
+    with pytest.raises(UserError, match=r"pooling: BertForMaskedLM has no pooler"):  # a masked LM has no pooler
+        pooler = "[{key: a, init_from_teacher: {layers: [0]}, pooling: pooler}]"
+        run_xling(tmp_path, tiny_model_dir, parallel_text, students=pooler, **{"distill.mlm": "{weight: 1.0}"})
+    with pytest.raises(UserError, match=r"compares tokens, but teacher 0 reads view 'en' and the student 'de'"):
+        run_xling(tmp_path, tiny_model_dir, parallel_text, students=ONE, **{"distill.adaptors": "[AttnMiniLM]"})
+
+
+def test_monolingual_students_sharing_a_layer_and_embeddings_per_language(tmp_path, tiny_model_dir, parallel_text):
+    students = (
+        "[{key: de, init_from_teacher: {layers: [0, 1], transformer_blocks: false}, languages: [en, de]},"
+        " {key: fr, init_from_teacher: {layers: [0, 1]}, languages: [en, fr], vocab_size: 60},"
+        " {key: multi, init_from_teacher: {layers: [0, 1]}, embeddings_per_language: true}]"
+    )
+    metrics = run_xling(tmp_path, tiny_model_dir, parallel_text, students=students,
+                        **{"share.layers": "[1]", "distill.report": "false"})  # fmt: skip
+    assert {"test/de/retrieval/de", "test/fr/retrieval/fr", "test/multi/retrieval/fr"} <= set(metrics)
+    root = tmp_path / "distill_general" / "students"
+    assert sorted(p.name for p in root.iterdir()) == ["de", "fr", "multi-de", "multi-en", "multi-fr"]
+    de, fr, multi_de, multi_fr = (AutoModel.from_pretrained(root / k) for k in ("de", "fr", "multi-de", "multi-fr"))
+    layer = "encoder.layer.{}.attention.self.query.weight"
+    assert torch.equal(de.state_dict()[layer.format(1)], fr.state_dict()[layer.format(1)])  # shared layer 1
+    assert not torch.equal(de.state_dict()[layer.format(0)], fr.state_dict()[layer.format(0)])
+    words = "embeddings.word_embeddings.weight"
+    assert not torch.equal(multi_de.state_dict()[words], multi_fr.state_dict()[words])  # one matrix per language
+    assert torch.equal(multi_de.state_dict()[layer.format(0)], multi_fr.state_dict()[layer.format(0)])
+    tok = AutoTokenizer.from_pretrained(root / "fr")  # the export carries its trained tokenizer
+    # 60 asked; the trainer keeps every character of the text as a token, which here makes a few more
+    assert 60 <= len(tok) < 80 and fr.config.vocab_size == len(tok) and de.config.vocab_size == 30522
+    assert tok.convert_ids_to_tokens(tok("GOOD FILM")["input_ids"])[0] == "[CLS]" and tok.pad_token_id == 0
+
+
+def test_trained_vocabulary_keeps_the_teachers_rows(tokenizer):
+    from helper.students import adopt_vocabulary, train_wordpiece
+
+    tok = train_wordpiece(["good film", "dull film", "a tedious mess"] * 5, 40, tokenizer)
+    torch.manual_seed(0)
+    student = BertModel(tiny_bert_config())
+    teacher_rows = student.get_input_embeddings().weight.detach().clone()
+    copied = adopt_vocabulary(student, tok, tokenizer)
+    rows = student.get_input_embeddings().weight
+    assert rows.shape[0] == len(tok) >= 40 and copied >= 10
+    film_s, film_t = tok.convert_tokens_to_ids("film"), tokenizer.convert_tokens_to_ids("film")
+    assert torch.equal(rows[film_s], teacher_rows[film_t]) and film_s != film_t

@@ -11,9 +11,9 @@ from transformers import AutoModelForSequenceClassification, BertForSequenceClas
 
 import distillation_ms
 from bert.errors import UserError
-from data.config import DataConfig
+from data.config import DataConfig, TextDataConfig
 from data.data_module import ClfDataModule
-from data.multi import MultiDataModule
+from data.multi import MultiDataModule, ParallelDataModule
 from helper.config import DistillationRunConfig, InitFromConfig, OptimConfig, StudentConfig, load_config
 from helper.distiller import MultiDistiller, Student, Teacher, tie_shared
 from helper.students import build_student
@@ -324,3 +324,38 @@ def test_a_monitor_or_key_that_names_no_student(extra, message, tmp_path, clf_cs
     with pytest.raises(UserError, match=message) as err:
         distillation_ms.main(cfg)
     one_line(err)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Unlabelled parallel text (general distillation): ParallelDataModule
+
+
+def test_parallel_text_views_share_the_example_index(parallel_text, tokenizer):
+    cfg = TextDataConfig(source="parallel", text_column="en", text_files=parallel_text, batch_size=4, cache_dir=None,
+                         max_length=16, limit_eval=6)  # fmt: skip
+    dm = ParallelDataModule(cfg, {"en": (tokenizer, "en"), "de": (tokenizer, "de")})
+    dm.setup("fit")
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 24, "validation": 6, "test": 6} and dm.has_test
+    assert dm.texts["validation"]["de"][0] == " ".join(w[::-1] for w in dm.texts["validation"]["en"][0].split())
+    batch = next(iter(dm.val_dataloader()))
+    assert set(batch["views"]) == {"en", "de"} and torch.equal(batch["input_ids"], batch["views"]["en"]["input_ids"])
+    assert (batch["labels"] == -1).all() and batch["idx"].tolist() == [0, 1, 2, 3]
+    de = tokenizer(dm.texts["validation"]["de"][1])["input_ids"]
+    assert batch["views"]["de"]["input_ids"][1, : len(de)].tolist() == de
+
+
+def test_parallel_files_of_different_lengths_and_missing_languages(parallel_text, tokenizer, tmp_path):
+    short = tmp_path / "train.de"
+    short.write_text("\n".join(["ein satz"] * 23) + "\n")
+    files = {**parallel_text, "de": {**parallel_text["de"], "train": str(short)}}
+    cfg = TextDataConfig(source="parallel", text_column="en", text_files=files, cache_dir=None)
+    with pytest.raises(UserError, match=rf"{short} has 23 lines but .*train.en has 24") as err:
+        ParallelDataModule(cfg, {"en": (tokenizer, "en"), "de": (tokenizer, "de")}).setup("fit")
+    one_line(err)
+    with pytest.raises(UserError, match=r"view 'it': language 'it' has no files in data.text_files \(languages: en"):
+        ParallelDataModule(cfg, {"en": (tokenizer, "en"), "it": (tokenizer, "it")})
+    with pytest.raises(UserError, match=r"data.text_column: 'text' is not a language of data.text_files"):
+        TextDataConfig(source="parallel", text_files=parallel_text)
+    no_val = {lang: {"train": f["train"]} for lang, f in parallel_text.items()}
+    with pytest.raises(UserError, match=r"data.text_files.en: no validation file"):
+        TextDataConfig(source="parallel", text_column="en", text_files=no_val)

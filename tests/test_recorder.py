@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from bert.errors import UserError
 from bert.families import FAMILIES, Family, get_family
@@ -273,3 +273,27 @@ def test_layout_mismatch_fails_loudly():
     model = tiny_model(BERT)
     with pytest.raises(UserError, match=r"'q'.*BERT entry of bert/families.py"):
         broken.projections(model, 0)
+
+
+def test_pooled_by_the_declared_pooling():
+    torch.manual_seed(0)
+    model = AutoModel.from_config(AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=2,
+                                                       num_attention_heads=4, intermediate_size=37)).eval()  # fmt: skip
+    ids = torch.tensor([[101, 7, 8, 102], [101, 9, 102, 0]])
+    mask = (ids != 0).long()
+    out = model(input_ids=ids, attention_mask=mask)
+    last = out.last_hidden_state  # (B, T, H)
+    want = {
+        None: last[:, 0],
+        "cls": last[:, 0],
+        "mean": torch.stack([last[0].mean(0), last[1, :3].mean(0)]),  # padding left out
+        "pooler": out.pooler_output,
+    }
+    for pooling, expected in want.items():
+        with FeatureRecorder(model, {"pooled": []}, pooling) as rec:
+            torch.testing.assert_close(rec(input_ids=ids, attention_mask=mask)[1].pooled, expected)
+    with pytest.raises(UserError, match="pooling: 'max' is not one of cls, mean, pooler"):
+        FeatureRecorder(model, {"pooled": []}, "max")
+    masked_lm = AutoModelForMaskedLM.from_config(model.config)
+    with pytest.raises(UserError, match="pooling: BertForMaskedLM has no pooler"):
+        FeatureRecorder(masked_lm, {"pooled": []}, "pooler")

@@ -6,7 +6,7 @@ from transformers import BertForSequenceClassification
 
 from bert.errors import UserError
 from helper.config import InitFromConfig, StudentConfig
-from helper.students import build_student
+from helper.students import build_encoder_student, build_student
 from tests.conftest import tiny_bert_config
 
 LABELS = ["neg", "pos"]
@@ -65,3 +65,15 @@ def test_bad_student_is_one_line(teacher, cfg, match):
     with pytest.raises(UserError, match=match) as err:
         build_student(cfg, teacher, "t", LABELS)
     assert "\n" not in str(err.value)
+
+
+def test_random_layers_with_the_teachers_embeddings(teacher):
+    cfg = StudentConfig(init_from_teacher=InitFromConfig(layers=[1, 2], transformer_blocks=False))
+    encoder = build_encoder_student(cfg, teacher.bert, "t", mlm=False)
+    classifier = build_student(cfg, teacher, "t", LABELS)
+    for student in (encoder, classifier.bert):
+        assert torch.equal(student.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+        query_s, query_t = (m.encoder.layer[0].attention.self.query.weight for m in (student, teacher.bert))
+        assert query_s.shape == query_t.shape and not torch.equal(
+            query_s, teacher.bert.encoder.layer[1].attention.self.query.weight
+        )
