@@ -525,14 +525,14 @@ def suggest(plan: Plan, trial) -> dict:
 
 
 def claim(study, storage):
-    """A waiting trial of the study, moved to running by this process (the storage has one winner), or None."""
+    """A waiting trial of the study, moved to running by this process (the storage has one winner), or None. As
+    `Study.ask` takes an enqueued trial, without making a new one when none waits."""
     import optuna
     from optuna.trial import TrialState
 
-    study_id = storage.get_study_id_from_name(study.study_name)
-    for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:
-            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+            if study._storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
                 storage.record_heartbeat(frozen._trial_id)
                 return optuna.Trial(study, frozen._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
