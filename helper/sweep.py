@@ -41,8 +41,9 @@ from typing import Any, Literal
 import yaml
 
 from bert.errors import UserError
-from bert.sections import AT_LEAST_1, NAME, SEED, TEXT, TEXT_OR_NONE, Check, Section, type_hints
-from helper.config import METRICS, REFERENCE_STAGES, REPORT_FIGURES, ROOT, _section_type, load_config, save_config
+from bert.sections import AT_LEAST_1, MAX_COUNT, NAME, SEED, TEXT, TEXT_OR_NONE, Check, Num, Section, type_hints
+from helper import config as config_module
+from helper.config import METRICS, REFERENCE_STAGES, REPORT_FIGURES, ROOT, _section_type, load_config
 
 # script -> what its run leaves in the run directory for a later step (`${step name}` in overrides)
 PRODUCTS = {
@@ -110,13 +111,19 @@ class SpaceConfig(Section):
 @dataclass
 class SearchConfig(Section):
     SECTION = "search"
-    RULES = {"n_trials": AT_LEAST_1, "seed": SEED, "space": Check(bool, "a non-empty mapping of key: space")}
+    RULES = {
+        "n_trials": AT_LEAST_1,
+        "seed": SEED,
+        "space": Check(bool, "a non-empty mapping of key: space"),
+        "confirm": Num(0, MAX_COUNT, integer=True),
+    }
 
     space: dict[str, SpaceConfig] = field(default_factory=dict)  # section.key (or recipe): its space
     n_trials: int = 20  # trials the search runs (per grid point)
     sampler: Literal["tpe", "random"] = "tpe"  # Optuna's TPE (with the constraints) or random sampling
     pruner: Literal["median", "none"] = "median"  # stop trials whose validation curve is below the median
     seed: int = 0  # the sampler's seed
+    confirm: int = 0  # afterwards, run the best this many configurations with the other `seeds` too
 
 
 @dataclass
@@ -148,7 +155,7 @@ class SweepConfig(Section):
     overrides: dict[str, Any] = field(default_factory=dict)  # section.key: value for every step that has the key
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)  # name: overrides, picked by the key `recipe`
     grid: dict[str, list[Any]] = field(default_factory=dict)  # section.key (or recipe): the values to run
-    seeds: list[int] = field(default_factory=lambda: [0])  # trainer.seed of the trials (a search runs the first)
+    seeds: list[int] = field(default_factory=lambda: [0])  # trainer.seed of the trials (a search: see confirm)
     search: SearchConfig | None = None  # an Optuna search over `search.space`
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     constraints: list[str] = field(default_factory=list)  # "<figure> >= <number>", e.g. "ratio.throughput >= 2"
@@ -235,10 +242,10 @@ def load_plan(path: str | Path, overrides: list[str] = ()) -> Plan:
     if not cfg.steps:
         bad("steps: give at least one step (e.g. - script: distillation_ms.py)")
     steps = []
-    for i, s in enumerate(cfg.steps):
+    for s in cfg.steps:
         cls_name, yaml_file = SCRIPTS[s.script]
         config = Path(s.config) if s.config else ROOT / "configs" / yaml_file
-        steps.append(Step(s.name or Path(s.script).stem, s.script, getattr(importlib.import_module("helper.config"), cls_name), config))
+        steps.append(Step(s.name or Path(s.script).stem, s.script, getattr(config_module, cls_name), config))
     names = [s.name for s in steps]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
@@ -283,8 +290,8 @@ def load_plan(path: str | Path, overrides: list[str] = ()) -> Plan:
             bad(f"search.space.recipe: give choices among the recipes ({', '.join(cfg.recipes)})")
     if cfg.search and cfg.search.space == {}:
         bad("search.space: empty; give at least one key with choices or low and high")
-    if cfg.search and len(cfg.seeds) > 1:
-        bad("seeds: a search runs one seed per trial; give one seed (run the best configuration over seeds as a grid)")
+    if cfg.search and len(cfg.seeds) > 1 and not cfg.search.confirm:
+        bad("seeds: a search runs the first seed; set search.confirm to run its best configurations with the others")
     named = json.dumps([cfg.overrides, cfg.recipes, cfg.grid, [dataclasses.asdict(v) for v in space.values()]])
     named += json.dumps([s.overrides for s in cfg.steps])
     for name in PLACEHOLDER.findall(named):
@@ -298,10 +305,10 @@ def load_plan(path: str | Path, overrides: list[str] = ()) -> Plan:
     if cfg.objective.metric.split("/")[-1] not in metric_keys:
         bad(f"objective.metric: {cfg.objective.metric!r} is not logged (metrics: {', '.join(metric_keys)})")
     constraints = [parse_constraint(c, bad, metric_keys) for c in cfg.constraints]
-    points = [
+    points = [  # seed by seed: a sweep stopped early has every configuration once
         {**dict(zip(cfg.grid, values)), "seed": seed, **({"slot": slot} if cfg.search else {})}
+        for seed in (cfg.seeds[:1] if cfg.search else cfg.seeds)
         for values in itertools.product(*cfg.grid.values())
-        for seed in cfg.seeds
         for slot in range(cfg.search.n_trials if cfg.search else 1)
     ]
     plan = Plan(cfg, source, steps, Path(cfg.output_dir) / cfg.name, points, constraints)
@@ -455,7 +462,9 @@ def study_parts(plan: Plan, number: int = 0):
         sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=(violations_of if plan.constraints else None))
     else:
         sampler = optuna.samplers.RandomSampler(seed=seed)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=4) if search.pruner == "median" else optuna.pruners.NopPruner()
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=4) if search.pruner == "median" else optuna.pruners.NopPruner()
+    )
     return sampler, pruner
 
 
@@ -479,12 +488,14 @@ def open_study(plan: Plan, storage):
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=plan.name, storage=storage, sampler=sampler, pruner=pruner)
         created = False
+    if not created:
         for _ in range(120):  # the creator is enqueueing
             if "planned" in study.user_attrs:
                 break
             time.sleep(0.5)
-        if study.direction.name.lower() != direction:
-            raise UserError(f"{plan.source}: study {plan.name!r} in the storage is {study.direction.name.lower()}d")
+        stored = study.direction.name.lower()
+        if stored != direction:
+            raise UserError(f"{plan.source}: study {plan.name!r} in the storage is to {stored}, not {direction}")
     have = {t.user_attrs.get("point") for t in study.get_trials(deepcopy=False)}
     missing = [p for p in plan.points if point_key(p) not in have]
     for p in missing:
@@ -562,11 +573,52 @@ def work(plan: Plan, url: str, worker: str) -> None:
             continue
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         if not running:
+            if enqueue_confirmations(plan, study):
+                continue
             return
         if not waited:
             print(f"[{worker}] waiting for {len(running)} running trial(s) of other workers", flush=True)
             waited = True
         time.sleep(min(plan.cfg.heartbeat_s, 5))
+
+
+def enqueue_confirmations(plan: Plan, study) -> int:
+    """Once the search is done: its best `search.confirm` configurations (meeting the constraints, by objective) with
+    every other seed, as enqueued trials (under a file lock, so that this machine's workers enqueue them once)."""
+    from optuna.trial import TrialState
+
+    search = plan.cfg.search
+    if search is None or not search.confirm or len(plan.cfg.seeds) < 2:
+        return 0
+    with open(plan.out / "confirm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        trials = study.get_trials(deepcopy=False)
+        searched = [
+            t
+            for t in trials
+            if t.state == TrialState.COMPLETE and "slot" in json.loads(t.user_attrs.get("point", "{}"))
+            and all(v <= 0 for v in t.user_attrs.get("violations", [1.0]))
+        ]  # fmt: skip
+        sign = -1 if plan.cfg.objective.direction == "maximize" else 1
+        best: dict[str, dict] = {}
+        for t in sorted(searched, key=lambda t: sign * t.value):
+            config = {k: v for k, v in t.params.items() if k != "seed"}
+            best.setdefault(json.dumps(config, sort_keys=True), config)
+        have = {t.user_attrs.get("point") for t in trials}
+        added = 0
+        for key, config in list(best.items())[: search.confirm]:
+            for seed in plan.cfg.seeds[1:]:
+                point = json.dumps({"confirm": json.loads(key), "seed": seed}, sort_keys=True)
+                if point not in have:
+                    study.enqueue_trial({**config, "seed": seed}, user_attrs={"point": point})
+                    added += 1
+    if added:
+        print(
+            f"sweep {plan.name}: the best {min(len(best), search.confirm)} configuration(s) enqueued with seeds "
+            f"{', '.join(map(str, plan.cfg.seeds[1:]))} ({added} trials)",
+            flush=True,
+        )
+    return added
 
 
 def open_study_quietly(plan: Plan, storage):
@@ -774,7 +826,9 @@ def main(argv: list[str] | None = None) -> Plan:
         description="Run a sweep file: a grid and/or an Optuna search over stage runs (docs/sweeps.md).",
     )
     parser.add_argument("file", help="the sweep file (YAML)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="sweep-file overrides, e.g. search.n_trials=6")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="sweep-file overrides, e.g. search.n_trials=6"
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<output_dir>/<name>/optuna.db)")
     parser.add_argument("--results", action="store_true", help="only write the results of what has run")

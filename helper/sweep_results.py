@@ -62,7 +62,9 @@ def progress_line(plan: Plan, study, number: int) -> str:
     head += f", {a.get('seconds', 0):.0f} s ({a.get('cpu_seconds', 0):.0f} CPU s)"
     best = best_trial(plan, study)
     if best is not None:
-        head += f" | best: trial {best.number}, {plan.cfg.objective.metric} {best.value:.4f} ({values_text(plan, best)})"
+        head += (
+            f" | best: trial {best.number}, {plan.cfg.objective.metric} {best.value:.4f} ({values_text(plan, best)})"
+        )
     return head
 
 
@@ -136,7 +138,7 @@ def summary_markdown(plan: Plan, rows: list[dict]) -> str:
     head = [*keys, "n", plan.cfg.objective.metric, *tests, *ratios, "constraints met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [str(r[k]) for k in keys] + [str(r["n"])]
+        cells = [f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys] + [str(r["n"])]
         cells += [f"{r['objective mean']:.4f} ± {r['objective sd']:.4f}"]
         cells += [f"{100 * r[f'{t} mean']:.2f} ± {100 * r[f'{t} sd']:.2f}" for t in tests]
         cells += [f"{r[x]:.3f}" for x in ratios] + [("yes" if r["feasible"] else "no")]
@@ -212,7 +214,8 @@ def write_results(plan: Plan, study) -> dict:
     print(text, end="")
     print(
         f"sweep {plan.name}: {', '.join(f'{n} {s}' for s, n in states.items()) or 'no trials'}; trials' CPU time "
-        f"{cpu / 3600:.2f} h; results in {plan.out}/ (trials.csv, summary.md{', pareto.png' if plotted else ''})"
+        f"{cpu:.0f} s ({cpu / 3600:.2f} h); results in {plan.out}/ "
+        f"(trials.csv, summary.md{', pareto.png' if plotted else ''})"
     )
     if best is not None:
         print(f"best configuration: python {plan.steps[-1].script} --config {best}")

@@ -87,7 +87,9 @@ def test_a_killed_sweep_started_again_runs_only_the_unfinished_trials(tmp_path, 
                 break
             time.sleep(0.2)
         killed = [t for t in trials_of(out / "optuna.db") if t.state.name == "RUNNING"]
-        done_before = {t.number: t.datetime_complete for t in trials_of(out / "optuna.db") if t.state.name == "COMPLETE"}
+        done_before = {
+            t.number: t.datetime_complete for t in trials_of(out / "optuna.db") if t.state.name == "COMPLETE"
+        }
     finally:
         os.killpg(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
