@@ -333,13 +333,15 @@ def parse_constraint(text: str, bad, metric_keys: list[str]) -> tuple[str, str, 
 
 
 def check_configs(plan: Plan, bad) -> None:
-    """Build every step's config for every grid value, recipe and space end: a bad value is found now."""
+    """Build the config of every step a trial runs, for every grid value, recipe and space end: a bad value is found
+    now."""
     cfg = plan.cfg
     variants: list[dict] = [dict(zip(cfg.grid, values)) for values in itertools.product(*cfg.grid.values())]
     for key, sp in (cfg.search.space if cfg.search else {}).items():
         variants += [{key: v} for v in (sp.choices if sp.choices is not None else (sp.low, sp.high))]
     for values in variants or [{}]:
-        for i, step in enumerate(plan.steps):
+        for i in [*needed_steps(plan, values), len(plan.steps) - 1]:
+            step = plan.steps[i]
             try:
                 cfg_i = load_config(step.cls, step.config, step_overrides(plan, i, values, Path("check")))
             except UserError as err:

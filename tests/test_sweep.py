@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from bert.errors import UserError
-from tests.conftest import run_overrides
+from tests.conftest import ROOT, run_overrides
 
 optuna = pytest.importorskip("optuna")
 
@@ -141,3 +141,26 @@ def test_a_storage_that_does_not_open_is_one_line_before_any_trial(tmp_path, clf
             main([str(path), "--storage", url])
         assert "\n" not in str(err.value)
     assert not (tmp_path / "sweeps" / "sweep" / "trials").exists()
+
+
+@pytest.mark.realdata
+def test_the_transfer_sweep_builds_its_transfer_set_once_for_every_trial_that_needs_it(
+    tmp_path, shared_data, tiny_model_dir
+):
+    tiny = [
+        f"overrides.teacher.name={tiny_model_dir}", "overrides.data.limit_train=24", "overrides.data.limit_eval=16",
+        "overrides.data.max_length=16", "overrides.data.cache_dir=null", "overrides.trainer.accelerator=cpu",
+        "overrides.trainer.checkpoint_every_n_steps=null", "overrides.student.init_from_teacher.model=null",
+        "overrides.student.init_from_teacher.layers=[0]", "grid.recipe=[hard, kd_aug4]", "seeds=[0, 1]",
+        f"output_dir={tmp_path}",
+    ]  # fmt: skip
+    plan = main([str(ROOT / "sweeps" / "transfer_sst2.yaml"), *tiny])
+    trials = trials_of(plan.out / "optuna.db", "transfer_sst2")
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    built = list((plan.out / "steps").glob("transfer-*.done.json"))
+    assert len(built) == 1  # one transfer set, reused by both seeds of kd_aug4
+    parquet = str(built[0].with_name(built[0].name.removesuffix(".done.json")) / "transfer.parquet")
+    for t in trials:
+        transfer = [o for o in t.user_attrs["overrides"] if o.startswith("data.transfer=")]
+        assert transfer == ([f"data.transfer={parquet}"] if t.params["recipe"] == "kd_aug4" else [])
+    assert "| kd_aug4 | 2 |" in (plan.out / "summary.md").read_text()
