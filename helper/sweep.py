@@ -17,7 +17,6 @@ Reading and checking the sweep file needs no torch; the workers import the stage
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import fcntl
 import hashlib
@@ -675,8 +674,6 @@ def run_trial(plan: Plan, url: str, storage, study, trial, worker: str) -> None:
         study.tell(trial, attrs["metrics"][plan.cfg.objective.metric])
     else:
         study.tell(trial, state=state)
-    from helper.sweep_results import progress_line
-
     print(f"[{worker}] {progress_line(plan, study, trial.number)}", flush=True)
 
 
@@ -820,41 +817,85 @@ def violations(plan: Plan, attrs: dict) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The command
+# Progress
 
 
-def main(argv: list[str] | None = None) -> Plan:
-    parser = argparse.ArgumentParser(
-        description="Run a sweep file: a grid and/or an Optuna search over stage runs (docs/sweeps.md).",
-    )
-    parser.add_argument("file", help="the sweep file (YAML)")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="sweep-file overrides, e.g. search.n_trials=6"
-    )
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
-    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<output_dir>/<name>/optuna.db)")
-    parser.add_argument("--results", action="store_true", help="only write the results of what has run")
-    args = parser.parse_args(argv)
-    if args.workers < 1:
-        raise UserError(f"--workers: {args.workers} must be >= 1")
-    plan = load_plan(args.file, args.overrides)
+def finished(study) -> list:
+    from optuna.trial import TrialState
+
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return [t for t in study.get_trials(deepcopy=False) if t.state in done]
+
+
+def feasible(t) -> bool:
+    return all(v <= 0 for v in t.user_attrs.get("violations", [1.0]))
+
+
+def values_text(plan: Plan, t) -> str:
+    return " ".join(f"{k}={t.params[k]}" for k in plan.keys() if k in t.params)
+
+
+def best_trial(plan: Plan, study):
+    """The completed trial that meets the constraints with the best objective, or None."""
+    from optuna.trial import TrialState
+
+    ok = [t for t in finished(study) if t.state == TrialState.COMPLETE and feasible(t)]
+    if not ok:
+        return None
+    sign = 1 if plan.cfg.objective.direction == "maximize" else -1
+    return max(ok, key=lambda t: sign * t.value)
+
+
+def progress_line(plan: Plan, study, number: int) -> str:
+    """`trial 3 (4/12) recipe=kd seed=0: val/acc 0.8412, test/acc 0.8390, 2.9x throughput, 0.62x size, 412 s
+    (380 CPU s) | best: trial 1, val/acc 0.8502 (recipe=kd_aug4 seed=0)`."""
+    trial = study.get_trials(deepcopy=False)[number]
+    n_done, total = len(finished(study)), len(study.get_trials(deepcopy=False))
+    a = trial.user_attrs
+    head = f"trial {number} ({n_done}/{total}) {values_text(plan, trial)}"
+    if "error" in a:
+        head += f": FAILED: {a['error']}"
+    else:
+        metrics = a.get("metrics", {})
+        shown = [plan.cfg.objective.metric, *sorted(k for k in metrics if k.startswith("test/"))]
+        parts = [f"{k} {metrics[k]:.4f}" for k in dict.fromkeys(shown) if k in metrics]
+        figures = a.get("figures", {})
+        if "ratio.throughput" in figures:
+            parts += [f"{figures['ratio.throughput']:.2f}x throughput", f"{figures['ratio.model_bytes']:.2f}x size"]
+        state = "pruned, " if trial.state.name == "PRUNED" else ""
+        state += "" if feasible(trial) or not plan.constraints else "constraints not met, "
+        head += f": {state}{', '.join(parts)}"
+    head += f", {a.get('seconds', 0):.0f} s ({a.get('cpu_seconds', 0):.0f} CPU s)"
+    best = best_trial(plan, study)
+    if best is not None:
+        head += (
+            f" | best: trial {best.number}, {plan.cfg.objective.metric} {best.value:.4f} ({values_text(plan, best)})"
+        )
+    return head
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Running a sweep
+
+
+def run_sweep(plan: Plan, url: str | None = None, workers: int = 1, run: bool = True):
+    """Open the storage (default: `<output_dir>/<name>/optuna.db`) and the study (enqueueing the plan), then run
+    `workers` worker processes until the sweep is done (`run`: False only opens). Returns the study, reloaded."""
+    if workers < 1:
+        raise UserError(f"--workers: {workers} must be >= 1")
     plan.out.mkdir(parents=True, exist_ok=True)
-    url = args.storage or f"sqlite:///{(plan.out / 'optuna.db').resolve()}"
+    url = url or f"sqlite:///{(plan.out / 'optuna.db').resolve()}"
     storage = open_storage(url, plan.cfg.heartbeat_s)
     study = open_study(plan, storage)
     n = len(study.get_trials(deepcopy=False))
-    print(f"sweep {plan.name}: {len(plan.points)} planned trials, {n} in the storage ({url}); {args.workers} worker(s)")
-    if not args.results:
+    print(f"sweep {plan.name}: {len(plan.points)} planned trials, {n} in the storage ({url}); {workers} worker(s)")
+    if run:
         storage.engine.dispose()  # no connection crosses a fork
-        workers = [
-            multiprocessing.get_context("fork").Process(target=work, args=(plan, url, f"w{k}"))
-            for k in range(args.workers)
+        procs = [
+            multiprocessing.get_context("fork").Process(target=work, args=(plan, url, f"w{k}")) for k in range(workers)
         ]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-    from helper.sweep_results import write_results
-
-    write_results(plan, open_study_quietly(plan, open_storage(url, plan.cfg.heartbeat_s)))
-    return plan
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    return open_study_quietly(plan, open_storage(url, plan.cfg.heartbeat_s))

@@ -9,63 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from helper.config import load_config, save_config
-from helper.sweep import Plan, override
+from helper.sweep import Plan, feasible, finished, override
 
 RATIOS = ("ratio.acc", "ratio.throughput", "ratio.model_bytes")  # the summary's student / teacher columns
-
-
-def finished(study) -> list:
-    from optuna.trial import TrialState
-
-    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return [t for t in study.get_trials(deepcopy=False) if t.state in done]
-
-
-def feasible(t) -> bool:
-    return all(v <= 0 for v in t.user_attrs.get("violations", [1.0]))
-
-
-def values_text(plan: Plan, t) -> str:
-    return " ".join(f"{k}={t.params[k]}" for k in plan.keys() if k in t.params)
-
-
-def best_trial(plan: Plan, study):
-    """The completed trial that meets the constraints with the best objective, or None."""
-    from optuna.trial import TrialState
-
-    ok = [t for t in finished(study) if t.state == TrialState.COMPLETE and feasible(t)]
-    if not ok:
-        return None
-    sign = 1 if plan.cfg.objective.direction == "maximize" else -1
-    return max(ok, key=lambda t: sign * t.value)
-
-
-def progress_line(plan: Plan, study, number: int) -> str:
-    """`trial 3 (4/12) recipe=kd seed=0: val/acc 0.8412, test/acc 0.8390, 2.9x throughput, 0.62x size, 412 s
-    (380 CPU s) | best: trial 1, val/acc 0.8502 (recipe=kd_aug4 seed=0)`."""
-    trial = study.get_trials(deepcopy=False)[number]
-    n_done, total = len(finished(study)), len(study.get_trials(deepcopy=False))
-    a = trial.user_attrs
-    head = f"trial {number} ({n_done}/{total}) {values_text(plan, trial)}"
-    if "error" in a:
-        head += f": FAILED: {a['error']}"
-    else:
-        metrics = a.get("metrics", {})
-        shown = [plan.cfg.objective.metric, *sorted(k for k in metrics if k.startswith("test/"))]
-        parts = [f"{k} {metrics[k]:.4f}" for k in dict.fromkeys(shown) if k in metrics]
-        figures = a.get("figures", {})
-        if "ratio.throughput" in figures:
-            parts += [f"{figures['ratio.throughput']:.2f}x throughput", f"{figures['ratio.model_bytes']:.2f}x size"]
-        state = "pruned, " if trial.state.name == "PRUNED" else ""
-        state += "" if feasible(trial) or not plan.constraints else "constraints not met, "
-        head += f": {state}{', '.join(parts)}"
-    head += f", {a.get('seconds', 0):.0f} s ({a.get('cpu_seconds', 0):.0f} CPU s)"
-    best = best_trial(plan, study)
-    if best is not None:
-        head += (
-            f" | best: trial {best.number}, {plan.cfg.objective.metric} {best.value:.4f} ({values_text(plan, best)})"
-        )
-    return head
 
 
 def table(plan: Plan, study):

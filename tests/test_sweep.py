@@ -17,7 +17,8 @@ from tests.conftest import ROOT, run_overrides
 
 optuna = pytest.importorskip("optuna")
 
-from helper.sweep import load_plan, main  # noqa: E402
+from helper.sweep import load_plan  # noqa: E402
+from sweep import main  # noqa: E402
 
 
 def write_sweep(tmp_path: Path, clf_csv, teacher: str, **sections) -> Path:
