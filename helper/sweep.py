@@ -10,7 +10,7 @@ Optuna's storage is the record and the claim: the plan (grid x seeds, or the sea
 as waiting trials; each worker takes a waiting trial by moving it to running in the storage (one winner), so no
 trial runs twice, on one machine (`--workers N`) or several (`--storage URL`). A worker beats a heartbeat while its
 trial runs; a trial whose worker died is failed after the grace period and enqueued again (Optuna's
-`RetryFailedTrialCallback`), so a killed sweep, started again, runs exactly the trials that had not finished.
+`RetryHeartbeatStaleTrialCallback`), so a killed sweep, started again, runs exactly the trials that had not finished.
 
 Reading and checking the sweep file needs no torch; the workers import the stages once and fork each trial.
 """
@@ -514,7 +514,7 @@ def point_key(point: dict) -> str:
 
 def fixed_params(plan: Plan, point: dict) -> dict:
     """The Optuna params a point fixes: its grid values (encoded) and seed; a search's space is sampled."""
-    return {**{k: encode(v) for k, v in point.items() if k != "slot"}}
+    return {k: encode(v) for k, v in point.items() if k != "slot"}
 
 
 def suggest(plan: Plan, trial) -> dict:
