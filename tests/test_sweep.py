@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,27 +75,22 @@ def test_a_killed_sweep_started_again_runs_only_the_unfinished_trials(tmp_path, 
     path = write_sweep(tmp_path, clf_csv, tiny_model_dir, grid={"distill.adaptors": [["HardCE"], ["LogitKL"]]})
     path.write_text(path.read_text() + "seeds: [0, 1]\nheartbeat_s: 1\n")  # 4 trials; a dead worker's is back in 2 s
     out = tmp_path / "sweeps" / "sweep"
-    pid = os.fork()
-    if pid == 0:  # the sweep, in a process group of its own (its worker and the trial it runs die with it)
-        os.setpgrp()
-        try:
-            main([str(path)])
-        finally:
-            os._exit(0)
+    # the sweep as its own process group (its worker and the trial it runs die with it)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sweep = subprocess.Popen([sys.executable, "sweep.py", str(path)], cwd=ROOT, env=env, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
+        deadline = time.time() + 180
+        while time.time() < deadline and sweep.poll() is None:
             states = states_of(out / "optuna.db")
             if "COMPLETE" in states and "RUNNING" in states:
                 break
             time.sleep(0.2)
-        killed = [t for t in trials_of(out / "optuna.db") if t.state.name == "RUNNING"]
-        done_before = {
-            t.number: t.datetime_complete for t in trials_of(out / "optuna.db") if t.state.name == "COMPLETE"
-        }
+        trials = trials_of(out / "optuna.db")
+        killed = [t for t in trials if t.state.name == "RUNNING"]
+        done_before = {t.number: t.datetime_complete for t in trials if t.state.name == "COMPLETE"}
     finally:
-        os.killpg(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        os.killpg(sweep.pid, signal.SIGKILL)
+        sweep.wait()
     assert len(killed) == 1 and done_before
     main([str(path)])
     trials = trials_of(out / "optuna.db")
