@@ -32,3 +32,6 @@ if __name__ == "__main__":
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: the same command goes on where the sweep stopped", file=sys.stderr)
+        sys.exit(130)

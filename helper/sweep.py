@@ -560,8 +560,6 @@ def work(plan: Plan, url: str, worker: str) -> None:
     """Claim and run trials until none waits and none runs elsewhere (a trial left by a dead worker comes back)."""
     import optuna
 
-    from helper import stages  # noqa: F401  the stages' imports, once: every trial forks from here
-
     storage = open_storage(url, plan.cfg.heartbeat_s)
     study = open_study_quietly(plan, storage)
     waited = False
@@ -890,6 +888,8 @@ def run_sweep(plan: Plan, url: str | None = None, workers: int = 1, run: bool = 
     n = len(study.get_trials(deepcopy=False))
     print(f"sweep {plan.name}: {len(plan.points)} planned trials, {n} in the storage ({url}); {workers} worker(s)")
     if run:
+        from helper import stages  # noqa: F401  the stages' imports, once: the workers and their trials fork from here
+
         storage.engine.dispose()  # no connection crosses a fork
         procs = [
             multiprocessing.get_context("fork").Process(target=work, args=(plan, url, f"w{k}")) for k in range(workers)
