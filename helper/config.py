@@ -393,6 +393,11 @@ class AdaptorsConfig(Section):
         check_adaptors(self, self.adaptors)
 
 
+# What the teacher-vs-student report (`distill.report`, helper/report.py) measures of each model, in report.json under
+# `teacher`, `student` and `ratio` (student / teacher): what a sweep's constraints can read.
+REPORT_FIGURES = ("acc", "f1", "params", "dir_bytes", "model_bytes", "latency_ms", "throughput")
+
+
 @dataclass
 class DistillConfig(AdaptorsConfig):
     RULES = {**AdaptorsConfig.RULES, "temperature": POSITIVE, "report_batches": AT_LEAST_1}

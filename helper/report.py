@@ -19,6 +19,7 @@ from torch import nn
 from bert.errors import UserError
 from bert.families import model_inputs
 from data.padding import pad_batch
+from helper.config import REPORT_FIGURES
 from helper.inference import forward_batches
 from helper.metrics import clf_metrics
 
@@ -183,6 +184,7 @@ def write_report(
         }
         for name, model in models.items()
     }
+    assert all(tuple(f) == REPORT_FIGURES for f in figures.values())  # what sweeps' constraints read
     ratio = {k: _ratio(figures["student"][k], figures["teacher"][k]) for k in figures["teacher"]}
     per_set = {  # several validation sets: accuracy and macro-F1 of both models on each
         name: {who: evaluate(model, batches, key=who) for who, model in models.items()}

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Iterable
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -619,6 +620,7 @@ def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple
         periodic,
         LearningRateMonitor(logging_interval="step"),
         *(extra_callbacks or []),
+        *EXTRA_CALLBACKS.get(),
     ]
     if tcfg.track_grad_norm:
         callbacks.append(GradNorms(tcfg.grad_norm_type))
@@ -661,6 +663,29 @@ def build_trainer(cfg, stage: str, extra_callbacks: list | None = None) -> tuple
         num_sanity_val_steps=0,
     )
     return trainer, out, resume
+
+
+# Callbacks added to every Trainer that `build_trainer` makes in the caller's context: the sweep's trial pruning
+# (helper/sweep.py sets it around one stage run).
+EXTRA_CALLBACKS: ContextVar[tuple[Callback, ...]] = ContextVar("extra_callbacks", default=())
+
+
+class TrialPruning(Callback):
+    """Optuna pruning from the validation curve: after each validation, `trial.report(<monitor>, global step)`; when
+    `trial.should_prune()`, training stops (the run still takes its best weights, tests, exports and reports) and
+    `pruned` is set. `trial` is an `optuna.Trial` (duck-typed: `report`, `should_prune`); Optuna's own Lightning
+    callback lives in optuna-integration and subclasses the `lightning.pytorch` namespace, not `pytorch_lightning`."""
+
+    def __init__(self, trial, monitor: str):
+        self.trial, self.monitor, self.pruned = trial, monitor, False
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        self.trial.report(float(value), step=trainer.global_step)
+        if self.trial.should_prune():
+            self.pruned, trainer.should_stop = True, True
 
 
 class GradNorms(Callback):

@@ -123,40 +123,6 @@ def test_stage2_benchmark(tmp_path, shared_data):
     assert all(p["ratio"] > 0 for p in res["pairs"].values())
 
 
-@pytest.mark.realdata
-@pytest.mark.slow
-def test_transfer_benchmark_runs_the_stages_and_summarises_seeds(tmp_path, shared_data, tiny_model_dir):
-    from benchmarks import bench_transfer
-
-    out = tmp_path / "transfer.json"
-    tiny = ["data.limit_train=24", "data.limit_eval=16", "data.max_length=16", "trainer.accelerator=cpu"]
-    argv = [
-        "--data", "sst2", "--teacher", tiny_model_dir, "--recipes", "hard", "kd_aug2", "--seeds", "0", "1",
-        "--epochs", "1", "--out", str(tmp_path / "runs"), "--result", str(out), "--extra", *tiny,
-    ]  # fmt: skip
-    bench_transfer.main(argv)
-    res = json.loads(out.read_text())
-    assert set(res["recipes"]) == {"hard", "kd_aug2"} and len(res["recipes"]["hard"]["runs"]) == 2
-    assert 0 <= res["recipes"]["kd_aug2"]["test_acc_mean"] <= 1 and res["transfer_sets"]["2"]["build_seconds"] > 0
-
-
-@pytest.mark.slow
-def test_transfer_benchmark_distils_from_an_ensemble(tmp_path, shared_data, tiny_model_dir):
-    from benchmarks import bench_transfer
-
-    out = tmp_path / "ensemble.json"
-    tiny = ["data.limit_train=24", "data.limit_eval=16", "data.max_length=16", "trainer.accelerator=cpu"]
-    argv = [
-        "--data", "sst2", "--teacher", tiny_model_dir, tiny_model_dir, "--tag", "_ens", "--recipes", "kd",
-        "--seeds", "0", "--epochs", "1", "--out", str(tmp_path / "runs"), "--result", str(out), "--extra", *tiny,
-    ]  # fmt: skip
-    res = bench_transfer.main(argv)
-    assert res["teacher"] == [tiny_model_dir, tiny_model_dir] and 0 <= res["recipes"]["kd"]["test_acc_mean"] <= 1
-    assert (tmp_path / "runs" / "sst2_kd_ens_s0" / "students" / "student").is_dir()
-    with pytest.raises(SystemExit, match="labelled by one teacher"):
-        bench_transfer.main([*argv[: -len(tiny) - 1], "--recipes", "kd_aug2"])
-
-
 def test_overhead_framework_mode(tmp_path):
     out = tmp_path / "step_overhead.json"
     argv = ["--framework", "--rounds", "2", "--warmup", "1", "--repeats", "1", "--batches", "2", "--out", str(out)]

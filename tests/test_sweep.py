@@ -1,0 +1,164 @@
+"""Sweeps (helper/sweep.py, sweep.py): two workers share a search without running a trial twice, a killed sweep
+started again runs only the unfinished trials, and bad sweep files are one line each before any trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bert.errors import UserError
+from tests.conftest import ROOT, run_overrides
+
+optuna = pytest.importorskip("optuna")
+
+from helper.sweep import load_plan  # noqa: E402
+from sweep import main  # noqa: E402
+
+
+def write_sweep(tmp_path: Path, clf_csv, teacher: str, **sections) -> Path:
+    """A sweep of tiny distillation runs (a 1-layer student cut from the tiny teacher) on the clf_csv splits."""
+    base = dict(o.split("=", 1) for o in run_overrides(tmp_path, clf_csv))
+    base = {k: yaml.safe_load(v) for k, v in base.items() if not k.startswith("logger.output_dir")}
+    base.update(
+        {
+            "teacher.name": teacher,
+            "student.init_from_teacher": {"layers": [0], "model": None},
+            "distill.report": False,
+            "trainer.checkpoint_every_n_steps": None,
+        }
+    )
+    sweep = {"steps": [{"script": "distillation_ms.py"}], "overrides": base, "output_dir": str(tmp_path / "sweeps")}
+    sweep.update(sections)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return path
+
+
+def trials_of(db: Path, name: str = "sweep") -> list:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+
+
+def states_of(db: Path) -> list[str]:
+    """The trials' states, [] while the sweep is still creating its storage."""
+    try:
+        return [t.state.name for t in trials_of(db)]
+    except Exception:  # noqa: BLE001  tables or study not there yet
+        return []
+
+
+def test_two_workers_finish_a_six_trial_search_without_running_a_trial_twice(tmp_path, clf_csv, tiny_model_dir):
+    space = {"optim.lr": {"low": 1e-5, "high": 1e-2, "log": True}, "distill.adaptors": {"choices": [["HardCE"]]}}
+    path = write_sweep(tmp_path, clf_csv, tiny_model_dir, search={"n_trials": 6, "space": space, "pruner": "none"})
+    main([str(path), "--workers", "2"])
+    out = tmp_path / "sweeps" / "sweep"
+    trials = trials_of(out / "optuna.db")
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 6
+    runs = sorted(p.name for p in (out / "trials").iterdir() if p.is_dir())
+    assert runs == [f"t{n:04d}" for n in range(6)]  # one run per trial, none twice
+    assert all((out / "trials" / r / "metrics.json").is_file() for r in runs)
+    assert {t.user_attrs["worker"] for t in trials} == {"w0", "w1"}
+    assert len({t.params["optim.lr"] for t in trials}) == 6  # workers sampling at once draw different values
+    table = (out / "trials.csv").read_text().splitlines()
+    assert len(table) == 7 and "optim.lr" in table[0] and "cpu_seconds" in table[0]
+    assert (out / "best.yaml").is_file() and "| optim.lr |" in (out / "summary.md").read_text()
+
+
+def test_a_killed_sweep_started_again_runs_only_the_unfinished_trials(tmp_path, clf_csv, tiny_model_dir):
+    path = write_sweep(tmp_path, clf_csv, tiny_model_dir, grid={"distill.adaptors": [["HardCE"]]})
+    path.write_text(path.read_text() + "seeds: [0, 1, 2]\nheartbeat_s: 1\n")  # 3 trials; a dead worker's is back in 2 s
+    out = tmp_path / "sweeps" / "sweep"
+    # the sweep as its own process group (its worker and the trial it runs die with it)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sweep = subprocess.Popen([sys.executable, "sweep.py", str(path)], cwd=ROOT, env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and sweep.poll() is None:
+            states = states_of(out / "optuna.db")
+            if "COMPLETE" in states and "RUNNING" in states:
+                break
+            time.sleep(0.2)
+        trials = trials_of(out / "optuna.db")
+        killed = [t for t in trials if t.state.name == "RUNNING"]
+        done_before = {t.number: t.datetime_complete for t in trials if t.state.name == "COMPLETE"}
+    finally:
+        os.killpg(sweep.pid, signal.SIGKILL)
+        sweep.wait()
+    assert len(killed) == 1 and done_before
+    main([str(path)])
+    trials = trials_of(out / "optuna.db")
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert sorted(t.user_attrs["point"] for t in complete) == sorted(
+        json.dumps({"distill.adaptors": ["HardCE"], "seed": s}) for s in (0, 1, 2)
+    )  # every point once
+    for number, when in done_before.items():
+        assert trials[number].datetime_complete == when  # finished before the kill: not run again
+    retried = [t for t in complete if t.system_attrs.get("failed_trial") is not None]
+    assert [t.system_attrs["failed_trial"] for t in retried] == [killed[0].number]
+    assert trials[killed[0].number].state.name == "FAIL"
+    assert len(complete) == 3 and len(trials) == 4
+
+
+GOOD = {"grid": {"distill.adaptors": [["HardCE"]]}}
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"grid": {"optim.lrr": [1e-4]}}, r"grid: unknown key 'optim.lrr': no step's config has it"),
+        ({"search": {"space": {"optim.lr_x": {"choices": [1]}}}}, r"search.space: unknown key 'optim.lr_x'"),
+        ({"search": {"space": {}}}, r"search.space: .*non-empty"),
+        ({"search": {"space": {"optim.lr": {"choices": []}}}}, r"search.space.*choices: .*non-empty"),
+        ({"search": {"space": {"optim.lr": {"low": 1e-3, "high": 1e-4}}}}, r"low: .* below high .*empty range"),
+        ({"grid": {"optim.lr": []}}, r"grid.optim.lr: give a non-empty list"),
+        ({**GOOD, "constraints": ["ratio.speed >= 2"]}, r"'ratio.speed' is not a figure the run reports"),
+        ({**GOOD, "constraints": ["ratio.throughput >= 2"]}, r"reads the report.*distill.report: true"),
+        ({**GOOD, "objective": {"metric": "val/mcc"}}, r"objective.metric: 'val/mcc' is not logged"),
+        ({"grid": {"optim.lr": [-1]}}, r"with optim.lr=-1: .*optim.lr: -1"),
+        ({"grid": {"recipe": ["kd"]}}, r"picks one of `recipes`"),
+    ],
+)
+def test_bad_sweep_files_are_one_line_before_any_trial(tmp_path, clf_csv, tiny_model_dir, sections, message):
+    path = write_sweep(tmp_path, clf_csv, tiny_model_dir, **sections)
+    with pytest.raises(UserError, match=message) as err:
+        load_plan(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_storage_that_does_not_open_is_one_line_before_any_trial(tmp_path, clf_csv, tiny_model_dir):
+    path = write_sweep(tmp_path, clf_csv, tiny_model_dir, **GOOD)
+    for url in (f"sqlite:///{tmp_path}/missing/dir/x.db", "nosuchdb://host/x"):
+        with pytest.raises(UserError, match=r"--storage .*: does not open") as err:
+            main([str(path), "--storage", url])
+        assert "\n" not in str(err.value)
+    assert not (tmp_path / "sweeps" / "sweep" / "trials").exists()
+
+
+@pytest.mark.realdata
+def test_the_transfer_sweep_builds_its_transfer_set_once_for_every_trial_that_needs_it(
+    tmp_path, shared_data, tiny_model_dir
+):
+    tiny = [
+        f"overrides.teacher.name={tiny_model_dir}", "overrides.data.limit_train=24", "overrides.data.limit_eval=16",
+        "overrides.data.max_length=16", "overrides.data.cache_dir=null", "overrides.trainer.accelerator=cpu",
+        "overrides.trainer.checkpoint_every_n_steps=null", "overrides.student.init_from_teacher.model=null",
+        "overrides.student.init_from_teacher.layers=[0]", "grid.recipe=[hard, kd_aug4, kd_aug4_e3]", "seeds=[0]",
+        f"output_dir={tmp_path}",
+    ]  # fmt: skip
+    plan = main([str(ROOT / "sweeps" / "transfer_sst2.yaml"), *tiny])
+    trials = trials_of(plan.out / "optuna.db", "transfer_sst2")
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    built = list((plan.out / "steps").glob("transfer-*.done.json"))
+    assert len(built) == 1  # one transfer set (n_iter 4), reused by both recipes that read it
+    parquet = str(built[0].with_name(built[0].name.removesuffix(".done.json")) / "transfer.parquet")
+    for t in trials:
+        transfer = [o for o in t.user_attrs["overrides"] if o.startswith("data.transfer=")]
+        assert transfer == ([f"data.transfer={parquet}"] if t.params["recipe"] != "hard" else [])
+    assert "| kd_aug4_e3 | 1 |" in (plan.out / "summary.md").read_text()
