@@ -17,6 +17,7 @@ Reading and checking the sweep file needs no torch; the workers import the stage
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -536,19 +537,24 @@ def suggest(plan: Plan, trial) -> dict:
     return values
 
 
-def claim(study, storage):
-    """A waiting trial of the study, moved to running by this process (the storage has one winner), or None. As
-    `Study.ask` takes an enqueued trial, without making a new one when none waits."""
+def claim(study, storage, lock: Path | None):
+    """A waiting trial of the study, moved to running by this process, or None. As `Study.ask` takes an enqueued
+    trial, without making a new one when none waits. A database server has one winner (the row is read FOR UPDATE);
+    SQLite ignores FOR UPDATE, so two processes can both read a trial as waiting and both move it to running: on a
+    SQLite storage the workers of this machine claim one at a time under the file lock `lock`."""
     import optuna
     from optuna.trial import TrialState
 
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if study._storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
-                storage.record_heartbeat(frozen._trial_id)
-                return optuna.Trial(study, frozen._trial_id)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
+    with open(lock, "w") if lock else contextlib.nullcontext() as held:
+        if held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            try:
+                if study._storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                    storage.record_heartbeat(frozen._trial_id)
+                    return optuna.Trial(study, frozen._trial_id)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
     return None
 
 
@@ -565,7 +571,7 @@ def work(plan: Plan, url: str, worker: str) -> None:
     waited = False
     while True:
         optuna.storages.fail_stale_trials(study)
-        trial = claim(study, storage)
+        trial = claim(study, storage, plan.out / "claim.lock" if url.startswith("sqlite") else None)
         if trial is not None:
             run_trial(plan, url, storage, study, trial, worker)
             waited = False
