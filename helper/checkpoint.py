@@ -11,6 +11,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -64,11 +65,12 @@ def load_classifier(
     return model
 
 
-# What `save_pretrained` of a model and a tokenizer writes: an export directory holding anything else is not replaced.
+# What `save_pretrained` of a model and a tokenizer writes, and the ONNX files of helper/serving.py: an export
+# directory holding anything else is not replaced.
 EXPORT_FILES = re.compile(
     r"config\.json|generation_config\.json|.*\.safetensors|model\.safetensors\.index\.json|tokenizer(_config)?\.json"
     r"|special_tokens_map\.json|added_tokens\.json|vocab\.(txt|json)|merges\.txt|spiece\.model"
-    r"|sentencepiece\.bpe\.model|chat_template\.(jinja|json)"
+    r"|sentencepiece\.bpe\.model|chat_template\.(jinja|json)|model(_int8)?\.onnx"
 )
 
 
@@ -142,14 +144,29 @@ def check_export_dir(out: Path) -> None:
 
 
 def export_hf(model: torch.nn.Module, tokenizer, out_dir: str | Path) -> Path:
-    """Write model (safetensors) and tokenizer with `save_pretrained`, atomically: a temp dir renamed into place.
+    """Write model (safetensors) and tokenizer with `save_pretrained`, atomically (`write_dir_atomically`).
 
     Refuses non-finite weights, and an existing `out_dir` holding files `save_pretrained` does not write (nothing is
-    deleted that the project did not write). Leftover temp directories of killed exports to the same place are removed.
-    Files and directories are fsynced; modes are the ordinary 0644/0755.
+    deleted that the project did not write).
     """
     out = Path(out_dir)
     check_finite(model, out)
+
+    def write(tmp: Path) -> None:
+        with runtime_flags_off(model):
+            model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+    return write_dir_atomically(out, write)
+
+
+def write_dir_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """`write(temp dir)`, then the temp dir renamed into place as `out_dir`: a failed or killed `write` leaves the old
+    `out_dir` as it was. An existing `out_dir` holding files the project does not write is refused
+    (`check_export_dir`); leftover temp directories of killed exports to the same place are removed. Files and
+    directories are fsynced; modes are the ordinary 0644/0755."""
+    out = Path(out_dir)
     check_export_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in _temp_dirs(out):
@@ -157,10 +174,7 @@ def export_hf(model: torch.nn.Module, tokenizer, out_dir: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        with runtime_flags_off(model):
-            model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        write(tmp)
         for f in tmp.iterdir():
             os.chmod(f, 0o644)  # some writers create 0600 files
             _fsync(f)
