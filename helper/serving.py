@@ -41,12 +41,12 @@ CHECK_ROWS = 64  # validation rows the exports are checked on
 FP32_TOL = 1e-4
 # int8: weights rounded to 1/127 of each output channel's range and activations to 1/255 of each call's range move
 # each logit by up to 0.005-0.009 on untrained heads (the tiny test models, a student cut from the pretrained model:
-# logits of 0.02-0.05, so 10-30% of their size) and by about 1% of the largest logit on trained students
-# (docs/serving.md); a broken quantisation (other weights, a wrong scale, a dropped layer) by the logits' own size or
-# more. Tolerance: 10% of the largest |fp32 logit|, at least 0.05 (at most ~1.3 points of any probability). Labels only
-# flip on rows whose two top logits are closer than twice the difference (most rows of an untrained head), so
-# agreement is reported, not required.
-INT8_REL_TOL, INT8_MIN_TOL = 0.1, 0.05
+# logits of 0.02-0.05) and, on the trained SST-2 student (largest |logit| 2.7), by 0.04 on average and at most 0.25
+# over 64 validation rows, 0.57 over the 1,821 test rows (21%: activation outliers; docs/serving.md). A broken
+# quantisation (other weights, a wrong scale, a dropped layer) moves them by the logits' own size or more. Tolerance:
+# 25% of the largest |fp32 logit|, at least 0.05. Labels only flip on rows whose two top logits are closer than twice
+# the difference (most rows of an untrained head), so agreement is reported, not required.
+INT8_REL_TOL, INT8_MIN_TOL = 0.25, 0.05
 
 
 def onnx_dir(model_dir: str | Path) -> Path:
