@@ -4,7 +4,8 @@ run_stage(cfg, stage, build)
   prologue  checks that need no model (trainer.monitor, ...), the run directory and its lock, the seed, wandb
             started early (it overlaps the loading), then `build(cfg)`: tokenizers, data module, models, their
             checks, the module
-  epilogue  fit, the best weights, validation and test metrics, export, metrics.json, the report
+  epilogue  fit, the best weights, validation and test metrics, export, metrics.json, the ONNX exports (`serve`,
+            when asked), the report
             (a stage that trains nothing, the transfer set, writes its file instead)
 """
 
