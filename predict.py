@@ -6,7 +6,8 @@ The model is any directory or hub name that `AutoModelForSequenceClassification.
 tokenizer. Input: one text a line (a plain file or `-` for stdin), or .jsonl / .csv / .tsv with a text column.
 Output: one row per input text, in input order: jsonl (default, `-` is stdout), csv or tsv (by extension or
 `--format`). Texts are tokenized a chunk at a time, sorted by token length, batched and padded to each batch's
-longest, and scored under `torch.inference_mode()` in fp32 (on CUDA when present). Bad input stops with
+longest, and scored under `torch.inference_mode()` in fp32 (on CUDA when present), or with `--backend onnx` /
+`onnx-int8` by the ONNX export (export_onnx.py) in ONNX Runtime on CPU, batched the same way. Bad input stops with
 `error: <one line>` on stderr and exit status 2.
 """
 
@@ -20,6 +21,7 @@ import torch
 
 from bert.errors import UserError
 from helper.predict import OUTPUT_FORMATS, run_predict
+from helper.serving import BACKENDS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,13 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", default="text", help="text column of .jsonl/.csv/.tsv input (default text)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--format", choices=OUTPUT_FORMATS, help="output format (default: by --output extension, jsonl)")
+    p.add_argument(
+        "--backend", choices=BACKENDS, default="torch", help="torch (default), or the ONNX export in DIR or DIR_onnx "
+        "(export_onnx.py): onnx (fp32) or onnx-int8, run by ONNX Runtime on CPU",
+    )  # fmt: skip
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     run_predict(
         args.model, args.input, args.output, batch_size=args.batch_size, max_length=args.max_length,
-        text_column=args.text_column, device=args.device, fmt=args.format,
+        text_column=args.text_column, device=args.device, fmt=args.format, backend=args.backend,
     )  # fmt: skip
     return 0
 

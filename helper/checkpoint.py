@@ -12,6 +12,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -65,11 +66,13 @@ def load_classifier(
     return model
 
 
-# What `save_pretrained` of a model and a tokenizer writes: an export directory holding anything else is not replaced.
+# What `save_pretrained` of a model and a tokenizer writes, and the ONNX files of helper/serving.py: an export
+# directory holding anything else is not replaced.
 EXPORT_FILES = re.compile(
     r"config\.json|generation_config\.json|.*\.safetensors|model\.safetensors\.index\.json|tokenizer(_config)?\.json"
     r"|special_tokens_map\.json|added_tokens\.json|vocab\.(txt|json)|merges\.txt|spiece\.model"
     r"|sentencepiece\.bpe\.model|chat_template\.(jinja|json)|modules\.json|sentence_bert_config\.json"
+    r"|model(_int8)?\.onnx"
 )
 POOLING_DIR = "1_Pooling"  # sentence-transformers' pooling module: its config.json (`sentence_transformers_files`)
 
@@ -176,22 +179,16 @@ def sentence_transformers_files(hidden_size: int, pooling: str, max_length: int,
 def export_hf(
     model: torch.nn.Module, tokenizer, out_dir: str | Path, extra_files: dict[str, str] | None = None
 ) -> Path:
-    """Write model (safetensors) and tokenizer with `save_pretrained`, atomically: a temp dir renamed into place.
+    """Write model (safetensors) and tokenizer with `save_pretrained`, atomically (`write_dir_atomically`).
     `extra_files` ({relative path: text}, e.g. `sentence_transformers_files`) are written with them.
 
     Refuses non-finite weights, and an existing `out_dir` holding files `save_pretrained` does not write (nothing is
-    deleted that the project did not write). Leftover temp directories of killed exports to the same place are removed.
-    Files and directories are fsynced; modes are the ordinary 0644/0755.
+    deleted that the project did not write).
     """
     out = Path(out_dir)
     check_finite(model, out)
-    check_export_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in _temp_dirs(out):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+
+    def write(tmp: Path) -> None:
         with runtime_flags_off(model):
             model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
@@ -199,6 +196,24 @@ def export_hf(
         for name, text in (extra_files or {}).items():
             (tmp / name).parent.mkdir(mode=0o755, exist_ok=True)
             (tmp / name).write_text(text)
+
+    return write_dir_atomically(out, write)
+
+
+def write_dir_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """`write(temp dir)`, then the temp dir renamed into place as `out_dir`: a failed or killed `write` leaves the old
+    `out_dir` as it was. An existing `out_dir` holding files the project does not write is refused
+    (`check_export_dir`); leftover temp directories of killed exports to the same place are removed. Files and
+    directories are fsynced; modes are the ordinary 0644/0755."""
+    out = Path(out_dir)
+    check_export_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in _temp_dirs(out):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        write(tmp)
         for f in tmp.rglob("*"):
             os.chmod(f, 0o755 if f.is_dir() else 0o644)  # some writers create 0600 files
             _fsync(f)

@@ -407,6 +407,8 @@ class DistillConfig(AdaptorsConfig):
     train_encoder: bool = False  # stage 2 only: train the whole student, not just its head
     report: bool = True  # teacher-vs-student report at the end
     report_batches: int = 20  # batch-1 latency calls per model in the report (throughput uses a quarter)
+    # off by default: ~15 s more per run and onnxruntime needed; export_onnx.py makes them from any finished run
+    onnx: bool = False  # also ONNX fp32 + int8 exports in the run dir's student_onnx/, checked and timed in the report
 
 
 @dataclass

@@ -72,6 +72,12 @@ def iter_logits(
             progress(len(logits))
 
 
+def model_device(model) -> torch.device:
+    """Where a model's parameters are; CPU for one without parameters (an ONNX Runtime session)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def pick_device(device: str = "auto") -> torch.device:
     """`auto`: CUDA when present, else CPU."""
     if device == "auto":
@@ -135,7 +141,7 @@ def iter_predict(
         raise UserError(f"batch size must be a positive integer, got {batch_size}")
     if max_length < 1:
         raise UserError(f"max length must be a positive integer, got {max_length}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device(model)
     max_length = effective_max_length(model, tokenizer, max_length)
     chunk_size = max(chunk_size, batch_size)
     for start in range(0, len(texts), chunk_size):

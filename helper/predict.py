@@ -16,6 +16,7 @@ from bert.errors import UserError
 from data.progress import Progress
 from data.readers import read_column_texts
 from helper.inference import iter_predict, label_names, load_model, pick_device
+from helper.serving import BACKENDS, load_served
 
 OUTPUT_FORMATS = ("jsonl", "csv", "tsv")
 
@@ -30,23 +31,29 @@ def run_predict(
     text_column: str = "text",
     device: str = "auto",
     fmt: str | None = None,
+    backend: str = "torch",
 ) -> None:
     """Score the texts of `input` (`-`: stdin) with `model` and write them with their scores to `output` (`-`:
-    stdout), in input order. Bad input is a one-line `UserError`."""
+    stdout), in input order. `backend`: `torch`, or `onnx` / `onnx-int8` (helper/serving.py's exports, ONNX Runtime
+    on CPU) through the same batching. Bad input is a one-line `UserError`."""
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend!r}: unknown (choices: {', '.join(BACKENDS)})")
+    if backend != "torch" and device not in ("auto", "cpu"):
+        raise UserError(f"--backend {backend} runs on CPU (ONNX Runtime); use --device cpu or auto")
     if batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
     if max_length < 1:
         raise UserError(f"--max-length must be a positive integer, got {max_length}")
     fmt = output_format(output, fmt)
     texts = read_column_texts(input, text_column)
-    where = pick_device(device)
+    where = pick_device(device) if backend == "torch" else torch.device("cpu")
     import huggingface_hub
     import transformers
 
     transformers.logging.set_verbosity_error()  # load reports and progress bars would break the one-line errors
     transformers.logging.disable_progress_bar()
     huggingface_hub.utils.logging.set_verbosity_error()  # hub retries: the final failure is reported in one line
-    classifier, tokenizer = load_model(model, where)
+    classifier, tokenizer = load_model(model, where) if backend == "torch" else load_served(model, backend)
     progress = Progress("predict:", len(texts), "rows")
     with open_output(output) as stream:
         writer = None

@@ -20,18 +20,24 @@ from bert.errors import UserError
 from bert.families import model_inputs
 from data.padding import pad_batch
 from helper.config import REPORT_FIGURES
-from helper.inference import forward_batches
+from helper.inference import forward_batches, model_device
 from helper.metrics import clf_metrics
 
 THROUGHPUT_BATCH = 32
 WARMUP_CALLS = 2  # per model and batch size, before anything is timed
 COLORS = {"teacher": "#4C72B0", "student": "#DD8452"}
+SERVED_NAMES = {"onnx": "ONNX fp32", "onnx-int8": "ONNX int8"}  # helper/serving.py's backends
+
+
+def view_of(name: str) -> str:
+    """The batch sub-dict a model of the report reads: `student:onnx` (the student as served) reads `student`'s."""
+    return name.split(":")[0]
 
 
 def evaluate(model: nn.Module, batches: Iterable[dict], key: str | None = None) -> dict[str, float]:
     """Accuracy and macro-F1 (`clf_metrics`) of `model` in eval mode, and the number of examples `n`."""
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     metrics = None
     n = 0
     for batch, logits in forward_batches(model, batches, device=device, key=key):
@@ -50,7 +56,7 @@ def _unpadded_examples(models: dict[str, nn.Module], batches: Iterable[dict], ne
     out: dict[str, list[dict]] = {name: [] for name in models}
     for batch in batches:
         for name, model in models.items():
-            inputs = model_inputs(batch.get(name, batch), model)
+            inputs = model_inputs(batch.get(view_of(name), batch), model)
             keep = inputs["attention_mask"].bool()  # (B, T)
             out[name] += [{k: v[i][keep[i]] for k, v in inputs.items()} for i in range(len(keep))]
         if min(len(v) for v in out.values()) >= need:
@@ -64,7 +70,8 @@ def measure_speed(
 ) -> dict[str, dict]:
     """CPU latency at batch 1 and throughput at batch 32 of every model, in one interleaved run.
 
-    The models must be on CPU. A model named like a sub-dict of the batches (e.g. "student") reads its inputs from it.
+    The models must be on CPU. A model named like a sub-dict of the batches (e.g. "student") reads its inputs from it,
+    and so does one named `<that name>:<anything>` (`view_of`).
     The same real examples of `batches` (reused cyclically if too few) are re-batched to 1 and to 32, padded to the
     batch's longest. After warm-up the models take turns call by call. Returns, per model, `latency_ms` (median ms per
     example at batch 1) and `throughput` (examples/s at batch 32: examples over total time).
@@ -105,6 +112,14 @@ def measure_speed(
     }
 
 
+def served_size(onnx_file: Path) -> dict[str, int]:
+    """`dir_bytes`: all files of the ONNX directory (both ONNX files, config, tokenizer); `model_bytes`: the file."""
+    return {
+        "dir_bytes": sum(f.stat().st_size for f in onnx_file.parent.rglob("*") if f.is_file()),
+        "model_bytes": onnx_file.stat().st_size,
+    }
+
+
 def disk_size(hf_dir: str | Path) -> dict[str, int]:
     """`dir_bytes`: all files under an HF model directory; `model_bytes`: its `*.safetensors` weights."""
     root = Path(hf_dir)
@@ -133,6 +148,9 @@ def machine_info() -> dict:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
     }
+
+
+RATIO_KEYS = ("acc", "f1", "latency_ms", "throughput", "model_bytes")  # what the served rows are compared on
 
 
 def _ratio(student: float, teacher: float) -> float | None:
@@ -164,30 +182,42 @@ def write_report(
     n_latency: int = 20,
     n_throughput: int = 5,
     validation_sets: dict[str, Iterable[dict]] | None = None,
+    served: dict[str, nn.Module] | None = None,
 ) -> str:
     """Compare teacher and student; write report.md, report.json and report.png into `out_dir`; return the summary.
 
     Both models are moved to CPU in fp32 and eval mode, in place. `eval_batches` is iterated several times (a
     DataLoader or a list), `split_name` says which split it is. Sizes are those of the exported HF directories.
+    `served`: the student as served (`helper.serving.OnnxClassifier` per backend, `onnx` and `onnx-int8`), scored and
+    timed in the same interleaved run; its sizes are those of the ONNX files.
     """
     models = {"teacher": teacher.to("cpu", torch.float32), "student": student.to("cpu", torch.float32)}
+    models |= {f"student:{backend}": model for backend, model in (served or {}).items()}
     dirs = {"teacher": Path(teacher_dir), "student": Path(student_dir)}
-    scores = {name: evaluate(model, eval_batches, key=name) for name, model in models.items()}
+    scores = {name: evaluate(model, eval_batches, key=view_of(name)) for name, model in models.items()}
     speed = measure_speed(models, eval_batches, n_latency=n_latency, n_throughput=n_throughput)
     figures = {
         name: {
             "acc": scores[name]["acc"],
             "f1": scores[name]["f1"],
-            "params": sum(p.numel() for p in model.parameters()),
-            **disk_size(dirs[name]),
+            "params": sum(p.numel() for p in models[view_of(name)].parameters()),
+            **(disk_size(dirs[name]) if name in dirs else served_size(model.path)),
             **speed[name],
         }
         for name, model in models.items()
     }
     assert all(tuple(f) == REPORT_FIGURES for f in figures.values())  # what sweeps' constraints read
     ratio = {k: _ratio(figures["student"][k], figures["teacher"][k]) for k in figures["teacher"]}
+    as_served = {
+        backend: {
+            **figures[f"student:{backend}"],
+            "vs_teacher": {k: _ratio(figures[f"student:{backend}"][k], figures["teacher"][k]) for k in RATIO_KEYS},
+            "vs_student": {k: _ratio(figures[f"student:{backend}"][k], figures["student"][k]) for k in RATIO_KEYS},
+        }
+        for backend in served or {}
+    }
     per_set = {  # several validation sets: accuracy and macro-F1 of both models on each
-        name: {who: evaluate(model, batches, key=who) for who, model in models.items()}
+        name: {who: evaluate(models[who], batches, key=who) for who in ("teacher", "student")}
         for name, batches in (validation_sets or {}).items()
     }
     summary = summary_line(ratio)
@@ -199,6 +229,7 @@ def write_report(
         "student": figures["student"],
         "ratio": ratio,
         "validation_sets": per_set,
+        "served": as_served,
         "dirs": {name: str(d) for name, d in dirs.items()},
         "speed_setup": {
             "device": "cpu",
@@ -250,6 +281,7 @@ def _markdown(r: dict) -> str:
             "",
             *table,
             "",
+            *_served_table(r),
             f"- Accuracy and macro-F1: the **{r['split']}** split, {r['n_examples']} examples.",
             f"- Speed: CPU, fp32, eval mode, `torch.inference_mode()`, {m['torch_threads']} torch threads; one run "
             f"with the two models interleaved call by call after {sp['warmup_calls']} warm-up calls each. Real "
@@ -263,6 +295,37 @@ def _markdown(r: dict) -> str:
             "",
         ]
     )
+
+
+def _served_table(r: dict) -> list[str]:
+    """The student as served (PyTorch fp32, ONNX fp32, ONNX int8), each against the teacher and the PyTorch student;
+    nothing when the run exported no ONNX."""
+    if not r.get("served"):
+        return []
+    s, t = r["student"], r["teacher"]
+    rows = [("PyTorch fp32 (the student)", s, {k: _ratio(s[k], t[k]) for k in RATIO_KEYS}, None)]
+    rows += [(SERVED_NAMES.get(b, b), f, f["vs_teacher"], f["vs_student"]) for b, f in r["served"].items()]
+    lines = [
+        "## The student as served",
+        "",
+        "| | accuracy | macro-F1 | latency, batch 1 (ms) | throughput, batch 32 (ex/s) | model file (MB) | throughput "
+        "/ teacher | throughput / PyTorch student | size / teacher | accuracy − PyTorch student (points) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, f, vs_t, vs_s in rows:
+        lines.append(
+            f"| {label} | {100 * f['acc']:.2f}% | {100 * f['f1']:.2f}% | {f['latency_ms']:.2f} | {f['throughput']:.1f} "
+            f"| {f['model_bytes'] / 1e6:.1f} | {_fmt_ratio(vs_t['throughput'], '.2f')}x | "
+            f"{'1.00x' if vs_s is None else _fmt_ratio(vs_s['throughput'], '.2f') + 'x'} | "
+            f"{_fmt_ratio(vs_t['model_bytes'], '.2f')}x | {100 * (f['acc'] - s['acc']):+.2f} |"
+        )
+    return [
+        *lines,
+        "",
+        "- ONNX rows: helper/serving.py's exports (`<student>_onnx/`), run by ONNX Runtime on CPU with as many "
+        "intra-op threads as torch, in the same interleaved run; size: the ONNX file.",
+        "",
+    ]
 
 
 def _chart(r: dict) -> Figure:

@@ -4,7 +4,8 @@ run_stage(cfg, stage, build)
   prologue  checks that need no model (trainer.monitor, ...), the run directory and its lock, the seed, wandb
             started early (it overlaps the loading), then `build(cfg)`: tokenizers, data module, models, their
             checks, the module
-  epilogue  fit, the best weights, validation and test metrics, export, metrics.json, the report
+  epilogue  fit, the best weights, validation and test metrics, export, metrics.json, the ONNX exports (`serve`,
+            when asked), the report
             (a stage that trains nothing, the transfer set, writes its file instead)
 """
 
@@ -74,7 +75,8 @@ DISTILLERS: dict[str, type[BaseDistiller]] = {
 class Job:
     """What a stage's build function hands the runner: the data module and the module to fit, where the export goes
     (`<run dir>/<export>`), the summary line's subject, extra callbacks, and the report written after the export
-    (`report(run dir, export) -> summary`). A stage that trains nothing gives `produce(run dir) -> its file`."""
+    (`report(run dir, export) -> summary`), after `serve(export)` when the run exports ONNX too. A stage that trains
+    nothing gives `produce(run dir) -> its file`."""
 
     dm: Any
     module: pl.LightningModule | None = None
@@ -83,6 +85,7 @@ class Job:
     callbacks: list = field(default_factory=list)
     report: Callable[[Path, Path], Any] | None = None
     produce: Callable[[Path], Path] | None = None
+    serve: Callable[[Path], Any] | None = None  # after the export, before the report: `serve(export)` (ONNX)
 
 
 def run_stage(cfg, stage: str, build: Callable[[Any], Job], check: Callable[[Any], Any] | None = None):
@@ -101,6 +104,8 @@ def run_stage(cfg, stage: str, build: Callable[[Any], Job], check: Callable[[Any
             save_config(cfg, out / "config.yaml")
             return job.produce(out)
         metrics, exported = fit_and_export(cfg, stage, job)
+        if exported is not None and job.serve is not None:
+            job.serve(exported)
         if exported is not None and job.report is not None:
             metrics["summary"] = job.report(out, exported)
         return metrics
@@ -223,6 +228,11 @@ def several(cfg: DistillationRunConfig) -> bool:
 def check_distillation(cfg: DistillationRunConfig, stage: str) -> None:
     if not several(cfg):
         return check_monitor(cfg)
+    if cfg.distill.onnx:
+        raise UserError(
+            "distill.onnx: exports one student; with several, export each afterwards: "
+            "python export_onnx.py --model <run dir>/students/<key>"
+        )
     if stage != "distill_ms":
         raise UserError("several teachers or students train in one step: use distillation_ms.py")
     teachers, students = model_specs(cfg)
@@ -255,7 +265,18 @@ def build_distillation(cfg: DistillationRunConfig, stage: str) -> Job:
     both_attend = all("attentions" in get_family(m).features for m in (teacher, student))
     heatmap = [AttentionHeatmap(run_dir(cfg.logger, stage) / "attention")] if both_attend else []
 
+    def serve(student_dir: Path) -> None:
+        from helper import serving
+
+        if not serving.onnx_available():
+            print(f"distill.onnx: onnx and onnxruntime are not installed ({serving.INSTALL}); no ONNX export")
+            return
+        loader = dm.val_dataloader()
+        loader = loader[0] if isinstance(loader, (list, tuple)) else loader  # several validation sets: the first
+        print(serving.summary(*serving.export_beside(student_dir, loader, "student")))
+
     def report(out: Path, student_dir: Path) -> str:
+        from helper import serving
         from helper.report import write_report
 
         split = "test" if dm.has_test else "validation"
@@ -263,11 +284,15 @@ def build_distillation(cfg: DistillationRunConfig, stage: str) -> Job:
         sets = dict(zip(dm.validation_names, dm.val_dataloader())) if dm.validation_names else None
         path_t = resolve_model_path(cfg.teacher.name)
         n = cfg.distill.report_batches
+        onnx = serving.onnx_dir(student_dir)  # written by `serve` above in this run
+        exported = cfg.distill.onnx and serving.onnx_available()
+        served = {b: serving.OnnxClassifier(onnx, b) for b in serving.ONNX_FILES} if exported else None
         return write_report(
-            teacher, student, path_t, student_dir, loader, split, out, n_latency=n, validation_sets=sets
+            teacher, student, path_t, student_dir, loader, split, out, n_latency=n, validation_sets=sets, served=served
         )
 
-    return Job(dm, distiller, "student", "student", heatmap, report if cfg.distill.report else None)
+    report_fn = report if cfg.distill.report else None
+    return Job(dm, distiller, "student", "student", heatmap, report_fn, serve=serve if cfg.distill.onnx else None)
 
 
 def _build_several(cfg: DistillationRunConfig) -> Job:

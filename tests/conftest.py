@@ -61,6 +61,21 @@ def tiny_model_dir(tmp_path_factory, minilm_path) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_onnx_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """A copy of `tiny_model_dir` exported to ONNX beside it (helper/serving.py): returns the copy; its exports are
+    in `<copy>_onnx`."""
+    import shutil
+
+    pytest.importorskip("onnxruntime")
+    from helper.serving import export_beside
+
+    copy = tmp_path_factory.mktemp("tiny_onnx") / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    export_beside(copy)
+    return copy
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent")

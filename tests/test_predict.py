@@ -271,3 +271,33 @@ def test_pad(left):
         assert ids == [[5, 6, 7], [0, 0, 8]] and mask == [[1] * 3, [0, 0, 1]]
     else:
         assert ids == [[5, 6, 7], [8, 0, 0]] and mask == [[1] * 3, [1, 0, 0]]
+
+
+def test_backends_same_format_order_and_batching(tmp_path, tiny_onnx_dir, tiny_model_dir, capsys):
+    pytest.importorskip("onnxruntime")
+    texts = varied_texts(13)
+    src = tmp_path / "in.txt"
+    write_input(src, texts)
+    rows = {}
+    for backend in ("torch", "onnx", "onnx-int8"):
+        args = ["--model", str(tiny_onnx_dir), "--input", str(src), "--batch-size", "4", "--backend", backend]
+        rc, out, err = run_cli(args, capsys)
+        assert rc == 0, err
+        rows[backend] = read_jsonl(out)
+        assert [r["text"] for r in rows[backend]] == texts and list(rows[backend][0]) == list(rows["torch"][0])
+    probs = {b: torch.tensor([list(r["probs"].values()) for r in rs]) for b, rs in rows.items()}
+    torch.testing.assert_close(probs["onnx"], probs["torch"], atol=1e-5, rtol=0)
+    assert [r["label_id"] for r in rows["onnx"]] == [r["label_id"] for r in rows["torch"]]
+    torch.testing.assert_close(probs["onnx-int8"], probs["torch"], atol=0.02, rtol=0)
+    onnx_dir = f"{tiny_onnx_dir}_onnx"  # the ONNX directory itself works as --model too
+    assert run_cli(["--model", onnx_dir, "--input", str(src), "--backend", "onnx"], capsys)[1] == rows_text(
+        rows["onnx"]
+    )
+    rc, _, err = run_cli(["--model", tiny_model_dir, "--input", str(src), "--backend", "onnx"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "no model.onnx in" in err and "python export_onnx.py --model" in err
+    rc, _, err = run_cli(["--model", onnx_dir, "--input", str(src), "--backend", "onnx", "--device", "cuda"], capsys)
+    assert rc == 2 and "--backend onnx runs on CPU (ONNX Runtime); use --device cpu or auto" in err
+
+
+def rows_text(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

@@ -417,3 +417,31 @@ def test_comet_logs_offline_into_the_run_directory(tmp_path, clf_csv, tiny_model
     run("ms", tmp_path, clf_csv, tiny_model_dir, **{"logger.loggers": "[csv, comet]"})
     (archive,) = (tmp_path / "distill_ms" / "comet").glob("*.zip")  # comet's offline experiment, for `comet upload`
     assert archive.stat().st_size > 0
+
+
+def test_onnx_exports_are_checked_and_reported_and_need_no_onnxruntime(
+    tmp_path, clf_csv, tiny_model_dir, monkeypatch, capsys
+):
+    pytest.importorskip("onnxruntime")
+    run(
+        "ms",
+        tmp_path,
+        clf_csv,
+        tiny_model_dir,
+        **{"distill.onnx": True, "distill.report": True, "distill.report_batches": 2},
+    )
+    out = capsys.readouterr().out
+    assert "onnx export -> " in out and "model_int8.onnx" in out
+    report = json.loads((tmp_path / "distill_ms" / "report.json").read_text())
+    assert set(report["served"]) == {"onnx", "onnx-int8"}
+    onnx = report["served"]["onnx"]
+    assert onnx["acc"] == pytest.approx(report["student"]["acc"]) and onnx["throughput"] > 0
+    assert onnx["model_bytes"] == (tmp_path / "distill_ms" / "student_onnx" / "model.onnx").stat().st_size
+    assert "## The student as served" in (tmp_path / "distill_ms" / "report.md").read_text()
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # without it the run still completes, with one line
+    metrics = run("ms", tmp_path, clf_csv, tiny_model_dir, **{"distill.onnx": True, "logger.run_name": "no_ort"})
+    assert "test/acc" in metrics and not (tmp_path / "no_ort" / "student_onnx").exists()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "onnxruntime" in line]
+    assert lines == [
+        "distill.onnx: onnx and onnxruntime are not installed (pip install onnx onnxruntime); no ONNX export"
+    ]
