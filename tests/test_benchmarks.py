@@ -199,3 +199,18 @@ def test_general_benchmark_distils_then_finetunes_each_init(tmp_path, shared_dat
     for row in res["inits"].values():
         assert 0 <= row["test_acc_mean"] <= 1 and len(row["runs"]) == 1
     assert (tmp_path / "runs" / "general" / "student" / "config.json").is_file()
+
+
+@pytest.mark.realdata
+def test_serving_benchmark_times_every_variant(tmp_path, shared_data):
+    pytest.importorskip("onnxruntime")
+    from benchmarks import bench_serving
+
+    teacher = common.tiny_model_dir(tmp_path / "tiny", 6)
+    argv = [
+        "--data", "sst2", "--teacher", teacher, "--speed-only", "--latency-calls", "1", "--throughput-batches", "1",
+        "--out", str(tmp_path / "runs"), "--result", str(tmp_path / "serving.json"),
+    ]  # fmt: skip
+    res = bench_serving.main(argv)
+    assert json.loads((tmp_path / "serving.json").read_text())["speed_only"] is True
+    assert len(res["timing"]) == 5 and all(f["throughput"] > 0 and f["model_bytes"] > 0 for f in res["timing"].values())
