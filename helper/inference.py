@@ -28,6 +28,35 @@ def forward_batches(
         yield batch, logits
 
 
+def tokenized_batches(
+    tokenizer,
+    texts: Sequence[str],
+    pairs: Sequence[str] | None = None,
+    *,
+    batch_size: int,
+    max_length: int,
+    longest_first: bool = True,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The texts (and `pairs`) tokenized in one call (truncated to `max_length`), sorted by token length (longest
+    first: padding is small, OOM shows early; else in their order), cut into batches of `batch_size` padded to their
+    longest (on the tokenizer's `padding_side`), each with `idx` (B,): its rows."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    enc = tokenizer(
+        list(texts), list(pairs) if pairs is not None else None, truncation=True, max_length=max_length,
+        return_attention_mask=False,
+    )  # fmt: skip
+    keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
+    ids = enc["input_ids"]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True) if longest_first else range(len(ids))
+    order = list(order)
+    for b in range(0, len(order), batch_size):
+        rows = order[b : b + batch_size]
+        batch = pad_batch([{k: enc[k][i] for k in keys} for i in rows], pad_id, left)
+        batch["idx"] = torch.tensor(rows)  # (B,)
+        yield batch
+
+
 def iter_logits(
     model,
     tokenizer,
@@ -42,31 +71,13 @@ def iter_logits(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(row indices (B,), logits (B, C) float32 on `device`) per batch, longest texts first.
 
-    The texts (and `pairs`) are tokenized in one call (truncated to `max_length`), sorted by token length
-    (longest first: padding is small, OOM shows early), cut into batches of `batch_size` padded to their longest (on
-    the tokenizer's `padding_side`) and run by `forward_batches`. `progress(n)` follows each batch of n rows. The
-    model is moved to `device` and put in eval mode.
+    The batches are `tokenized_batches` (longest first), run by `forward_batches`. `progress(n)` follows each batch
+    of n rows. The model is moved to `device` and put in eval mode.
     """
     device = torch.device(device)
     model.to(device).eval()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    left = getattr(tokenizer, "padding_side", "right") == "left"
-    enc = tokenizer(
-        list(texts), list(pairs) if pairs is not None else None, truncation=True, max_length=max_length,
-        return_attention_mask=False,
-    )  # fmt: skip
-    keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
-    ids = enc["input_ids"]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-
-    def batches():
-        for b in range(0, len(order), batch_size):
-            rows = order[b : b + batch_size]
-            batch = pad_batch([{k: enc[k][i] for k in keys} for i in rows], pad_id, left)
-            batch["idx"] = torch.tensor(rows)  # (B,)
-            yield batch
-
-    for batch, logits in forward_batches(model, batches(), device=device, bf16=bf16):
+    batches = tokenized_batches(tokenizer, texts, pairs, batch_size=batch_size, max_length=max_length)
+    for batch, logits in forward_batches(model, batches, device=device, bf16=bf16):
         yield batch["idx"], logits
         if progress is not None:
             progress(len(logits))

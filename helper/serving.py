@@ -29,7 +29,7 @@ from torch import nn
 from bert.errors import UserError
 from bert.families import MODEL_INPUTS, accepted_inputs, logits_of
 from data.padding import pad_batch
-from helper.inference import forward_batches, load_model
+from helper.inference import forward_batches, load_model, tokenized_batches
 
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model_int8.onnx"}  # backend -> file in the ONNX directory
 BACKENDS = ("torch", *ONNX_FILES)
@@ -193,17 +193,6 @@ def random_batches(tokenizer, max_length: int = 64, rows: int = CHECK_ROWS, seed
     return [pad_batch(examples[b : b + 16], pad_id) for b in range(0, rows, 16)]
 
 
-def text_batches(tokenizer, texts: list[str], max_length: int = 64) -> list[dict]:
-    """The first `CHECK_ROWS` of `texts`, tokenized and padded in batches of 16."""
-    if not texts:
-        raise UserError("onnx export: the check texts are empty")
-    enc = tokenizer(texts[:CHECK_ROWS], truncation=True, max_length=max_length, return_attention_mask=False)
-    keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    rows = [{k: enc[k][i] for k in keys} for i in range(len(enc["input_ids"]))]
-    return [pad_batch(rows[b : b + 16], pad_id) for b in range(0, len(rows), 16)]
-
-
 def _trace_example(batches: list[dict]) -> dict[str, torch.Tensor]:
     """The first check row and its first half, padded into one batch: a graph traced on a batch without padding could
     leave the attention mask out."""
@@ -318,7 +307,12 @@ def run_export(model: str, texts: str | None = None, text_column: str = "text", 
     transformers.logging.disable_progress_bar()
     batches = None
     if texts is not None:
-        batches = text_batches(load_tokenizer(model), read_column_texts(texts, text_column)[:CHECK_ROWS], max_length)
+        rows = read_column_texts(texts, text_column)[:CHECK_ROWS]
+        if not rows:
+            raise UserError(f"--texts {texts}: no texts to check the export on")
+        batches = tokenized_batches(
+            load_tokenizer(model), rows, batch_size=16, max_length=max_length, longest_first=False
+        )
     out, checks = export_beside(model, batches, max_length=max_length)
     print(summary(out, checks))
     return out
