@@ -36,14 +36,9 @@ def text_file(tmp_path_factory):
     return str(path)
 
 
-def general_overrides(tmp_path, teacher: str, train: str, **extra) -> list[str]:
-    base = {
-        "teacher.name": teacher,
-        "student.config": NARROW,
-        "student.init_from_teacher": "null",
-        "distill.adaptors": RELATIONS,
-        "data.train": train,
-        "data.validation_fraction": 0.2,
+def tiny_general(tmp_path, base: dict, extra: dict) -> list[str]:
+    """The settings every tiny general run shares, then `base` (the test group's), then `extra` (the test's)."""
+    common = {
         "data.max_length": 16,
         "data.batch_size": 8,
         "data.cache_dir": str(tmp_path / "cache"),
@@ -55,8 +50,19 @@ def general_overrides(tmp_path, teacher: str, train: str, **extra) -> list[str]:
         "logger.loggers": "[csv]",
         "logger.output_dir": str(tmp_path),
     }
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+    return [f"{k}={v}" for k, v in {**common, **base, **extra}.items()]
+
+
+def general_overrides(tmp_path, teacher: str, train: str, **extra) -> list[str]:
+    base = {
+        "teacher.name": teacher,
+        "student.config": NARROW,
+        "student.init_from_teacher": "null",
+        "distill.adaptors": RELATIONS,
+        "data.train": train,
+        "data.validation_fraction": 0.2,
+    }
+    return tiny_general(tmp_path, base, extra)
 
 
 def run(tmp_path, teacher: str, train: str, **extra) -> dict:
@@ -235,20 +241,9 @@ def xling_overrides(tmp_path, teacher: str, files: dict, **extra) -> list[str]:
         "data.source": "parallel",
         "data.text_column": "en",
         "data.text_files": text_files,
-        "data.max_length": 16,
-        "data.batch_size": 8,
-        "data.cache_dir": str(tmp_path / "cache"),
         "distill.report_batches": 2,
-        "optim.lr": 1e-3,
-        "trainer.max_epochs": 1,
-        "trainer.accelerator": "cpu",
-        "trainer.devices": 1,
-        "trainer.log_every_n_steps": 1,
-        "logger.loggers": "[csv]",
-        "logger.output_dir": str(tmp_path),
     }
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+    return tiny_general(tmp_path, base, extra)
 
 
 def run_xling(tmp_path, teacher: str, files: dict, **extra) -> dict:
