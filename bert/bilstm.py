@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -161,18 +160,36 @@ class BiLSTMForSequenceClassification(PreTrainedModel):
 
         Only tokens with attention_mask 1 are read, in order, wherever the padding is (left, right or both), so the
         result of a sentence does not depend on the batch it is padded into. A row with no token reads one padding
-        token.
+        token. Each direction runs on its own, the backward one on every row reversed within its length, so both read
+        the real tokens first and the padding after them: the same states as a packed sequence, and a graph that
+        exports to ONNX (`pack_padded_sequence` does not).
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)  # (B, T)
         keep = attention_mask.bool()  # (B, T)
-        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # real tokens first, in order
-        input_ids = input_ids.gather(1, order)  # (B, T), right-padded
-        lengths = keep.sum(dim=1).clamp(min=1).cpu()  # (B,)
-        embedded = self.embeddings(input_ids)  # (B, T, E)
-        packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
-        _, (h_n, _) = self.lstm(packed)  # h_n: (num_layers * 2, B, H), in the input's batch order
-        return torch.cat([h_n[-2], h_n[-1]], dim=-1)  # (B, 2H): last layer, forward then backward
+        steps = torch.arange(keep.shape[1], device=keep.device)  # (T,)
+        order = ((~keep).long() * keep.shape[1] + steps).argsort(dim=1)  # (B, T): real tokens first, in order
+        lengths = keep.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
+        reverse = torch.where(steps < lengths, lengths - 1 - steps, steps)  # (B, T): each row reversed in its length
+        hidden = self.embeddings(input_ids.gather(1, order))  # (B, T, E), right-padded
+        for layer in range(self.config.num_layers):
+            if layer:
+                hidden = nn.functional.dropout(hidden, self.lstm.dropout, self.training)
+            out_f = self._direction(hidden, layer, "")  # (B, T, H)
+            out_b = self._direction(_gather_steps(hidden, reverse), layer, "_reverse")  # (B, T, H), reversed order
+            hidden = torch.cat([out_f, _gather_steps(out_b, reverse)], dim=-1)  # (B, T, 2H), token order
+        last_f = _gather_steps(out_f, lengths - 1).squeeze(1)  # (B, H): after the last real token
+        return torch.cat([last_f, hidden[:, 0, self.config.hidden_size :]], dim=-1)  # (B, 2H): backward ends at 0
+
+    def _direction(self, hidden: torch.Tensor, layer: int, suffix: str) -> torch.Tensor:
+        """One direction of one layer of `self.lstm` (its own weights) over `hidden` (B, T, in), from zero states."""
+        lstm = self.lstm
+        weights = [
+            getattr(lstm, f"{kind}_l{layer}{suffix}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        ]
+        zeros = hidden.new_zeros(1, hidden.shape[0], lstm.hidden_size)  # (1, B, H)
+        out, _, _ = torch.lstm(hidden, (zeros, zeros), weights, True, 1, 0.0, self.training, False, True)
+        return out  # (B, T, H)
 
     def forward(
         self,
@@ -189,6 +206,11 @@ class BiLSTMForSequenceClassification(PreTrainedModel):
         if labels is not None:
             loss = self.loss_function(labels, logits, self.config)
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def _gather_steps(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values (B, T, H) at time steps index (B, T') per row: (B, T', H)."""
+    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
 
 
 AutoConfig.register(BiLSTMConfig.model_type, BiLSTMConfig, exist_ok=True)

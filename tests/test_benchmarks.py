@@ -214,3 +214,22 @@ def test_serving_benchmark_times_every_variant(tmp_path, shared_data):
     res = bench_serving.main(argv)
     assert json.loads((tmp_path / "serving.json").read_text())["speed_only"] is True
     assert len(res["timing"]) == 5 and all(f["throughput"] > 0 and f["model_bytes"] > 0 for f in res["timing"].values())
+
+
+@pytest.mark.realdata
+def test_serving_benchmark_trains_and_serves_a_bilstm(tmp_path, shared_data):
+    pytest.importorskip("onnxruntime")
+    from benchmarks import bench_serving
+
+    teacher = common.tiny_model_dir(tmp_path / "tiny", 2)
+    tiny = ["data.limit_train=32", "data.limit_eval=16", "data.max_length=16", "trainer.max_epochs=1"]
+    argv = [
+        "--data", "sst2", "--teacher", teacher, "--student", "bilstm", "--seeds", "0", "--latency-calls", "1",
+        "--throughput-batches", "1", "--out", str(tmp_path / "runs"), "--result", str(tmp_path / "bilstm.json"),
+        "--extra", *tiny,
+    ]  # fmt: skip
+    res = bench_serving.main(argv)
+    assert res["student"] == "bilstm" and res["int8_gemm"]["speedup"] > 0
+    assert (tmp_path / "runs" / "sst2_bilstm_s0" / "student_onnx" / "model.onnx").is_file()
+    assert set(res["timing_first_seed"]) == set(bench_serving.VARIANTS)
+    assert all(0 <= f["acc"] <= 1 and f["throughput"] > 0 for f in res["timing_first_seed"].values())

@@ -79,12 +79,30 @@ def test_export_command_and_its_bad_input(tmp_path, tiny_onnx_dir, capsys):
     assert "not an exported classifier directory (no config.json)" in capsys.readouterr().err
 
 
-def test_a_model_that_does_not_trace_is_one_line(tmp_path, tiny_model_dir):
+def test_the_bilstm_student_exports(tmp_path, tiny_model_dir):
     from bert.bilstm import bilstm_student
 
     teacher, tokenizer = load_model(tiny_model_dir)
-    student = bilstm_student(teacher, tokenizer, ["a", "b"], hidden_size=8, mlp_hidden=8)
+    student = bilstm_student(teacher, tokenizer, ["a", "b"], hidden_size=8, mlp_hidden=8, num_layers=2).eval()
+    batches = serving.random_batches(tokenizer, max_length=12, rows=32)
+    checks = serving.export_onnx(student, tokenizer, tmp_path / "out", serving.check_batches(batches, student))
+    assert checks["onnx"]["max_abs_diff"] < 1e-5 and checks["onnx-int8"]["rows"] == 32
+    served = serving.OnnxClassifier(tmp_path / "out", "onnx")
+    left = {"input_ids": torch.tensor([[0, 0, 7, 8, 9]]), "attention_mask": torch.tensor([[0, 0, 1, 1, 1]])}
+    right = {"input_ids": torch.tensor([[7, 8, 9]]), "attention_mask": torch.tensor([[1, 1, 1]])}
+    torch.testing.assert_close(served(**left), served(**right))  # padding on either side reads the same tokens
+    torch.testing.assert_close(served(**right), student(**right).logits, atol=1e-5, rtol=0)
+
+
+class _CumProd(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.cumprod(-1)  # no ONNX form
+
+
+def test_a_model_that_does_not_export_is_one_line(tmp_path, tiny_model_dir):
+    model, tokenizer = load_model(tiny_model_dir)
+    model.classifier = torch.nn.Sequential(model.classifier, _CumProd())
     batches = serving.random_batches(tokenizer, max_length=8, rows=4)
-    with pytest.raises(UserError, match="BiLSTMForSequenceClassification does not export to ONNX: Unsupported"):
-        serving.export_onnx(student, tokenizer, tmp_path / "out", serving.check_batches(batches, student))
+    with pytest.raises(UserError, match="BertForSequenceClassification does not export to ONNX: .*aten::cumprod"):
+        serving.export_onnx(model, tokenizer, tmp_path / "out", serving.check_batches(batches, model))
     assert not (tmp_path / "out").exists()
