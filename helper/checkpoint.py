@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import AutoModelForSequenceClassification
 
 from bert.errors import UserError
@@ -53,17 +54,22 @@ def load_classifier(
             f"{role}.name: {name!r} has a {config.num_labels}-label head (generic names); a new "
             f"{len(label_names)}-label head is initialised for the data"
         )
-    model = load_named(
-        "model",
-        AutoModelForSequenceClassification.from_pretrained,
-        name,
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={n: i for i, n in enumerate(label_names)},
-        attn_implementation=family.attn_implementation(attn_implementation),
-        **kwargs,
-    )
-    return model
+    verbosity = transformers.logging.get_verbosity()
+    if kwargs.get("ignore_mismatched_sizes"):  # the line above says it: no load report listing the new head's keys
+        transformers.logging.set_verbosity_error()
+    try:
+        return load_named(
+            "model",
+            AutoModelForSequenceClassification.from_pretrained,
+            name,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={n: i for i, n in enumerate(label_names)},
+            attn_implementation=family.attn_implementation(attn_implementation),
+            **kwargs,
+        )
+    finally:
+        transformers.logging.set_verbosity(verbosity)
 
 
 # What `save_pretrained` of a model and a tokenizer writes, and the ONNX files of helper/serving.py: an export

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -84,15 +85,25 @@ def test_non_finite_weights_are_never_exported(tmp_path, tiny_model_dir):
     assert not list(tmp_path.iterdir())
 
 
-def test_generic_head_of_another_size(tmp_path, tiny_model_dir, capsys):
+def test_generic_head_of_another_size(tmp_path, tiny_model_dir, minilm_path, capfd):
     """A LABEL_0/LABEL_1 head on 3-label data: a teacher is refused in one line naming both counts; a model to
-    fine-tune gets a new head (one line says so)."""
+    fine-tune gets a new head (one line says so, and no load report of transformers lists the new keys)."""
     with pytest.raises(UserError, match="teacher.name: .* has a 2-label head .* but the data has 3 labels") as err:
         load_classifier(tiny_model_dir, ["a", "b", "c"], role="teacher", trained_head=True)
     assert "\n" not in str(err.value)
     model = load_classifier(tiny_model_dir, ["a", "b", "c"])
     assert model.classifier.out_features == 3 and model.config.id2label == {0: "a", 1: "b", 2: "c"}
-    assert "a new 3-label head is initialised" in capsys.readouterr().out
+    assert "a new 3-label head is initialised" in capfd.readouterr().out
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        load_classifier(minilm_path, ["a", "b", "c"], role="student")  # an encoder without a head
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert "a new 3-label head is initialised" in capfd.readouterr().out
+    assert not [r for r in records if "LOAD REPORT" in r.getMessage()]
 
 
 def test_classifier_trained_on_other_labels_is_refused(tmp_path, tiny_model_dir):
