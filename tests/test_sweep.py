@@ -73,7 +73,10 @@ def test_two_workers_finish_a_six_trial_search_without_running_a_trial_twice(tmp
 
 def test_a_killed_sweep_started_again_runs_only_the_unfinished_trials(tmp_path, clf_csv, tiny_model_dir):
     path = write_sweep(tmp_path, clf_csv, tiny_model_dir, grid={"distill.adaptors": [["HardCE"]]})
-    path.write_text(path.read_text() + "seeds: [0, 1, 2]\nheartbeat_s: 1\n")  # 3 trials; a dead worker's is back in 2 s
+    sweep_file = yaml.safe_load(path.read_text())
+    sweep_file["overrides"]["trainer.max_epochs"] = 4  # trials of a few seconds: the kill lands inside one
+    sweep_file |= {"seeds": [0, 1, 2], "heartbeat_s": 1}  # 3 trials; a dead worker's is back in 2 s
+    path.write_text(yaml.safe_dump(sweep_file, sort_keys=False))
     out = tmp_path / "sweeps" / "sweep"
     # the sweep as its own process group (its worker and the trial it runs die with it)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -85,12 +88,12 @@ def test_a_killed_sweep_started_again_runs_only_the_unfinished_trials(tmp_path, 
             if "COMPLETE" in states and "RUNNING" in states:
                 break
             time.sleep(0.2)
-        trials = trials_of(out / "optuna.db")
-        killed = [t for t in trials if t.state.name == "RUNNING"]
-        done_before = {t.number: t.datetime_complete for t in trials if t.state.name == "COMPLETE"}
     finally:
-        os.killpg(sweep.pid, signal.SIGKILL)
+        os.killpg(sweep.pid, signal.SIGKILL)  # at once: the running trial must not finish first
         sweep.wait()
+    trials = trials_of(out / "optuna.db")  # after the kill: nothing changes them any more
+    killed = [t for t in trials if t.state.name == "RUNNING"]
+    done_before = {t.number: t.datetime_complete for t in trials if t.state.name == "COMPLETE"}
     assert len(killed) == 1 and done_before
     main([str(path)])
     trials = trials_of(out / "optuna.db")
