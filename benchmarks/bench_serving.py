@@ -158,14 +158,13 @@ def time_variants(args, run: Path, score: bool = True) -> dict:
 def int8_gemm_speedup(threads: int, tokens: int = 1024, width: int = 384, calls: int = 20) -> dict:
     """What int8 can give on this CPU: ONNX Runtime's time for one fp32 MatMul of the student's feed-forward shape
     (`tokens` x `width` by `width` x 4`width`: a batch of 32 sentences of 32 tokens) over the time of the same MatMul
-    dynamically quantised to int8 (`quantize_dynamic`, as the exports are), the two taking turns call by call."""
+    dynamically quantised to int8 as the exports are (`helper.serving.quantize`), the two taking turns call by call."""
     import numpy as np
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from helper.serving import OPSET, _quiet
+    from helper.serving import OPSET, quantize
 
     rng = np.random.default_rng(0)
     weight = numpy_helper.from_array(rng.standard_normal((width, 4 * width), dtype=np.float32), "W")
@@ -177,8 +176,7 @@ def int8_gemm_speedup(threads: int, tokens: int = 1024, width: int = 384, calls:
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), fp32)
-        with _quiet():
-            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+        quantize(fp32, int8)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         sessions = {k: ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"]) for k, f in

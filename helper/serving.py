@@ -229,12 +229,18 @@ def check_parity(model: nn.Module, served: OnnxClassifier, batches: list[dict], 
     return found
 
 
+def quantize(fp32: Path, int8: Path) -> None:
+    """`int8`: the ONNX model `fp32` dynamically quantised (int8 weights per output channel, activations per call)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet():
+        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+
+
 def export_onnx(model: nn.Module, tokenizer, out_dir: str | Path, batches: list[dict]) -> dict:
     """Write `model` as ONNX fp32 and int8 (`ONNX_FILES`) with its config and tokenizer to `out_dir`, atomically,
     after checking both against `model` on `batches` (`check_parity`). Returns the checks' figures per backend."""
     require_onnxruntime("onnx export")
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     from helper.checkpoint import write_dir_atomically
 
     model = model.to("cpu", torch.float32).eval()
@@ -257,8 +263,7 @@ def export_onnx(model: nn.Module, tokenizer, out_dir: str | Path, batches: list[
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise UserError(f"onnx export: {type(model).__name__} does not export to ONNX: {first}") from None
         checks["onnx"] = check_parity(model, OnnxClassifier(tmp, "onnx"), batches, "onnx")  # before quantising it
-        with _quiet():
-            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+        quantize(fp32, int8)
         checks["onnx-int8"] = check_parity(model, OnnxClassifier(tmp, "onnx-int8"), batches, "onnx-int8")
 
     write_dir_atomically(out_dir, write)
