@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import transformers
 
 from bert.errors import UserError
 from bert.families import check_max_length, get_family
@@ -94,6 +96,8 @@ def run_stage(cfg, stage: str, build: Callable[[Any], Job], check: Callable[[Any
     if check is not None:
         check(cfg)
     training = hasattr(cfg, "trainer")
+    if not sys.stderr.isatty():  # a log or a pipe: no bars for loads that take a blink (ProgressLines shows training)
+        transformers.logging.disable_progress_bar()
     out = prepare_run(cfg, stage)  # before heavy work: writable run directory, its lock
     try:
         if training:

@@ -233,3 +233,25 @@ def test_serving_benchmark_trains_and_serves_a_bilstm(tmp_path, shared_data):
     assert (tmp_path / "runs" / "sst2_bilstm_s0" / "student_onnx" / "model.onnx").is_file()
     assert set(res["timing_first_seed"]) == set(bench_serving.VARIANTS)
     assert all(0 <= f["acc"] <= 1 and f["throughput"] > 0 for f in res["timing_first_seed"].values())
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("variants", [["ours"], ["ours", "st_raw"]])
+def test_xling_anchor_benchmark_trains_the_same_student_both_ways(tmp_path, shared_data, variants):
+    if "st_raw" in variants:
+        pytest.importorskip("sentence_transformers")
+        pytest.importorskip("accelerate")
+    from benchmarks import bench_xling_anchor
+
+    argv = [
+        "--train", "32", "--batch", "16", "--eval", "32", "--max-length", "16", "--variants", *variants,
+        "--out", str(tmp_path / "runs"), "--result", str(tmp_path / "anchor.json"),
+    ]  # fmt: skip
+    res = bench_xling_anchor.main(argv)
+    assert json.loads((tmp_path / "anchor.json").read_text())["settings"]["train"] == 32
+    assert set(res["results"]) == {"teacher", *variants}
+    for name in variants:
+        row = res["results"][name]
+        assert row["examples_per_s"] > 0 and 0 <= row["xx_en"] <= 1 and 0 <= row["en_xx"] <= 1
+    assert set(res["ratios"]) == ({"ours_x_st_raw_examples_per_s"} if "st_raw" in variants else set())
+    assert (tmp_path / "runs" / "init" / "config.json").is_file()

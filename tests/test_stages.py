@@ -13,6 +13,7 @@ import warnings
 import pytest
 import pytorch_lightning as pl
 import torch
+import transformers
 from safetensors.torch import load_file
 from torch.nn import functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -377,6 +378,17 @@ def test_two_validation_sets_monitor_and_grad_norms_in_a_stage(tmp_path, clf_csv
     with pytest.raises(UserError, match="missing.csv") as err:
         run("ms", tmp_path, clf_csv, tiny_model_dir, **{"data.validation": bad, "logger.run_name": "bad"})
     assert "\n" not in str(err.value)
+
+
+def test_a_stage_writing_to_a_log_shows_no_model_loading_bars(tmp_path, clf_csv, tiny_model_dir, capsys):
+    transformers.logging.enable_progress_bar()  # another test may have turned the bars off for this process
+    try:
+        run("ms", tmp_path, clf_csv, tiny_model_dir)
+        err = capsys.readouterr().err
+    finally:
+        transformers.logging.enable_progress_bar()
+    assert "Loading weights" not in err  # stderr is not a terminal here
+    assert "epoch 1/" in err or "validation after epoch 1" in err  # the plain progress lines still are
 
 
 @pytest.mark.slow
