@@ -16,8 +16,8 @@ weight decay and torch threads:
            normalised): the loss is then the same and only the frameworks differ
 
 Training examples/s: captions / (training seconds + the teacher's encoding seconds for st). Accuracy: xx→en and
-en→xx translation retrieval on `test_2016_flickr` (1,000 captions, cosine, the student's own English embedding), one
-function for every model, next to the teacher's.
+en→xx translation retrieval on `test_2016_flickr` (1,000 captions, cosine, the student's own English embedding), the
+stage's `retrieval_accuracy` for every model, next to the teacher's.
 
 sentence-transformers (and accelerate, which its trainer needs) is no requirement of this repository:
   pip install --no-deps --target /tmp/st sentence-transformers accelerate   # then PYTHONPATH=/tmp/st
@@ -89,27 +89,19 @@ def build_ours(args, files: dict):
 
 
 def embed(model, tokenizer, texts: list[str], max_length: int, batch: int = 128):
-    """Mean-pooled sentence embeddings of a bare encoder (the teacher's pooling), (N, H)."""
+    """Mean-pooled sentence embeddings of a bare encoder (the teacher's pooling, made as the stage makes it), (N, H)."""
     import torch
+
+    from bert.recorder import FeatureRecorder
 
     out = []
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), FeatureRecorder(model, {"pooled": frozenset()}, "mean") as rec:
         for i in range(0, len(texts), batch):
             enc = tokenizer(texts[i : i + batch], padding=True, truncation=True, max_length=max_length,
                             return_tensors="pt")  # fmt: skip
-            hidden = model(**enc).last_hidden_state  # (B, T, H)
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            out.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))  # (B, H)
+            out.append(rec(**enc)[1].pooled)  # (B, H)
     return torch.cat(out)
-
-
-def retrieval(src, tgt) -> float:
-    """Fraction of rows i of `src` whose nearest row of `tgt` by cosine is row i."""
-    import torch.nn.functional as F
-
-    sim = F.normalize(src, dim=-1) @ F.normalize(tgt, dim=-1).T  # (N, N)
-    return float((sim.argmax(-1) == sim.new_tensor(range(len(src))).long()).float().mean())
 
 
 def score(model, tokenizer, args) -> dict[str, float]:
@@ -119,9 +111,11 @@ def score(model, tokenizer, args) -> dict[str, float]:
         c: (MULTI30K / f"test_2016_flickr.{c}").read_text(encoding="utf-8").splitlines()[: args.eval]
         for c in ("en", lang)
     }
-    xx = embed(model, tokenizer, texts[lang], max_length)
-    en = embed(model, tokenizer, texts["en"], max_length)
-    return {"xx_en": retrieval(xx, en), "en_xx": retrieval(en, xx)}
+    from helper.metrics import retrieval_accuracy
+
+    xx_en, en_xx = retrieval_accuracy(embed(model, tokenizer, texts[lang], max_length),
+                                      embed(model, tokenizer, texts["en"], max_length))  # fmt: skip
+    return {"xx_en": xx_en, "en_xx": en_xx}
 
 
 def run_st(args, init: Path, files: dict, teacher_path: str, normalize: bool, out: Path) -> tuple[dict, object]:
