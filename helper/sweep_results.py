@@ -19,8 +19,15 @@ def table(plan: Plan, study):
     import pandas as pd
 
     rows = []
-    for t in finished(study):
+    trials = finished(study)
+    retried_as = {t.system_attrs["failed_trial"]: t.number for t in study.get_trials(deepcopy=False)
+                  if "failed_trial" in t.system_attrs}  # fmt: skip
+    for t in trials:
         a = t.user_attrs
+        error = a.get("error")
+        if error is None and t.state.name == "FAIL":  # failed by the heartbeat check: its worker stopped mid-trial
+            again = f"; run again as trial {retried_as[t.number]}" if t.number in retried_as else ""
+            error = f"its worker stopped (no heartbeat){again}"
         rows.append(
             {
                 "trial": t.number,
@@ -35,7 +42,7 @@ def table(plan: Plan, study):
                 "cpu_seconds": a.get("cpu_seconds"),
                 "worker": f"{a.get('host', '?')}/{a.get('worker', '?')}",
                 "retry_of": t.system_attrs.get("failed_trial"),
-                "error": a.get("error"),
+                "error": error,
                 "run_dir": a.get("run_dir"),
             }
         )

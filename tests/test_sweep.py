@@ -3,6 +3,7 @@ started again runs only the unfinished trials, and bad sweep files are one line 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -107,6 +108,9 @@ def test_a_killed_sweep_started_again_runs_only_the_unfinished_trials(tmp_path, 
     assert [t.system_attrs["failed_trial"] for t in retried] == [killed[0].number]
     assert trials[killed[0].number].state.name == "FAIL"
     assert len(complete) == 3 and len(trials) == 4
+    rows = {int(r["trial"]): r for r in csv.DictReader((out / "trials.csv").open())}
+    again = f"run again as trial {retried[0].number}"
+    assert rows[killed[0].number]["error"] == f"its worker stopped (no heartbeat); {again}"
 
 
 GOOD = {"grid": {"distill.adaptors": [["HardCE"]]}}
