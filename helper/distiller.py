@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bert.errors import UserError
-from bert.families import check_features, get_family, logits_of, model_inputs
+from bert.families import check_features, get_family, logits_of, masked_logits, model_inputs
 from bert.features import Features, ModelDims, merge_requests
 from bert.loading import name_labels
 from bert.recorder import FeatureRecorder
@@ -696,18 +696,18 @@ class Distiller(pl.LightningModule):
             self.mlm.probability,
             generator,
         )
-        logits = student(**inputs).logits  # (B, T, V)
         chosen = labels != -100  # (B, T)
         if not bool(chosen.any()):
-            zero = logits.sum() * 0.0
+            zero = student(**inputs).logits.sum() * 0.0  # every parameter in the graph, as a step with masks
             return zero, (zero if self.mlm.soft_weight > 0 else None)
-        hard = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        logits = masked_logits(student, inputs, chosen)  # (N, V)
+        hard = F.cross_entropy(logits.float(), labels[chosen])
         if not self.mlm.soft_weight > 0:
             return hard, None
         teacher, tau = self.teachers[0], self.mlm.temperature
         with torch.no_grad():
-            logits_t = teacher(**model_inputs(inputs, teacher)).logits[chosen].float()  # (N, V)
-        logp_s = (logits[chosen].float() / tau).log_softmax(-1)  # (N, V)
+            logits_t = masked_logits(teacher, model_inputs(inputs, teacher), chosen).float()  # (N, V)
+        logp_s = (logits.float() / tau).log_softmax(-1)  # (N, V)
         soft = F.kl_div(logp_s, (logits_t / tau).log_softmax(-1), reduction="batchmean", log_target=True) * tau**2
         return hard, soft
 

@@ -10,7 +10,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from bert.errors import UserError
-from bert.families import FAMILIES, Family, get_family
+from bert.families import FAMILIES, Family, get_family, masked_logits
 from bert.features import FEATURES, LAYER_FEATURES
 from bert.recorder import FeatureRecorder, _additive
 from update_transformers import padded_batch, split_heads, tiny_model
@@ -297,3 +297,23 @@ def test_pooled_by_the_declared_pooling():
     masked_lm = AutoModelForMaskedLM.from_config(model.config)
     with pytest.raises(UserError, match="pooling: BertForMaskedLM has no pooler"):
         FeatureRecorder(masked_lm, {"pooled": []}, "pooler")
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert", "electra"])
+def test_masked_logits_projects_only_the_chosen_positions(model_type):
+    config = AutoConfig.for_model(model_type, vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                  intermediate_size=37, n_layers=1, dim=32, n_heads=4, hidden_dim=37)  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(config).eval()
+    ids = torch.randint(5, 50, (3, 7))  # (B, T)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    chosen = torch.rand(3, 7) < 0.3  # (B, T)
+    calls = []
+    model.get_output_embeddings().register_forward_hook(lambda _m, args, out: calls.append(tuple(args[0].shape)))
+    got = masked_logits(model, inputs, chosen)  # (N, V)
+    full = model(**inputs).logits  # (B, T, V): the hook is gone
+    width = model.get_output_embeddings().in_features
+    assert calls == [(int(chosen.sum()), width), (3, 7, width)]
+    torch.testing.assert_close(got, full[chosen], rtol=1e-5, atol=1e-6)
+    got.sum().backward()  # a training loss reaches the weights through it
+    assert model.get_input_embeddings().weight.grad is not None

@@ -2,7 +2,10 @@
 two teachers + two students, predict) gives the exports and metrics recorded in `tests/stage_hashes.json`.
 
 The record was written on the code before the architecture refactor (issue 21) with
-`STAGE_HASHES_WRITE=1 python -m pytest tests/test_stage_hashes.py`. Bit-identical weights need the same float
+`STAGE_HASHES_WRITE=1 python -m pytest tests/test_stage_hashes.py`, and written again (2026-12-05) for one intended
+change: the MLM loss projects only the masked positions onto the vocabulary (`bert.families.masked_logits`), the
+same arithmetic in another summation order, which moved the general stage's last bits (val/mlm 10.1757011 ->
+10.1757021) and nothing else. Bit-identical weights need the same float
 arithmetic: where the torch version or the CPU's kernel set differ from the record's, weights are not compared
 bit for bit, and the metrics are compared within 1e-6 instead of exactly.
 """
