@@ -19,10 +19,9 @@ def table(plan: Plan, study):
     import pandas as pd
 
     rows = []
-    trials = finished(study)
     retried_as = {t.system_attrs["failed_trial"]: t.number for t in study.get_trials(deepcopy=False)
                   if "failed_trial" in t.system_attrs}  # fmt: skip
-    for t in trials:
+    for t in finished(study):
         a = t.user_attrs
         error = a.get("error")
         if error is None and t.state.name == "FAIL":  # failed by the heartbeat check: its worker stopped mid-trial
