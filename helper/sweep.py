@@ -461,18 +461,13 @@ def study_parts(plan: Plan, number: int = 0):
         return optuna.samplers.RandomSampler(seed=0), optuna.pruners.NopPruner()
     seed = search.seed + number
     if search.sampler == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=(violations_of if plan.constraints else None))
+        sampler = optuna.samplers.TPESampler(seed=seed)  # constraint-aware: it reads each trial's set_constraint
     else:
         sampler = optuna.samplers.RandomSampler(seed=seed)
     pruner = (
         optuna.pruners.MedianPruner(n_startup_trials=4) if search.pruner == "median" else optuna.pruners.NopPruner()
     )
     return sampler, pruner
-
-
-def violations_of(trial) -> list[float]:
-    """The constraints as Optuna reads them (<= 0: met), stored with each finished trial."""
-    return trial.user_attrs.get("violations", [1.0])
 
 
 def open_study(plan: Plan, storage):
@@ -663,6 +658,8 @@ def run_trial(plan: Plan, url: str, storage, study, trial, worker: str) -> None:
                 error = f"metrics.json has no {metric} (has: {', '.join(sorted(attrs['metrics']))})"
             else:
                 attrs["violations"] = violations(plan, attrs)
+                for (figure, op, bound), v in zip(plan.constraints, attrs["violations"]):
+                    trial.set_constraint(f"{figure} {op} {bound:g}", v)  # what TPE steers by (<= 0: met)
                 state = TrialState.PRUNED if outcome["status"] == "pruned" else TrialState.COMPLETE
     except UserError as err:
         error = str(err)
@@ -892,7 +889,8 @@ def run_sweep(plan: Plan, url: str | None = None, workers: int = 1, run: bool = 
     storage = open_storage(url, plan.cfg.heartbeat_s)
     study = open_study(plan, storage)
     n = len(study.get_trials(deepcopy=False))
-    print(f"sweep {plan.name}: {len(plan.points)} planned trials, {n} in the storage ({url}); {workers} worker(s)")
+    running = f"{workers} worker(s)" if run else "results only"
+    print(f"sweep {plan.name}: {len(plan.points)} planned trials, {n} in the storage ({url}); {running}")
     if run:
         from helper import stages  # noqa: F401  the stages' imports, once: the workers and their trials fork from here
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,21 @@ def test_two_workers_finish_a_six_trial_search_without_running_a_trial_twice(tmp
     table = (out / "trials.csv").read_text().splitlines()
     assert len(table) == 7 and "optim.lr" in table[0] and "cpu_seconds" in table[0]
     assert (out / "best.yaml").is_file() and "| optim.lr |" in (out / "summary.md").read_text()
+
+
+def test_the_search_gives_optuna_each_trials_constraints(tmp_path, clf_csv, tiny_model_dir):
+    space = {"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}}
+    search = {"n_trials": 2, "space": space, "pruner": "none"}
+    path = write_sweep(tmp_path, clf_csv, tiny_model_dir, search=search, constraints=["val/acc >= 2", "val/acc <= 2"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main([str(path)])
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)]  # no deprecated Optuna argument of ours
+    trials = trials_of(tmp_path / "sweeps" / "sweep" / "optuna.db")
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 2
+    for t in trials:  # what TPE steers by: > 0 unmet, <= 0 met
+        acc = t.user_attrs["metrics"]["val/acc"]
+        assert t.constraints == pytest.approx({"val/acc >= 2": 2 - acc, "val/acc <= 2": acc - 2})
 
 
 def test_a_killed_sweep_started_again_runs_only_the_unfinished_trials(tmp_path, clf_csv, tiny_model_dir):
