@@ -12,6 +12,7 @@ import functools
 import inspect
 import io
 import math
+import re
 import sys
 import textwrap
 import tokenize
@@ -396,6 +397,19 @@ class AdaptorsConfig(Section):
 # What the teacher-vs-student report (`distill.report`, helper/report.py) measures of each model, in report.json under
 # `teacher`, `student` and `ratio` (student / teacher): what a sweep's constraints can read.
 REPORT_FIGURES = ("acc", "f1", "params", "dir_bytes", "model_bytes", "latency_ms", "throughput")
+REPORT_PARTS = ("teacher", "student", "ratio")
+SHAPE_FIGURES = ("params", "latency_ms", "throughput")  # what a student has before it is trained (distill.require)
+BOUND = re.compile(r"^\s*([\w./]+)\s*(>=|<=)\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*$")
+
+
+def parse_bound(text: Any) -> tuple[str, str, float] | None:
+    """`"ratio.throughput >= 2"` -> ("ratio.throughput", ">=", 2.0); None if it is not of that form."""
+    m = BOUND.match(text) if isinstance(text, str) else None
+    return (m.group(1), m.group(2), float(m.group(3))) if m else None
+
+
+def bound_holds(value: float, op: str, bound: float) -> bool:
+    return value >= bound if op == ">=" else value <= bound
 
 
 @dataclass
@@ -409,6 +423,18 @@ class DistillConfig(AdaptorsConfig):
     report_batches: int = 20  # batch-1 latency calls per model in the report (throughput uses a quarter)
     # off by default: ~15 s more per run and onnxruntime needed; export_onnx.py makes them from any finished run
     onnx: bool = False  # also ONNX fp32 + int8 exports in the run dir's student_onnx/, checked and timed in the report
+    # `<teacher|student|ratio>.<params|latency_ms|throughput> >= x` (or <=), timed as the report times, before training
+    require: list[str] = field(default_factory=list)  # bounds the untrained student must meet, or it is not trained
+
+    def check(self) -> None:
+        super().check()
+        shape = ", ".join(f"{p}.{f}" for p in REPORT_PARTS for f in SHAPE_FIGURES)
+        for text in self.require:
+            parsed = parse_bound(text)
+            if parsed is None:
+                self.fail("require", f"{text!r}: write '<figure> >= <number>' or '<figure> <= <number>'")
+            if tuple(parsed[0].split(".", 1)) not in {(p, f) for p in REPORT_PARTS for f in SHAPE_FIGURES}:
+                self.fail("require", f"{parsed[0]!r} is not known before training (figures: {shape})")
 
 
 @dataclass

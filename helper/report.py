@@ -19,7 +19,7 @@ from torch import nn
 from bert.errors import UserError
 from bert.families import model_inputs
 from data.padding import pad_batch
-from helper.config import REPORT_FIGURES
+from helper.config import REPORT_FIGURES, REPORT_PARTS, SHAPE_FIGURES, bound_holds, parse_bound
 from helper.inference import forward_batches, model_device
 from helper.metrics import clf_metrics
 
@@ -110,6 +110,48 @@ def measure_speed(
         }
         for name, s in seconds.items()
     }
+
+
+def check_requirements(
+    teacher: nn.Module, student: nn.Module, batches: Iterable[dict], require: list[str], out_dir: Path, n_latency: int
+) -> dict[str, float]:
+    """`distill.require` before training: the untrained student's size and CPU speed against the teacher's, timed as
+    the report times them (`measure_speed`), so that a student that cannot meet its budget is not trained. Writes
+    `precheck.json` (the figures, flattened as `ratio.throughput`, and the bounds missed) into `out_dir`; raises a
+    one-line UserError naming the first bound missed. Leaves the models' modes and every RNG as it found them."""
+    from helper.training import rng_states, set_rng_states
+
+    models = {"teacher": teacher, "student": student}
+    modes = {name: [m.training for m in model.modules()] for name, model in models.items()}
+    rng = rng_states()  # a DataLoader's iterator draws its base seed from torch's RNG
+    try:
+        speed = measure_speed(models, batches, n_latency=n_latency)
+    finally:
+        set_rng_states(rng)
+        for name, model in models.items():
+            for m, mode in zip(model.modules(), modes[name]):
+                m.training = mode
+    figures = {
+        name: {"params": sum(p.numel() for p in model.parameters()), **speed[name]} for name, model in models.items()
+    }
+    figures["ratio"] = {k: _ratio(figures["student"][k], figures["teacher"][k]) for k in SHAPE_FIGURES}
+    flat = {f"{part}.{k}": figures[part][k] for part in REPORT_PARTS for k in SHAPE_FIGURES}
+    missed = []
+    for text in require:
+        figure, op, bound = parse_bound(text)
+        if flat[figure] is None or not bound_holds(flat[figure], op, bound):
+            missed.append(text)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {"require": require, "figures": flat, "missed": missed, "met": not missed}
+    (out_dir / "precheck.json").write_text(json.dumps(record, indent=2) + "\n")
+    shown = ", ".join(f"{parse_bound(t)[0]} {flat[parse_bound(t)[0]]:.3g}" for t in require)
+    if missed:
+        raise UserError(
+            f"distill.require: {missed[0]!r} is not met by the untrained student ({shown}; timed as the report times "
+            f"it, {out_dir / 'precheck.json'}); it is not trained"
+        )
+    print(f"distill.require: met before training ({shown})", flush=True)
+    return flat
 
 
 def served_size(onnx_file: Path) -> dict[str, int]:

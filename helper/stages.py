@@ -239,6 +239,8 @@ def check_distillation(cfg: DistillationRunConfig, stage: str) -> None:
         )
     if stage != "distill_ms":
         raise UserError("several teachers or students train in one step: use distillation_ms.py")
+    if cfg.distill.require:
+        raise UserError("distill.require: bounds one student against one teacher; this run has several")
     teachers, students = model_specs(cfg)
     check_weights([t.weight for t in teachers], "teacher[].weight")
     keys = [s.key for s in students]
@@ -263,6 +265,13 @@ def build_distillation(cfg: DistillationRunConfig, stage: str) -> Job:
     check_max_length(cfg.data.max_length, student.config, "student", cfg.student.name or "the student")
     check_vocab(tok_t, teacher, "teacher")
     check_vocab(dm.student_tokenizer or tok_t, student, "student")
+    if cfg.distill.require:  # before the teacher cache, the trainer and any training step
+        from helper.report import check_requirements
+
+        loader = dm.val_dataloader()
+        loader = loader[0] if isinstance(loader, (list, tuple)) else loader
+        out = run_dir(cfg.logger, stage)
+        check_requirements(teacher, student, loader, cfg.distill.require, out, cfg.distill.report_batches)
     distiller = DISTILLERS[stage](
         teacher, student, dm=dm, optim=cfg.optim, distill=cfg.distill, metrics=cfg.trainer.metrics
     )

@@ -43,7 +43,17 @@ import yaml
 from bert.errors import UserError
 from bert.sections import AT_LEAST_1, MAX_COUNT, NAME, SEED, TEXT, TEXT_OR_NONE, Check, Num, Section, type_hints
 from helper import config as config_module
-from helper.config import METRICS, REFERENCE_STAGES, REPORT_FIGURES, ROOT, _section_type, load_config
+from helper.config import (
+    METRICS,
+    REFERENCE_STAGES,
+    REPORT_FIGURES,
+    REPORT_PARTS,
+    ROOT,
+    SHAPE_FIGURES,
+    _section_type,
+    load_config,
+    parse_bound,
+)
 
 # script -> what its run leaves in the run directory for a later step (`${step name}` in overrides)
 PRODUCTS = {
@@ -55,10 +65,11 @@ PRODUCTS = {
     "distillation_general.py": "student",
 }
 SCRIPTS = {script: (cls_name, yaml_file) for script, cls_name, yaml_file in REFERENCE_STAGES}
-REPORT_PARTS = ("teacher", "student", "ratio")
-CONSTRAINT = re.compile(r"^\s*([\w./]+)\s*(>=|<=)\s*([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*$")
 PLACEHOLDER = re.compile(r"\$\{([\w.-]+)\}")
 RECIPE = "recipe"  # the grid or space key that picks one of `recipes`
+# A trial's constraints on what its student has untrained (size, speed) stop it before training (`distill.require`),
+# timings with this slack: on a busy machine they vary by several percent, and the report after training decides.
+PRECHECK_SLACK = 0.9
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -318,10 +329,10 @@ def load_plan(path: str | Path, overrides: list[str] = ()) -> Plan:
 
 def parse_constraint(text: str, bad, metric_keys: list[str]) -> tuple[str, str, float]:
     """`"ratio.throughput >= 2"` -> ("ratio.throughput", ">=", 2.0); the figure must be one the run reports."""
-    m = CONSTRAINT.match(text) if isinstance(text, str) else None
-    if not m:
+    parsed = parse_bound(text)
+    if parsed is None:
         bad(f"constraints: {text!r}: write '<figure> >= <number>' or '<figure> <= <number>'")
-    figure, op, number = m.group(1), m.group(2), float(m.group(3))
+    figure, op, number = parsed
     part, _, name = figure.partition(".")
     reported = (part in REPORT_PARTS and name in REPORT_FIGURES) or (
         figure.split("/")[0] in ("val", "test") and figure.split("/")[-1] in metric_keys
@@ -645,11 +656,16 @@ def run_trial(plan: Plan, url: str, storage, study, trial, worker: str) -> None:
             cpu += step_cpu
         last = len(plan.steps) - 1
         run = (plan.out / "trials" / f"t{trial.number:04d}").resolve()
-        overrides = step_overrides(plan, last, values, products) + run_place(run)
+        overrides = step_overrides(plan, last, values, products) + precheck(plan, values) + run_place(run)
         attrs.update(run_dir=str(run), overrides=overrides, script=plan.steps[last].script)
         outcome, run_cpu = run_stage_forked(plan, last, overrides, run.parent / f"{run.name}.log", beat)
         cpu += run_cpu
-        if outcome["status"] == "error":
+        missed = untrained_figures(run) if outcome["status"] == "error" else None
+        if missed is not None:  # stopped by distill.require: infeasible, and TPE learns it from the figures
+            attrs.update(figures=missed, note=outcome["error"])
+            judge(plan, trial, attrs)
+            state = TrialState.PRUNED
+        elif outcome["status"] == "error":
             error = outcome["error"]
         else:
             attrs.update(read_run(run, plan.steps[last].script))
@@ -657,9 +673,7 @@ def run_trial(plan: Plan, url: str, storage, study, trial, worker: str) -> None:
             if metric not in attrs["metrics"]:
                 error = f"metrics.json has no {metric} (has: {', '.join(sorted(attrs['metrics']))})"
             else:
-                attrs["violations"] = violations(plan, attrs)
-                for (figure, op, bound), v in zip(plan.constraints, attrs["violations"]):
-                    trial.set_constraint(f"{figure} {op} {bound:g}", v)  # what TPE steers by (<= 0: met)
+                judge(plan, trial, attrs)
                 state = TrialState.PRUNED if outcome["status"] == "pruned" else TrialState.COMPLETE
     except UserError as err:
         error = str(err)
@@ -676,6 +690,32 @@ def run_trial(plan: Plan, url: str, storage, study, trial, worker: str) -> None:
     else:
         study.tell(trial, state=state)
     print(f"[{worker}] {progress_line(plan, study, trial.number)}", flush=True)
+
+
+def precheck(plan: Plan, values: dict) -> list[str]:
+    """The `distill.require` override of a trial's last step: the constraints on what its student has untrained (with
+    PRECHECK_SLACK on timings), after any `distill.require` of the sweep file; [] where there is none."""
+    last = len(plan.steps) - 1
+    bounds = []
+    for figure, op, bound in plan.constraints:
+        part, _, name = figure.partition(".")
+        if part in REPORT_PARTS and name in SHAPE_FIGURES:
+            if name != "params":
+                bound = bound * PRECHECK_SLACK if op == ">=" else bound / PRECHECK_SLACK
+            bounds.append(f"{figure} {op} {bound:g}")
+    if not bounds or not has_key(plan.steps[last].cls, "distill.require"):
+        return []
+    given = step_items(plan, last, values).get("distill.require") or []
+    return [override("distill.require", [*given, *bounds])]
+
+
+def untrained_figures(run: Path) -> dict | None:
+    """The figures of a run stopped by `distill.require` (its precheck.json), None for any other run."""
+    record = run / "precheck.json"
+    if not record.is_file():
+        return None
+    data = json.loads(record.read_text())
+    return None if data["met"] else data["figures"]
 
 
 def run_place(run: Path) -> list[str]:
@@ -808,6 +848,13 @@ def figure_value(attrs: dict, figure: str) -> float | None:
     return attrs.get("figures", {}).get(figure)
 
 
+def judge(plan: Plan, trial, attrs: dict) -> None:
+    """The trial's constraints, kept with it (`violations`) and given to Optuna, which TPE steers by (<= 0: met)."""
+    attrs["violations"] = violations(plan, attrs)
+    for (figure, op, bound), v in zip(plan.constraints, attrs["violations"]):
+        trial.set_constraint(f"{figure} {op} {bound:g}", v)
+
+
 def violations(plan: Plan, attrs: dict) -> list[float]:
     """Each constraint as Optuna reads it: <= 0 when met (a figure the run lacks counts as unmet)."""
     out = []
@@ -856,13 +903,17 @@ def progress_line(plan: Plan, study, number: int) -> str:
     head = f"trial {number} ({n_done}/{total}) {values_text(plan, trial)}"
     if "error" in a:
         head += f": FAILED: {a['error']}"
+    elif "note" in a:
+        head += f": not trained: {a['note']}"
     else:
         metrics = a.get("metrics", {})
         shown = [plan.cfg.objective.metric, *sorted(k for k in metrics if k.startswith("test/"))]
         parts = [f"{k} {metrics[k]:.4f}" for k in dict.fromkeys(shown) if k in metrics]
         figures = a.get("figures", {})
         if "ratio.throughput" in figures:
-            parts += [f"{figures['ratio.throughput']:.2f}x throughput", f"{figures['ratio.model_bytes']:.2f}x size"]
+            parts.append(f"{figures['ratio.throughput']:.2f}x throughput")
+        if "ratio.model_bytes" in figures:
+            parts.append(f"{figures['ratio.model_bytes']:.2f}x size")
         state = "pruned, " if trial.state.name == "PRUNED" else ""
         state += "" if feasible(trial) or not plan.constraints else "constraints not met, "
         head += f": {state}{', '.join(parts)}"

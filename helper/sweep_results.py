@@ -42,6 +42,7 @@ def table(plan: Plan, study):
                 "worker": f"{a.get('host', '?')}/{a.get('worker', '?')}",
                 "retry_of": t.system_attrs.get("failed_trial"),
                 "error": error,
+                "note": a.get("note"),  # why a trial stopped before training (distill.require)
                 "run_dir": a.get("run_dir"),
             }
         )

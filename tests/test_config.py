@@ -78,6 +78,20 @@ def test_bad_config_is_one_line_naming_key_and_file(tmp_path, text, overrides, e
     assert expected in msg and str(path) in msg and "\n" not in msg
 
 
+@pytest.mark.parametrize(
+    "require, expected",
+    [
+        ("['ratio.speed >= 2']", "'ratio.speed' is not known before training (figures: teacher.params,"),
+        ("['ratio.acc >= 0.98']", "'ratio.acc' is not known before training"),
+        ("['ratio.throughput > 2']", "'ratio.throughput > 2': write '<figure> >= <number>'"),
+    ],
+)
+def test_distill_require_names_the_figures_known_before_training(tmp_path, require, expected):
+    with pytest.raises(UserError) as err:
+        load_config(DistillationRunConfig, write(tmp_path, ""), [f"distill.require={require}"])
+    assert f"distill.require: {expected}" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_bad_override_syntax():
     with pytest.raises(UserError, match="override 'max_epochs': expected section.key=value"):
         load_config(FinetuneConfig, None, ["max_epochs"])

@@ -331,6 +331,33 @@ def test_bilstm_student_distils_exports_and_reports(tmp_path, clf_csv, tiny_mode
     assert (tmp_path / "distill_ms" / "report.md").is_file()
 
 
+def test_require_stops_a_student_that_misses_its_budget_before_training(tmp_path, clf_csv, tiny_model_dir, monkeypatch):
+    trained = []
+    at_build_trainer(monkeypatch, lambda: trained.append(True))
+    missed = (
+        r"distill.require: 'ratio.params <= 0.5' is not met by the untrained student \(ratio.params 0\.9\d*; timed as "
+    )
+    with pytest.raises(UserError, match=missed) as err:
+        run("ms", tmp_path, clf_csv, tiny_model_dir, **{"distill.require": "['ratio.params <= 0.5']"})
+    assert "\n" not in str(err.value) and not trained  # the student shares the teacher's 30k-row embeddings
+    record = json.loads((tmp_path / "distill_ms" / "precheck.json").read_text())
+    assert record["missed"] == ["ratio.params <= 0.5"] and not record["met"]
+    assert record["figures"]["student.throughput"] > 0 and record["figures"]["ratio.latency_ms"] > 0
+
+
+def test_require_met_trains_as_the_run_without_it(tmp_path, clf_csv, tiny_model_dir, capsys):
+    extra = {  # a projection (hidden 64 -> 32) built after the check: it draws from the global RNG
+        "student.config": "{hidden_size: 64, num_attention_heads: 4, intermediate_size: 37}",
+        "student.init_from_teacher": "null",
+        "distill.adaptors": "[HidnTinyBERT, LogitMSE]",
+    }
+    plain = run("ms", tmp_path / "a", clf_csv, tiny_model_dir, **extra)
+    require = "['ratio.params <= 3', 'ratio.throughput >= 0.01']"
+    checked = run("ms", tmp_path / "b", clf_csv, tiny_model_dir, **extra, **{"distill.require": require})
+    assert "distill.require: met before training (ratio.params 2.0" in capsys.readouterr().out
+    assert checked == plain  # the check leaves every RNG and the models' modes as they were
+
+
 def test_layer_adaptor_with_a_bilstm_student_is_one_line(tmp_path, clf_csv, tiny_model_dir):
     extra = {"student.bilstm": "{hidden_size: 16}", "distill.adaptors": "[AttnMiniLM]"}
     with pytest.raises(UserError, match=r"AttnMiniLM.*the student has no encoder layers.*LogitMSE") as err:

@@ -88,6 +88,36 @@ def test_the_search_gives_optuna_each_trials_constraints(tmp_path, clf_csv, tiny
         assert t.constraints == pytest.approx({"val/acc >= 2": 2 - acc, "val/acc <= 2": acc - 2})
 
 
+def test_a_student_that_misses_a_speed_or_size_constraint_untrained_is_not_trained(
+    tmp_path, clf_csv, tiny_model_dir, capfd
+):
+    space = {"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}}
+    search = {"n_trials": 1, "space": space, "pruner": "none"}
+    constraints = ["ratio.params <= 0.5", "ratio.throughput >= 0.01"]  # the tiny student shares 99% of the params
+    path = write_sweep(tmp_path, clf_csv, tiny_model_dir, search=search, constraints=constraints)
+    sweep_file = yaml.safe_load(path.read_text())
+    sweep_file["overrides"]["distill.report"] = True
+    path.write_text(yaml.safe_dump(sweep_file, sort_keys=False))
+    plan = main([str(path)])
+    [trial] = trials_of(plan.out / "optuna.db")
+    assert trial.state.name == "PRUNED" and "metrics" not in trial.user_attrs  # stopped before training
+    overrides = [o for o in trial.user_attrs["overrides"] if o.startswith("distill.require=")]
+    assert overrides == ["distill.require=[ratio.params <= 0.5, ratio.throughput >= 0.009]"]  # timing: 0.9x
+    figures = trial.user_attrs["figures"]
+    assert trial.constraints == pytest.approx(
+        {
+            "ratio.params <= 0.5": figures["ratio.params"] - 0.5,
+            "ratio.throughput >= 0.01": 0.01 - figures["ratio.throughput"],
+        }
+    )  # what TPE learns from: the params bound missed (> 0), the speed bound met (< 0)
+    assert trial.constraints["ratio.params <= 0.5"] > 0 > trial.constraints["ratio.throughput >= 0.01"]
+    assert not (Path(trial.user_attrs["run_dir"]) / "student").exists()
+    assert "not trained: distill.require: 'ratio.params <= 0.5' is not met" in capfd.readouterr().out
+    with open(plan.out / "trials.csv") as f:
+        [row] = list(csv.DictReader(f))
+    assert row["state"] == "pruned" and row["note"].startswith("distill.require:") and not row["error"]
+
+
 def test_a_killed_sweep_started_again_runs_only_the_unfinished_trials(tmp_path, clf_csv, tiny_model_dir):
     path = write_sweep(tmp_path, clf_csv, tiny_model_dir, grid={"distill.adaptors": [["HardCE"]]})
     sweep_file = yaml.safe_load(path.read_text())
