@@ -127,11 +127,13 @@ class SearchConfig(Section):
         "seed": SEED,
         "space": Check(bool, "a non-empty mapping of key: space"),
         "confirm": Num(0, MAX_COUNT, integer=True),
+        "startup_trials": Num(0, MAX_COUNT, integer=True),
     }
 
     space: dict[str, SpaceConfig] = field(default_factory=dict)  # section.key (or recipe): its space
     n_trials: int = 20  # trials the search runs (per grid point)
     sampler: Literal["tpe", "random"] = "tpe"  # Optuna's TPE (with the constraints) or random sampling
+    startup_trials: int = 10  # TPE: random draws before it models the results (Optuna's 10; fewer for short searches)
     pruner: Literal["median", "none"] = "median"  # stop trials whose validation curve is below the median
     seed: int = 0  # the sampler's seed
     confirm: int = 0  # afterwards, run the best this many configurations with the other `seeds` too
@@ -472,7 +474,8 @@ def study_parts(plan: Plan, number: int = 0):
         return optuna.samplers.RandomSampler(seed=0), optuna.pruners.NopPruner()
     seed = search.seed + number
     if search.sampler == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=seed)  # constraint-aware: it reads each trial's set_constraint
+        # constraint-aware: it reads each trial's set_constraint
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=search.startup_trials)
     else:
         sampler = optuna.samplers.RandomSampler(seed=seed)
     pruner = (

@@ -255,3 +255,21 @@ def test_xling_anchor_benchmark_trains_the_same_student_both_ways(tmp_path, shar
         assert row["examples_per_s"] > 0 and 0 <= row["xx_en"] <= 1 and 0 <= row["en_xx"] <= 1
     assert set(res["ratios"]) == ({"ours_x_st_raw_examples_per_s"} if "st_raw" in variants else set())
     assert (tmp_path / "runs" / "init" / "config.json").is_file()
+
+
+def test_sweep_record_holds_every_trial_and_the_summary_as_plain_json(tmp_path, clf_csv, tiny_model_dir):
+    pytest.importorskip("optuna")
+    from benchmarks import sweep_record
+    from sweep import main as sweep_main
+    from tests.test_sweep import write_sweep
+
+    path = write_sweep(tmp_path, clf_csv, tiny_model_dir, grid={"optim.lr": [1e-3]}, seeds=[0, 1])
+    sweep_main([str(path)])
+    out = tmp_path / "record.json"
+    record = sweep_record.main([str(path), "--note", "tiny", "--out", str(out)])
+    assert json.loads(out.read_text(), parse_constant=pytest.fail) == json.loads(json.dumps(record))  # no NaN
+    assert record["command"] == f"python sweep.py {path}" and record["note"] == "tiny"
+    assert [t["seed"] for t in record["trials"]] == [0, 1] and "run_dir" not in record["trials"][0]
+    assert record["summary"][0]["n"] == 2 and record["summary"][0]["trials"] == [0, 1]
+    assert record["cpu_seconds_total"] == pytest.approx(sum(t["cpu_seconds"] for t in record["trials"]), abs=1e-3)
+    assert record["date"] and record["machine"]

@@ -88,6 +88,16 @@ def test_the_search_gives_optuna_each_trials_constraints(tmp_path, clf_csv, tiny
         assert t.constraints == pytest.approx({"val/acc >= 2": 2 - acc, "val/acc <= 2": acc - 2})
 
 
+def test_tpe_models_the_results_after_search_startup_trials_random_draws(tmp_path, clf_csv, tiny_model_dir):
+    from helper.sweep import study_parts
+
+    space = {"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}}
+    for startup in (10, 3):
+        search = {"n_trials": 6, "space": space, **({"startup_trials": startup} if startup != 10 else {})}
+        sampler, _ = study_parts(load_plan(write_sweep(tmp_path, clf_csv, tiny_model_dir, search=search)))
+        assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._n_startup_trials == startup
+
+
 def test_a_student_that_misses_a_speed_or_size_constraint_untrained_is_not_trained(
     tmp_path, clf_csv, tiny_model_dir, capfd
 ):
@@ -176,6 +186,7 @@ GOOD = {"grid": {"distill.adaptors": [["HardCE"]]}}
         ({**GOOD, "objective": {"metric": "val/mcc"}}, r"objective.metric: 'val/mcc' is not logged"),
         ({"grid": {"optim.lr": [-1]}}, r"with optim.lr=-1: .*optim.lr: -1"),
         ({"grid": {"recipe": ["kd"]}}, r"picks one of `recipes`"),
+        ({"search": {"space": {"optim.lr": {"choices": [1e-4]}}, "startup_trials": -1}}, r"search.startup_trials: -1"),
     ],
 )
 def test_bad_sweep_files_are_one_line_before_any_trial(tmp_path, clf_csv, tiny_model_dir, sections, message):
