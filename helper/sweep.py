@@ -596,6 +596,11 @@ def work(plan: Plan, url: str, worker: str) -> None:
         time.sleep(min(plan.cfg.heartbeat_s, 5))
 
 
+def point_of(trial) -> dict:
+    """The point of the plan a trial runs: grid values and seed, with `slot` (a search trial) or `confirm`."""
+    return json.loads(trial.user_attrs.get("point", "{}"))
+
+
 def enqueue_confirmations(plan: Plan, study) -> int:
     """Once the search is done: its best `search.confirm` configurations (meeting the constraints, by objective) with
     every other seed, as enqueued trials (under a file lock, so that this machine's workers enqueue them once)."""
@@ -610,7 +615,7 @@ def enqueue_confirmations(plan: Plan, study) -> int:
         searched = [
             t
             for t in trials
-            if t.state == TrialState.COMPLETE and "slot" in json.loads(t.user_attrs.get("point", "{}"))
+            if t.state == TrialState.COMPLETE and "slot" in point_of(t)
             and all(v <= 0 for v in t.user_attrs.get("violations", [1.0]))
         ]  # fmt: skip
         sign = -1 if plan.cfg.objective.direction == "maximize" else 1
@@ -618,7 +623,8 @@ def enqueue_confirmations(plan: Plan, study) -> int:
         for t in sorted(searched, key=lambda t: sign * t.value):
             config = {k: v for k, v in t.params.items() if k != "seed"}
             best.setdefault(json.dumps(config, sort_keys=True), config)
-        have = {t.user_attrs.get("point") for t in trials}
+        # a confirmation pruned (as sweeps did before confirmations ran to the end) is run again
+        have = {t.user_attrs.get("point") for t in trials if t.state != TrialState.PRUNED}
         added = 0
         for key, config in list(best.items())[: search.confirm]:
             for seed in plan.cfg.seeds[1:]:
@@ -661,7 +667,9 @@ def run_trial(plan: Plan, url: str, storage, study, trial, worker: str) -> None:
         run = (plan.out / "trials" / f"t{trial.number:04d}").resolve()
         overrides = step_overrides(plan, last, values, products) + precheck(plan, values) + run_place(run)
         attrs.update(run_dir=str(run), overrides=overrides, script=plan.steps[last].script)
-        outcome, run_cpu = run_stage_forked(plan, last, overrides, run.parent / f"{run.name}.log", beat)
+        # a search's own trials may be pruned; its confirmations run to the end: a seed pruned would leave the mean
+        prune = plan.cfg.search is not None and plan.cfg.search.pruner != "none" and "slot" in point_of(trial)
+        outcome, run_cpu = run_stage_forked(plan, last, overrides, run.parent / f"{run.name}.log", beat, prune)
         cpu += run_cpu
         missed = untrained_figures(run) if outcome["status"] == "error" else None
         if missed is not None:  # stopped by distill.require: infeasible, and TPE learns it from the figures
@@ -766,11 +774,13 @@ def ensure_step(plan: Plan, i: int, values: dict, products: dict[str, Path], bea
         return product, cpu
 
 
-def run_stage_forked(plan: Plan, i: int, overrides: list[str], log: Path, beat: Heartbeat) -> tuple[dict, float]:
-    """Run step `i`'s script (`main(cfg)`) in a forked process, its output in `log`; pruning reports go to `trial`.
-    Returns its outcome ({status: ok | pruned | error, error: one line}) and its CPU seconds."""
+def run_stage_forked(
+    plan: Plan, i: int, overrides: list[str], log: Path, beat: Heartbeat, prune: bool = False
+) -> tuple[dict, float]:
+    """Run step `i`'s script (`main(cfg)`) in a forked process, its output in `log`; with `prune`, its validation
+    curve goes to the trial, which Optuna's pruner may stop. Returns its outcome ({status: ok | pruned | error, error:
+    one line}) and its CPU seconds."""
     step = plan.steps[i]
-    prune = i == len(plan.steps) - 1 and plan.cfg.search is not None and plan.cfg.search.pruner != "none"
     result = log.with_suffix(".result.json")
     result.unlink(missing_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,9 @@ from tests.conftest import ROOT, run_overrides
 
 optuna = pytest.importorskip("optuna")
 
+from optuna.distributions import CategoricalDistribution  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
 from helper.sweep import load_plan  # noqa: E402
 from sweep import main  # noqa: E402
 
@@ -86,6 +89,55 @@ def test_the_search_gives_optuna_each_trials_constraints(tmp_path, clf_csv, tiny
     for t in trials:  # what TPE steers by: > 0 unmet, <= 0 met
         acc = t.user_attrs["metrics"]["val/acc"]
         assert t.constraints == pytest.approx({"val/acc >= 2": 2 - acc, "val/acc <= 2": acc - 2})
+
+
+def test_the_best_configurations_run_again_with_the_other_seeds_never_pruned(
+    tmp_path, clf_csv, tiny_model_dir, monkeypatch
+):
+    import helper.sweep as sweep_module
+
+    class PruneFromTrial2(optuna.pruners.BasePruner):  # would stop every trial after the search's two
+        def prune(self, study, trial) -> bool:
+            return trial.number >= 2
+
+    parts = sweep_module.study_parts
+    monkeypatch.setattr(sweep_module, "study_parts", lambda plan, n=0: (parts(plan, n)[0], PruneFromTrial2()))
+    space = {"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}}
+    search = {"n_trials": 2, "space": space, "sampler": "random", "confirm": 1}
+    main([str(write_sweep(tmp_path, clf_csv, tiny_model_dir, search=search, seeds=[0, 1, 2]))])
+    out = tmp_path / "sweeps" / "sweep"
+    trials = trials_of(out / "optuna.db")
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    best = max(trials[:2], key=lambda t: t.value)
+    confirmations = trials[2:]
+    assert [json.loads(t.user_attrs["point"])["seed"] for t in confirmations] == [1, 2]
+    assert all(t.params["optim.lr"] == best.params["optim.lr"] and not t.intermediate_values for t in confirmations)
+    summary = {float(r["optim.lr"]): r for r in csv.DictReader((out / "summary.csv").open())}
+    assert summary[best.params["optim.lr"]]["n"] == "3" and summary[best.params["optim.lr"]]["seeds"] == "[0, 1, 2]"
+
+
+def test_a_pruned_confirmation_runs_again(tmp_path, clf_csv, tiny_model_dir, monkeypatch):
+    import helper.sweep as sweep_module
+
+    space = {"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}}
+    search = {"n_trials": 1, "space": space, "sampler": "random", "confirm": 1}
+    path = write_sweep(tmp_path, clf_csv, tiny_model_dir, search=search, seeds=[0, 1])
+    with monkeypatch.context() as patch:
+        patch.setattr(sweep_module, "enqueue_confirmations", lambda plan, study: 0)
+        main([str(path)])  # the search alone
+    db = tmp_path / "sweeps" / "sweep" / "optuna.db"
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{db}")
+    config = {"optim.lr": study.trials[0].params["optim.lr"]}
+    point = json.dumps({"confirm": config, "seed": 1}, sort_keys=True)
+    distributions = {"optim.lr": study.trials[0].distributions["optim.lr"], "seed": CategoricalDistribution([0, 1])}
+    pruned = optuna.trial.create_trial(
+        state=TrialState.PRUNED, params={**config, "seed": 1}, distributions=distributions, user_attrs={"point": point}
+    )  # as sweeps pruned confirmations before they ran to the end
+    study.add_trial(pruned)
+    main([str(path)])
+    trials = trials_of(db)
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "COMPLETE"]
+    assert trials[2].user_attrs["point"] == point and trials[2].params == pruned.params
 
 
 def test_tpe_models_the_results_after_search_startup_trials_random_draws(tmp_path, clf_csv, tiny_model_dir):
