@@ -587,7 +587,8 @@ def work(plan: Plan, url: str, worker: str) -> None:
             continue
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         if not running:
-            if enqueue_confirmations(plan, study):
+            waiting = (optuna.trial.TrialState.WAITING,)  # enqueued by another worker of this machine meanwhile
+            if enqueue_confirmations(plan, study) or study.get_trials(deepcopy=False, states=waiting):
                 continue
             return
         if not waited:

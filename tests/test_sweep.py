@@ -116,6 +116,28 @@ def test_the_best_configurations_run_again_with_the_other_seeds_never_pruned(
     assert summary[best.params["optim.lr"]]["n"] == "3" and summary[best.params["optim.lr"]]["seeds"] == "[0, 1, 2]"
 
 
+def test_every_worker_takes_confirmations_when_the_search_is_done(tmp_path, clf_csv, tiny_model_dir, monkeypatch):
+    import helper.sweep as sweep_module
+
+    space = {"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}}
+    search = {"n_trials": 1, "space": space, "sampler": "random", "confirm": 1}
+    path = write_sweep(tmp_path, clf_csv, tiny_model_dir, search=search, seeds=[0, 1, 2, 3, 4])
+    with monkeypatch.context() as patch:
+        patch.setattr(sweep_module, "enqueue_confirmations", lambda plan, study: 0)
+        main([str(path)])  # the search alone
+    enqueue = sweep_module.enqueue_confirmations
+
+    def late(plan, study):  # both workers have found nothing waiting before either enqueues
+        time.sleep(1)
+        return enqueue(plan, study)
+
+    monkeypatch.setattr(sweep_module, "enqueue_confirmations", late)
+    main([str(path), "--workers", "2"])  # one enqueues the confirmations, both run them
+    confirmations = trials_of(tmp_path / "sweeps" / "sweep" / "optuna.db")[1:]
+    assert [t.state.name for t in confirmations] == ["COMPLETE"] * 4
+    assert {t.user_attrs["worker"] for t in confirmations} == {"w0", "w1"}
+
+
 def test_a_pruned_confirmation_runs_again(tmp_path, clf_csv, tiny_model_dir, monkeypatch):
     import helper.sweep as sweep_module
 
