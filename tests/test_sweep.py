@@ -91,29 +91,30 @@ def test_the_search_gives_optuna_each_trials_constraints(tmp_path, clf_csv, tiny
         assert t.constraints == pytest.approx({"val/acc >= 2": 2 - acc, "val/acc <= 2": acc - 2})
 
 
-def test_the_best_configurations_run_again_with_the_other_seeds_never_pruned(
+def test_search_trials_may_be_pruned_the_best_configurations_run_again_with_the_other_seeds_never(
     tmp_path, clf_csv, tiny_model_dir, monkeypatch
 ):
     import helper.sweep as sweep_module
 
-    class PruneFromTrial2(optuna.pruners.BasePruner):  # would stop every trial after the search's two
+    class PruneFromTrial1(optuna.pruners.BasePruner):  # would stop every trial after the first at its first report
         def prune(self, study, trial) -> bool:
-            return trial.number >= 2
+            return trial.number >= 1
 
     parts = sweep_module.study_parts
-    monkeypatch.setattr(sweep_module, "study_parts", lambda plan, n=0: (parts(plan, n)[0], PruneFromTrial2()))
+    monkeypatch.setattr(sweep_module, "study_parts", lambda plan, n=0: (parts(plan, n)[0], PruneFromTrial1()))
     space = {"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True}}
     search = {"n_trials": 2, "space": space, "sampler": "random", "confirm": 1}
     main([str(write_sweep(tmp_path, clf_csv, tiny_model_dir, search=search, seeds=[0, 1, 2]))])
     out = tmp_path / "sweeps" / "sweep"
     trials = trials_of(out / "optuna.db")
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
-    best = max(trials[:2], key=lambda t: t.value)
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "COMPLETE", "COMPLETE"]
+    assert len(trials[1].intermediate_values) == 1  # stopped at its first validation
     confirmations = trials[2:]
     assert [json.loads(t.user_attrs["point"])["seed"] for t in confirmations] == [1, 2]
-    assert all(t.params["optim.lr"] == best.params["optim.lr"] and not t.intermediate_values for t in confirmations)
+    lr = trials[0].params["optim.lr"]  # the one search trial completed: the best
+    assert all(t.params["optim.lr"] == lr and not t.intermediate_values for t in confirmations)
     summary = {float(r["optim.lr"]): r for r in csv.DictReader((out / "summary.csv").open())}
-    assert summary[best.params["optim.lr"]]["n"] == "3" and summary[best.params["optim.lr"]]["seeds"] == "[0, 1, 2]"
+    assert summary[lr]["n"] == "3" and summary[lr]["seeds"] == "[0, 1, 2]"
 
 
 def test_every_worker_takes_confirmations_when_the_search_is_done(tmp_path, clf_csv, tiny_model_dir, monkeypatch):
