@@ -301,3 +301,9 @@ def test_the_transfer_sweep_builds_its_transfer_set_once_for_every_trial_that_ne
         transfer = [o for o in t.user_attrs["overrides"] if o.startswith("data.transfer=")]
         assert transfer == ([f"data.transfer={parquet}"] if t.params["recipe"] != "hard" else [])
     assert "| kd_aug4_e3 | 1 |" in (plan.out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_shipped_sweep_files_load(path, shared_data):
+    plan = load_plan(path)
+    assert plan.points and plan.steps[-1].script == "distillation_ms.py"
