@@ -25,6 +25,7 @@ from helper.metrics import clf_metrics
 
 THROUGHPUT_BATCH = 32
 WARMUP_CALLS = 2  # per model and batch size, before anything is timed
+TIMING_ROUNDS = 3  # every timed call is made this often; its fastest counts (what another process slowed is not)
 COLORS = {"teacher": "#4C72B0", "student": "#DD8452"}
 SERVED_NAMES = {"onnx": "ONNX fp32", "onnx-int8": "ONNX int8"}  # helper/serving.py's backends
 
@@ -73,8 +74,10 @@ def measure_speed(
     The models must be on CPU. A model named like a sub-dict of the batches (e.g. "student") reads its inputs from it,
     and so does one named `<that name>:<anything>` (`view_of`).
     The same real examples of `batches` (reused cyclically if too few) are re-batched to 1 and to 32, padded to the
-    batch's longest. After warm-up the models take turns call by call. Returns, per model, `latency_ms` (median ms per
-    example at batch 1) and `throughput` (examples/s at batch 32: examples over total time).
+    batch's longest. After warm-up the models take turns call by call, in `TIMING_ROUNDS` rounds over all the calls;
+    each call counts with its fastest round, so a call that another process slowed (a busy machine: other trials,
+    other workers) does not. Returns, per model, `latency_ms` (median ms per example at batch 1) and `throughput`
+    (examples/s at batch 32: examples over total time).
     """
     for name, model in models.items():
         if any(p.device.type != "cpu" for p in model.parameters()):
@@ -96,13 +99,14 @@ def measure_speed(
         for size, n in n_calls.items():
             for j in range(WARMUP_CALLS):
                 model(**calls[name][size][j % n])
-    seconds: dict[str, dict[int, list[float]]] = {name: {size: [] for size in n_calls} for name in models}
-    for size, n in n_calls.items():
-        for j in range(n):
-            for name, model in models.items():
-                start = time.perf_counter()
-                model(**calls[name][size][j])
-                seconds[name][size].append(time.perf_counter() - start)
+    seconds = {name: {size: [float("inf")] * n for size, n in n_calls.items()} for name in models}
+    for _ in range(TIMING_ROUNDS):
+        for size, n in n_calls.items():
+            for j in range(n):
+                for name, model in models.items():
+                    start = time.perf_counter()
+                    model(**calls[name][size][j])
+                    seconds[name][size][j] = min(seconds[name][size][j], time.perf_counter() - start)
     return {
         name: {
             "latency_ms": 1000 * statistics.median(s[1]),
@@ -281,6 +285,7 @@ def write_report(
             "throughput_batch": THROUGHPUT_BATCH,
             "throughput_calls": n_throughput,
             "warmup_calls": WARMUP_CALLS,
+            "timing_rounds": TIMING_ROUNDS,
         },
         "machine": machine_info(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -326,7 +331,8 @@ def _markdown(r: dict) -> str:
             *_served_table(r),
             f"- Accuracy and macro-F1: the **{r['split']}** split, {r['n_examples']} examples.",
             f"- Speed: CPU, fp32, eval mode, `torch.inference_mode()`, {m['torch_threads']} torch threads; one run "
-            f"with the two models interleaved call by call after {sp['warmup_calls']} warm-up calls each. Real "
+            f"with the two models interleaved call by call after {sp['warmup_calls']} warm-up calls each, every call "
+            f"timed in {sp['timing_rounds']} rounds and counted with its fastest. Real "
             f"{r['split']} examples re-batched and padded to each batch's longest: latency is the median of "
             f"{sp['latency_calls']} batch-1 calls, throughput is examples / total time over {sp['throughput_calls']} "
             f"batch-{sp['throughput_batch']} calls. Tokenization is not timed.",

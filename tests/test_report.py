@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from transformers import BertForSequenceClassification, DistilBertConfig, Distil
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from helper.heatmap import attention_figure
-from helper.report import evaluate, measure_speed, write_report
+from helper.report import TIMING_ROUNDS, WARMUP_CALLS, evaluate, measure_speed, write_report
 from tests.conftest import tiny_bert_config
 
 VOCAB = 100
@@ -87,7 +88,7 @@ def test_measure_speed_interleaves_and_rebatches_real_examples():
             lambda m, args, kwargs, name=name: seen.append((name, kwargs["attention_mask"])), with_kwargs=True
         )
     speed = measure_speed(models, eval_batches(student=True), n_latency=4, n_throughput=2)
-    timed = seen[-12:]  # after the warm-up: 4 batch-1 rounds, then 2 batch-32 rounds
+    timed = seen[-12:]  # the last timing round: 4 batch-1 calls, then 2 batch-32 calls
     assert [name for name, _ in timed] == ["teacher", "student"] * 6
     lengths = [7, 3, 12, 5]
     assert [mask.shape for _, mask in timed[:8:2]] == [(1, n) for n in lengths]
@@ -96,6 +97,26 @@ def test_measure_speed_interleaves_and_rebatches_real_examples():
         assert mask.shape[0] == 32 and mask.shape[1] == int(mask.sum(1).max())  # padded to the batch's longest
     for figures in speed.values():
         assert figures["latency_ms"] > 0 and figures["throughput"] > 0
+
+
+def test_measure_speed_does_not_count_a_call_another_process_slowed():
+    torch.manual_seed(0)
+    models = {
+        "teacher": BertForSequenceClassification(tiny_bert_config(vocab_size=VOCAB)),
+        "student": BertForSequenceClassification(tiny_bert_config(vocab_size=VOCAB, num_hidden_layers=1)),
+    }
+    batch_32_calls = []
+
+    def stall_first_timed_call(module, args, kwargs):
+        if kwargs["attention_mask"].shape[0] == 32:
+            batch_32_calls.append(1)
+            if len(batch_32_calls) == WARMUP_CALLS + 1:
+                time.sleep(0.5)  # as if the machine were busy with something else
+
+    models["teacher"].register_forward_pre_hook(stall_first_timed_call, with_kwargs=True)
+    speed = measure_speed(models, eval_batches(student=True), n_latency=2, n_throughput=2)
+    assert len(batch_32_calls) == WARMUP_CALLS + 2 * TIMING_ROUNDS
+    assert speed["teacher"]["throughput"] > 64 / 0.25  # 64 examples: counted with the stall, it would be < 128/s
 
 
 def save_models(tmp_path, teacher, student):
