@@ -76,12 +76,16 @@ def test_evaluate_matches_hand_computed_scores_and_uses_student_inputs():
     assert student["acc"] == pytest.approx(1.0) and student["f1"] == pytest.approx(1.0)
 
 
-def test_measure_speed_interleaves_and_rebatches_real_examples():
+def tiny_teacher_and_student() -> dict[str, nn.Module]:
     torch.manual_seed(0)
-    models = {
+    return {
         "teacher": BertForSequenceClassification(tiny_bert_config(vocab_size=VOCAB)),
         "student": BertForSequenceClassification(tiny_bert_config(vocab_size=VOCAB, num_hidden_layers=1)),
     }
+
+
+def test_measure_speed_interleaves_and_rebatches_real_examples():
+    models = tiny_teacher_and_student()
     seen = []
     for name, model in models.items():
         model.register_forward_pre_hook(
@@ -100,11 +104,7 @@ def test_measure_speed_interleaves_and_rebatches_real_examples():
 
 
 def test_measure_speed_does_not_count_a_call_another_process_slowed():
-    torch.manual_seed(0)
-    models = {
-        "teacher": BertForSequenceClassification(tiny_bert_config(vocab_size=VOCAB)),
-        "student": BertForSequenceClassification(tiny_bert_config(vocab_size=VOCAB, num_hidden_layers=1)),
-    }
+    models = tiny_teacher_and_student()
     batch_32_calls = []
 
     def stall_first_timed_call(module, args, kwargs):
