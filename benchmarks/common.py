@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import math
 import os
 import platform
 import runpy
@@ -18,6 +19,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import transformers
@@ -196,13 +198,16 @@ def command(script: str, argv: list[str] | None) -> str:
 
 
 def rounded(value):
-    """`value` with every float in it rounded to 4 decimals."""
-    if isinstance(value, float):
-        return round(value, 4)
-    if isinstance(value, list):
-        return [rounded(v) for v in value]
+    """`value` as plain JSON: every float in it rounded to 4 decimals, numpy scalars as Python numbers, NaN as None (a
+    figure a run does not have)."""
     if isinstance(value, dict):
         return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 4)
     return value
 
 

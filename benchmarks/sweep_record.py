@@ -8,7 +8,6 @@ the storage), with the trials' CPU time, the sweep's command, a note, the machin
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -16,16 +15,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, loadavg, rounded, save_result  # noqa: E402
 from helper.sweep import load_plan, run_sweep  # noqa: E402
 from helper.sweep_results import write_results  # noqa: E402
-
-
-def plain(value):
-    """`value` as JSON holds it: numpy scalars as Python numbers, NaN as None (a trial without that figure)."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    value = value.item() if hasattr(value, "item") else value
-    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
         "summary": results["summary"],
         "trials": trials.to_dict(orient="records"),
     }
-    record = rounded(plain(record))
+    record = rounded(record)
     save_result(args.out or ROOT / "benchmarks" / "results" / f"sweep_{plan.name}.json", record, load_before)
     return record
 
