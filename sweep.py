@@ -10,7 +10,7 @@ from bert.errors import UserError
 
 
 def main(argv: list[str] | None = None):
-    """`sweep.py FILE [key=value ...] [--workers N] [--storage URL] [--results]`; returns the plan."""
+    """`sweep.py FILE [key=value ...] [--workers N] [--storage URL] [--results] [--retry-failed]`; returns the plan."""
     from helper.sweep import load_plan, run_sweep  # optuna and the stages load only once the file is checked
     from helper.sweep_results import write_results
 
@@ -20,9 +20,12 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///<output_dir>/<name>/optuna.db)")
     parser.add_argument("--results", action="store_true", help="only write the results of what has run")
+    parser.add_argument(
+        "--retry-failed", action="store_true", help="run the failed trials' points again (once what failed is fixed)"
+    )
     args = parser.parse_args(argv)
     plan = load_plan(args.file, args.overrides)
-    write_results(plan, run_sweep(plan, args.storage, args.workers, run=not args.results))
+    write_results(plan, run_sweep(plan, args.storage, args.workers, not args.results, args.retry_failed))
     return plan
 
 

@@ -54,8 +54,25 @@ def random_student(teacher: nn.Module, cfg: StudentConfig) -> nn.Module:
 
 
 def cut_student(source: nn.Module, layers: list[int], embeddings: bool, cfg: StudentConfig, source_name: str):
-    """Copy of `source` keeping only encoder `layers` (in that order); everything else (embeddings, pooler, head) is
+    """Copy of `source` keeping only encoder `layers` (in that order), narrowed to
+    `cfg.init_from_teacher.intermediate_size` FFN neurons when set; everything else (embeddings, pooler, head) is
     copied too: the teacher's head fits the same labels, and a pretrained source's head is freshly initialised."""
+    src = cfg.init_from_teacher
+    cut = _cut_copy(source, layers, src.intermediate_size if src is not None else None, source_name)
+    # Rebuilt from its config, so that every module follows it (dropout rates), then given the cut weights.
+    config = _student_config(cut.config, cfg)
+    student = AutoModelForSequenceClassification.from_config(config, attn_implementation=config._attn_implementation)
+    student.load_state_dict(cut.state_dict())
+    family = get_family(student)
+    if not embeddings:
+        family.embeddings(student).apply(student._init_weights)
+    if src is not None and not src.transformer_blocks:
+        family.layers(student).apply(student._init_weights)
+    return student
+
+
+def _cut_copy(source: nn.Module, layers: list[int], intermediate_size: int | None, source_name: str) -> nn.Module:
+    """A copy of `source` with only encoder `layers`, its FFNs narrowed to `intermediate_size` neurons when set."""
     family = get_family(source)
     n = len(family.layers(source))
     bad = [i for i in layers if not 0 <= i < n]
@@ -64,17 +81,17 @@ def cut_student(source: nn.Module, layers: list[int], embeddings: bool, cfg: Stu
             f"student.init_from_teacher.layers: {bad or layers} out of range for {source_name} with {n} layers "
             f"(0..{n - 1})"
         )
+    key = "student.init_from_teacher.intermediate_size"
+    if intermediate_size is not None and not family.ffn:
+        raise UserError(f"{key}: bert/families.py knows no feed-forward blocks of {family.name} ({source_name})")
+    if intermediate_size is not None and intermediate_size > family.ffn_size(source):
+        width = family.ffn_size(source)
+        raise UserError(f"{key}: {intermediate_size} is more than the {width} neurons per layer of {source_name}")
     cut = copy.deepcopy(source)
     family.cut(cut, layers)
-    # Rebuilt from its config, so that every module follows it (dropout rates), then given the cut weights.
-    config = _student_config(cut.config, cfg)
-    student = AutoModelForSequenceClassification.from_config(config, attn_implementation=config._attn_implementation)
-    student.load_state_dict(cut.state_dict())
-    if not embeddings:
-        family.embeddings(student).apply(student._init_weights)
-    if cfg.init_from_teacher is not None and not cfg.init_from_teacher.transformer_blocks:
-        family.layers(student).apply(student._init_weights)
-    return student
+    if intermediate_size is not None:
+        family.narrow_ffn(cut, intermediate_size)
+    return cut
 
 
 def lstm_student(teacher: nn.Module, cfg: StudentConfig, label_names: list[str], tokenizer) -> nn.Module:
@@ -136,21 +153,13 @@ def build_encoder_student(cfg: StudentConfig, teacher: nn.Module, teacher_name: 
         return cls.from_config(config, attn_implementation=config._attn_implementation)
     src = cfg.init_from_teacher
     source = teacher if src.model is None else load_encoder(src.model, cfg.attn_implementation, "model")
-    family = get_family(source)
-    n = len(family.layers(source))
-    bad = [i for i in src.layers if not 0 <= i < n]
-    if bad:
-        raise UserError(
-            f"student.init_from_teacher.layers: {bad} out of range for {src.model or teacher_name} with {n} layers "
-            f"(0..{n - 1})"
-        )
-    cut = copy.deepcopy(source)
-    family.cut(cut, src.layers)
+    cut = _cut_copy(source, src.layers, src.intermediate_size, src.model or teacher_name)
     config = _student_config(cut.config, cfg)
     student = cls.from_config(config, attn_implementation=config._attn_implementation)
     missing, _ = student.base_model.load_state_dict(cut.state_dict(), strict=False)  # a masked LM has no pooler
     if missing:
         raise UserError(f"student.init_from_teacher: the cut encoder lacks {', '.join(missing[:3])}")
+    family = get_family(student)
     if not src.embeddings:
         family.embeddings(student).apply(student._init_weights)
     if not src.transformer_blocks:

@@ -484,9 +484,10 @@ def study_parts(plan: Plan, number: int = 0):
     return sampler, pruner
 
 
-def open_study(plan: Plan, storage):
+def open_study(plan: Plan, storage, retry_failed: bool = False):
     """Create the study and enqueue the plan, or load it (another process created it) and enqueue what the plan has
-    that the study does not (a sweep file with more seeds); the creator's plan is complete before anyone claims."""
+    that the study does not (a sweep file with more seeds; with `retry_failed`, also the points whose every trial
+    failed); the creator's plan is complete before anyone claims."""
     import optuna
 
     sampler, pruner = study_parts(plan)
@@ -507,10 +508,11 @@ def open_study(plan: Plan, storage):
         stored = study.direction.name.lower()
         if stored != direction:
             raise UserError(f"{plan.source}: study {plan.name!r} in the storage is to {stored}, not {direction}")
-    have = {t.user_attrs.get("point") for t in study.get_trials(deepcopy=False)}
+    skip = (optuna.trial.TrialState.FAIL,) if retry_failed else ()
+    have = {t.user_attrs.get("point") for t in study.get_trials(deepcopy=False) if t.state not in skip}
     missing = [p for p in plan.points if point_key(p) not in have]
     for p in missing:
-        study.enqueue_trial(fixed_params(plan, p), user_attrs={"point": point_key(p)})
+        study.enqueue_trial({}, user_attrs={"point": point_key(p)})
     if created:
         study.set_user_attr("planned", len(plan.points))
     if missing and not created:
@@ -522,18 +524,21 @@ def point_key(point: dict) -> str:
     return json.dumps(point, sort_keys=True)
 
 
-def fixed_params(plan: Plan, point: dict) -> dict:
-    """The Optuna params a point fixes: its grid values (encoded) and seed; a search's space is sampled."""
-    return {k: encode(v) for k, v in point.items() if k != "slot"}
-
-
 def suggest(plan: Plan, trial) -> dict:
-    """The trial's values: fixed ones as enqueued, the space sampled (or as before, for a trial run again)."""
+    """The trial's values: its point's grid values and seed (not Optuna params, so that a sweep file may gain grid
+    values and seeds between runs), the space sampled (as enqueued for a confirmation or a trial run again)."""
     cfg = plan.cfg
+    point = point_of(trial)
+    fixed = point.get("confirm", point)  # a confirmation: the configuration it confirms
     values = {}
     for key, choices in cfg.grid.items():
         encoded = [encode(v) for v in choices]
-        values[key] = choices[encoded.index(trial.suggest_categorical(key, encoded))]
+        if encode(fixed.get(key)) not in encoded:
+            raise UserError(
+                f"{plan.source}: trial {trial.number} runs {key}={encode(fixed.get(key))}, which the file's grid no "
+                f"longer has ({', '.join(map(str, encoded))})"
+            )
+        values[key] = choices[encoded.index(encode(fixed[key]))]
     for key, sp in (cfg.search.space if cfg.search else {}).items():
         if sp.choices is not None:
             encoded = [encode(v) for v in sp.choices]
@@ -542,7 +547,7 @@ def suggest(plan: Plan, trial) -> dict:
             values[key] = trial.suggest_int(key, sp.low, sp.high, step=sp.step or 1, log=sp.log)
         else:
             values[key] = trial.suggest_float(key, sp.low, sp.high, step=sp.step, log=sp.log)
-    values["seed"] = trial.suggest_categorical("seed", list(cfg.seeds))
+    values["seed"] = point["seed"]
     return values
 
 
@@ -602,6 +607,13 @@ def point_of(trial) -> dict:
     return json.loads(trial.user_attrs.get("point", "{}"))
 
 
+def params_of(trial) -> dict:
+    """A trial's values as Optuna choices (`encode`): its point's grid values and seed, then its sampled space."""
+    point = point_of(trial)
+    fixed = {**point.get("confirm", {}), **{k: v for k, v in point.items() if k not in ("confirm", "slot")}}
+    return {**{k: encode(v) for k, v in fixed.items()}, **trial.params}
+
+
 def enqueue_confirmations(plan: Plan, study) -> int:
     """Once the search is done: its best `search.confirm` configurations (meeting the constraints, by objective) with
     every other seed, as enqueued trials (under a file lock, so that this machine's workers enqueue them once)."""
@@ -622,7 +634,7 @@ def enqueue_confirmations(plan: Plan, study) -> int:
         sign = -1 if plan.cfg.objective.direction == "maximize" else 1
         best: dict[str, dict] = {}
         for t in sorted(searched, key=lambda t: sign * t.value):
-            config = {k: v for k, v in t.params.items() if k != "seed"}
+            config = {k: v for k, v in params_of(t).items() if k != "seed"}
             best.setdefault(json.dumps(config, sort_keys=True), config)
         # a confirmation pruned (as sweeps did before confirmations ran to the end) is run again
         have = {t.user_attrs.get("point") for t in trials if t.state != TrialState.PRUNED}
@@ -631,7 +643,8 @@ def enqueue_confirmations(plan: Plan, study) -> int:
             for seed in plan.cfg.seeds[1:]:
                 point = json.dumps({"confirm": json.loads(key), "seed": seed}, sort_keys=True)
                 if point not in have:
-                    study.enqueue_trial({**config, "seed": seed}, user_attrs={"point": point})
+                    space = {k: v for k, v in config.items() if k in search.space}  # sampled again as they were
+                    study.enqueue_trial(space, user_attrs={"point": point})
                     added += 1
     if added:
         print(
@@ -841,7 +854,7 @@ def _stage_child(step: Step, overrides: list[str], log: Path, result: Path, thre
 
 def read_run(run: Path, script: str) -> dict:
     """What a finished run left: metrics.json, the report's figures (flattened: ratio.throughput, ...), the student's
-    shape (its config.json: layers x hidden)."""
+    shape (its config.json: layers, hidden and feed-forward width)."""
     out: dict[str, Any] = {"metrics": json.loads((run / "metrics.json").read_text())}
     report = run / "report.json"
     if report.is_file():
@@ -850,7 +863,8 @@ def read_run(run: Path, script: str) -> dict:
     config = run / PRODUCTS[script] / "config.json"
     if config.is_file():
         c = json.loads(config.read_text())
-        out["shape"] = f"{c.get('num_hidden_layers', '?')}-layer, hidden {c.get('hidden_size', '?')}"
+        layers, hidden, ffn = (c.get(k, "?") for k in ("num_hidden_layers", "hidden_size", "intermediate_size"))
+        out["shape"] = f"{layers}-layer, hidden {hidden}, FFN {ffn}"
         if c.get("model_type") == "bilstm" or "num_hidden_layers" not in c:
             out["shape"] = c.get("model_type", "student")
     return out
@@ -894,7 +908,8 @@ def feasible(t) -> bool:
 
 
 def values_text(plan: Plan, t) -> str:
-    return " ".join(f"{k}={t.params[k]}" for k in plan.keys() if k in t.params)
+    params = params_of(t)
+    return " ".join(f"{k}={params[k]}" for k in plan.keys() if k in params)
 
 
 def best_trial(plan: Plan, study):
@@ -944,15 +959,16 @@ def progress_line(plan: Plan, study, number: int) -> str:
 # Running a sweep
 
 
-def run_sweep(plan: Plan, url: str | None = None, workers: int = 1, run: bool = True):
-    """Open the storage (default: `<output_dir>/<name>/optuna.db`) and the study (enqueueing the plan), then run
-    `workers` worker processes until the sweep is done (`run`: False only opens). Returns the study, reloaded."""
+def run_sweep(plan: Plan, url: str | None = None, workers: int = 1, run: bool = True, retry_failed: bool = False):
+    """Open the storage (default: `<output_dir>/<name>/optuna.db`) and the study (enqueueing the plan; `retry_failed`:
+    with the points whose trials failed), then run `workers` worker processes until the sweep is done (`run`: False
+    only opens). Returns the study, reloaded."""
     if workers < 1:
         raise UserError(f"--workers: {workers} must be >= 1")
     plan.out.mkdir(parents=True, exist_ok=True)
     url = url or f"sqlite:///{(plan.out / 'optuna.db').resolve()}"
     storage = open_storage(url, plan.cfg.heartbeat_s)
-    study = open_study(plan, storage)
+    study = open_study(plan, storage, retry_failed)
     n = len(study.get_trials(deepcopy=False))
     running = f"{workers} worker(s)" if run else "results only"
     print(f"sweep {plan.name}: {len(plan.points)} planned trials, {n} in the storage ({url}); {running}")

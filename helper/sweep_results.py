@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from helper.config import load_config, save_config
-from helper.sweep import Plan, feasible, finished, override
+from helper.sweep import Plan, feasible, finished, override, params_of
 
 RATIOS = ("ratio.acc", "ratio.throughput", "ratio.model_bytes")  # the summary's student / teacher columns
 
@@ -22,7 +22,7 @@ def table(plan: Plan, study):
     retried_as = {t.system_attrs["failed_trial"]: t.number for t in study.get_trials(deepcopy=False)
                   if "failed_trial" in t.system_attrs}  # fmt: skip
     for t in finished(study):
-        a = t.user_attrs
+        a, params = t.user_attrs, params_of(t)
         error = a.get("error")
         if error is None and t.state.name == "FAIL":  # failed by the heartbeat check: its worker stopped mid-trial
             again = f"; run again as trial {retried_as[t.number]}" if t.number in retried_as else ""
@@ -31,7 +31,7 @@ def table(plan: Plan, study):
             {
                 "trial": t.number,
                 "state": t.state.name.lower(),
-                **{k: t.params.get(k) for k in plan.keys()},
+                **{k: params.get(k) for k in plan.keys()},
                 "objective": t.value,
                 "feasible": feasible(t) if t.state.name == "COMPLETE" else None,
                 **a.get("metrics", {}),

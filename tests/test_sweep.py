@@ -24,7 +24,7 @@ optuna = pytest.importorskip("optuna")
 from optuna.distributions import CategoricalDistribution  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from helper.sweep import load_plan  # noqa: E402
+from helper.sweep import load_plan, params_of  # noqa: E402
 from sweep import main  # noqa: E402
 
 
@@ -160,7 +160,36 @@ def test_a_pruned_confirmation_runs_again(tmp_path, clf_csv, tiny_model_dir, mon
     main([str(path)])
     trials = trials_of(db)
     assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "COMPLETE"]
-    assert trials[2].user_attrs["point"] == point and trials[2].params == pruned.params
+    assert trials[2].user_attrs["point"] == point and params_of(trials[2]) == params_of(pruned)
+
+
+def test_a_sweep_file_given_more_grid_values_and_seeds_runs_only_the_new_points(tmp_path, clf_csv, tiny_model_dir):
+    db = tmp_path / "sweeps" / "sweep" / "optuna.db"
+    main([str(write_sweep(tmp_path, clf_csv, tiny_model_dir, grid={"optim.lr": [1e-3]}, seeds=[0]))])
+    first = trials_of(db)[0]
+    main([str(write_sweep(tmp_path, clf_csv, tiny_model_dir, grid={"optim.lr": [1e-3, 1e-4]}, seeds=[0, 1]))])
+    trials = trials_of(db)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4 and trials[0].datetime_complete == first.datetime_complete
+    points = [(params_of(t)["optim.lr"], params_of(t)["seed"]) for t in trials]
+    assert sorted(points) == [(1e-4, 0), (1e-4, 1), (1e-3, 0), (1e-3, 1)] and points[0] == (1e-3, 0)
+
+
+def test_retry_failed_runs_the_failed_trials_points_again(tmp_path, clf_csv, tiny_model_dir):
+    # 99 neurons: more than the tiny teacher's 37 per layer, which only a run finds (the sweep loads no model)
+    grid = {"student.init_from_teacher.intermediate_size": [16, 99]}
+    path = str(write_sweep(tmp_path, clf_csv, tiny_model_dir, grid=grid, seeds=[0]))
+    db = tmp_path / "sweeps" / "sweep" / "optuna.db"
+    main([path])
+    trials = trials_of(db)
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"]
+    assert trials[0].user_attrs["shape"] == "1-layer, hidden 32, FFN 16"  # one Pareto colour per shape
+    assert "intermediate_size: 99 is more than the 37 neurons per layer" in trials[1].user_attrs["error"]
+    main([path])  # a failed trial is finished: not run again
+    assert len(trials_of(db)) == 2
+    main([path, "--retry-failed"])
+    trials = trials_of(db)
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL"]
+    assert trials[2].user_attrs["point"] == trials[1].user_attrs["point"]
 
 
 def test_tpe_models_the_results_after_search_startup_trials_random_draws(tmp_path, clf_csv, tiny_model_dir):
@@ -299,7 +328,7 @@ def test_the_transfer_sweep_builds_its_transfer_set_once_for_every_trial_that_ne
     parquet = str(built[0].with_name(built[0].name.removesuffix(".done.json")) / "transfer.parquet")
     for t in trials:
         transfer = [o for o in t.user_attrs["overrides"] if o.startswith("data.transfer=")]
-        assert transfer == ([f"data.transfer={parquet}"] if t.params["recipe"] != "hard" else [])
+        assert transfer == ([f"data.transfer={parquet}"] if params_of(t)["recipe"] != "hard" else [])
     assert "| kd_aug4_e3 | 1 |" in (plan.out / "summary.md").read_text()
 
 
