@@ -533,12 +533,7 @@ def suggest(plan: Plan, trial) -> dict:
     values = {}
     for key, choices in cfg.grid.items():
         encoded = [encode(v) for v in choices]
-        if encode(fixed.get(key)) not in encoded:
-            raise UserError(
-                f"{plan.source}: trial {trial.number} runs {key}={encode(fixed.get(key))}, which the file's grid no "
-                f"longer has ({', '.join(map(str, encoded))})"
-            )
-        values[key] = choices[encoded.index(encode(fixed[key]))]
+        values[key] = choices[encoded.index(encode(fixed[key]))]  # claimed: `runnable`
     for key, sp in (cfg.search.space if cfg.search else {}).items():
         if sp.choices is not None:
             encoded = [encode(v) for v in sp.choices]
@@ -551,7 +546,15 @@ def suggest(plan: Plan, trial) -> dict:
     return values
 
 
-def claim(study, storage, lock: Path | None):
+def runnable(plan: Plan, trial) -> bool:
+    """Whether the sweep file, as this command reads it, has the trial's grid values: a grid narrowed by an override
+    (`'grid.recipe=[kd]'`) leaves the other values' trials waiting for a command that has them."""
+    point = point_of(trial)
+    fixed = point.get("confirm", point)
+    return all(encode(fixed.get(key)) in [encode(v) for v in values] for key, values in plan.cfg.grid.items())
+
+
+def claim(plan: Plan, study, storage, lock: Path | None):
     """A waiting trial of the study, moved to running by this process, or None. As `Study.ask` takes an enqueued
     trial, without making a new one when none waits. A database server has one winner (the row is read FOR UPDATE);
     SQLite ignores FOR UPDATE, so two processes can both read a trial as waiting and both move it to running: on a
@@ -563,6 +566,8 @@ def claim(study, storage, lock: Path | None):
         if held:
             fcntl.flock(held, fcntl.LOCK_EX)
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if not runnable(plan, frozen):
+                continue
             try:
                 if study._storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
                     storage.record_heartbeat(frozen._trial_id)
@@ -585,7 +590,7 @@ def work(plan: Plan, url: str, worker: str) -> None:
     waited = False
     while True:
         optuna.storages.fail_stale_trials(study)
-        trial = claim(study, storage, plan.out / "claim.lock" if url.startswith("sqlite") else None)
+        trial = claim(plan, study, storage, plan.out / "claim.lock" if url.startswith("sqlite") else None)
         if trial is not None:
             run_trial(plan, url, storage, study, trial, worker)
             waited = False
@@ -593,7 +598,9 @@ def work(plan: Plan, url: str, worker: str) -> None:
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         if not running:
             waiting = (optuna.trial.TrialState.WAITING,)  # enqueued by another worker of this machine meanwhile
-            if enqueue_confirmations(plan, study) or study.get_trials(deepcopy=False, states=waiting):
+            if enqueue_confirmations(plan, study) or any(
+                runnable(plan, t) for t in study.get_trials(deepcopy=False, states=waiting)
+            ):
                 continue
             return
         if not waited:

@@ -24,7 +24,7 @@ optuna = pytest.importorskip("optuna")
 from optuna.distributions import CategoricalDistribution  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from helper.sweep import load_plan, params_of  # noqa: E402
+from helper.sweep import load_plan, params_of, run_sweep  # noqa: E402
 from sweep import main  # noqa: E402
 
 
@@ -172,6 +172,18 @@ def test_a_sweep_file_given_more_grid_values_and_seeds_runs_only_the_new_points(
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4 and trials[0].datetime_complete == first.datetime_complete
     points = [(params_of(t)["optim.lr"], params_of(t)["seed"]) for t in trials]
     assert sorted(points) == [(1e-4, 0), (1e-4, 1), (1e-3, 0), (1e-3, 1)] and points[0] == (1e-3, 0)
+
+
+def test_a_grid_narrowed_by_an_override_leaves_the_other_values_trials_waiting(tmp_path, clf_csv, tiny_model_dir):
+    recipes = {"fast": {"optim.lr": 1e-3}, "slow": {"optim.lr": 1e-4}}
+    path = str(write_sweep(tmp_path, clf_csv, tiny_model_dir, recipes=recipes, grid={"recipe": ["fast", "slow"]}))
+    db = tmp_path / "sweeps" / "sweep" / "optuna.db"
+    run_sweep(load_plan(path), run=False)  # both points enqueued, none run (as a sweep stopped early leaves them)
+    main([path, "grid.recipe=[slow]"])
+    trials = trials_of(db)
+    assert [(params_of(t)["recipe"], t.state.name) for t in trials] == [("fast", "WAITING"), ("slow", "COMPLETE")]
+    main([path])
+    assert [t.state.name for t in trials_of(db)] == ["COMPLETE", "COMPLETE"]
 
 
 def test_retry_failed_runs_the_failed_trials_points_again(tmp_path, clf_csv, tiny_model_dir):
