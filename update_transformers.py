@@ -2,14 +2,16 @@
 
 For every supported family this builds a tiny random classifier (eval mode, the default attention kernel: sdpa where
 the family supports it), records every feature on every layer with `FeatureRecorder`, and compares with an eager
-reference of the same weights (`output_attentions`, `output_hidden_states`, the q/k/v projections split into heads).
-Nothing is written anywhere: the recorder only adds forward hooks at run time.
+reference of the same weights (`output_attentions`, `output_hidden_states`, the q/k/v projections split into heads),
+and checks the feed-forward paths and width key that a narrow student cut uses (`ffn`). Nothing is written anywhere:
+the recorder only adds forward hooks at run time.
 
 Run: .venv/bin/python update_transformers.py   (exit status 0 when every family passes)
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import torch
@@ -22,7 +24,11 @@ from bert.features import FEATURES, LAYER_FEATURES
 from bert.recorder import FeatureRecorder
 
 TOLERANCE = 1e-5
-CHECKS = (*FEATURES, "outputs")  # "outputs": the model's own logits with and without the recorder (must be equal)
+CHECKS = (
+    *FEATURES,
+    "outputs",
+    "ffn",
+)  # "outputs": the model's own logits with and without the recorder (must be equal)
 
 
 def tiny_model(family: families.Family, attn_implementation: str | None = None, **config) -> nn.Module:
@@ -83,7 +89,26 @@ def check_family(family: families.Family) -> tuple[str, str, dict[str, float]]:
     diffs["pooled"] = _diff(feats.pooled, hidden[n][:, 0])  # the last layer's [CLS] vector
     diffs["logits"] = _diff(feats.logits, plain.logits)
     diffs["outputs"] = 0.0 if torch.equal(out.logits, plain.logits) else float("inf")
+    diffs["ffn"] = ffn_diff(family, model, inputs)
     return type(model).__name__, impl, diffs
+
+
+@torch.no_grad()
+def ffn_diff(family: families.Family, model: nn.Module, inputs: dict) -> float:
+    """`narrow_ffn` to half the neurons, the model rebuilt from its config (as a student is), against the same model
+    with the other neurons' input weights zeroed (GELU(0) = 0): the same function when the paths and key are right."""
+    size = family.ffn_size(model) // 2
+    narrow = copy.deepcopy(model)
+    family.narrow_ffn(narrow, size)
+    rebuilt = type(model)(narrow.config).eval()
+    rebuilt.load_state_dict(narrow.state_dict())
+    masked = copy.deepcopy(model)
+    for layer in family.layers(masked):
+        first, second = (layer.get_submodule(path) for path in family.ffn)
+        dropped = (first.weight.norm(dim=1) * second.weight.norm(dim=0)).argsort(descending=True)[size:]  # (I - size,)
+        first.weight[dropped] = 0.0
+        first.bias[dropped] = 0.0
+    return _diff(rebuilt(**inputs).logits, masked(**inputs).logits)
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import bench_demo, bench_inference, bench_overhead, common
+from benchmarks import bench_demo, bench_inference, bench_overhead, bench_shapes, common
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +30,16 @@ def test_overhead_times_all_variants(tmp_path):
     assert all(t > 0 for t in student["median_s"].values())
     assert {"lightning/hand", "module/hand", "lightning/hand-sdpa"} <= set(student["time_ratio"])
     assert "memory_met" not in res["targets"]
+
+
+def test_shapes_times_every_depth_and_width_against_the_teacher(tmp_path):
+    out = tmp_path / "shapes.json"
+    argv = ["--tiny", "--layers", "1", "2", "--widths", "37", "16", "--latency-calls", "2", "--throughput-batches", "1"]
+    bench_shapes.main([*argv, "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert set(res["students"]) == {"1x37", "1x16", "2x37", "2x16"}
+    assert res["students"]["2x16"]["layers"] == [0, 1] and res["students"]["1x16"]["params_ratio"] < 1
+    assert all(r["throughput_ratio"] > 0 and r["latency_ratio"] > 0 for r in res["students"].values())
 
 
 def test_hand_loop_computes_the_distiller_loss(tmp_path):

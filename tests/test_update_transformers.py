@@ -48,6 +48,18 @@ def test_layout_mismatch_exits_non_zero_with_a_clear_message(monkeypatch, capsys
     assert "BERT" in captured.err and "'encoder.layers'" in captured.err
 
 
+@pytest.mark.parametrize(
+    "change",
+    [{"ffn": ("output.dense", "intermediate.dense")}, {"ffn_size_key": "hidden_dim"}],
+    ids=["swapped-ffn-paths", "wrong-width-key"],
+)
+def test_a_wrong_feed_forward_entry_fails_its_family(monkeypatch, capsys, change):
+    broken = dataclasses.replace(families.FAMILIES[0], **change)
+    monkeypatch.setattr(families, "FAMILIES", (broken,))
+    assert update_transformers.main() == 1
+    assert "BERT" in capsys.readouterr().err
+
+
 def test_script_exit_status(monkeypatch):
     monkeypatch.setattr(families, "FAMILIES", families.FAMILIES[:1])
     with pytest.raises(SystemExit) as exit_:
