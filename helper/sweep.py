@@ -975,7 +975,13 @@ def run_sweep(plan: Plan, url: str | None = None, workers: int = 1, run: bool = 
     plan.out.mkdir(parents=True, exist_ok=True)
     url = url or f"sqlite:///{(plan.out / 'optuna.db').resolve()}"
     storage = open_storage(url, plan.cfg.heartbeat_s)
-    study = open_study(plan, storage, retry_failed)
+    if run:
+        study = open_study(plan, storage, retry_failed)
+    else:  # what has run, the storage as it is
+        try:
+            study = open_study_quietly(plan, storage)
+        except KeyError:
+            raise UserError(f"{plan.source}: --results: sweep {plan.name!r} has not run ({url})") from None
     n = len(study.get_trials(deepcopy=False))
     running = f"{workers} worker(s)" if run else "results only"
     print(f"sweep {plan.name}: {len(plan.points)} planned trials, {n} in the storage ({url}); {running}")

@@ -24,7 +24,7 @@ optuna = pytest.importorskip("optuna")
 from optuna.distributions import CategoricalDistribution  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from helper.sweep import load_plan, params_of, run_sweep  # noqa: E402
+from helper.sweep import load_plan, open_storage, open_study, params_of  # noqa: E402
 from sweep import main  # noqa: E402
 
 
@@ -178,12 +178,23 @@ def test_a_grid_narrowed_by_an_override_leaves_the_other_values_trials_waiting(t
     recipes = {"fast": {"optim.lr": 1e-3}, "slow": {"optim.lr": 1e-4}}
     path = str(write_sweep(tmp_path, clf_csv, tiny_model_dir, recipes=recipes, grid={"recipe": ["fast", "slow"]}))
     db = tmp_path / "sweeps" / "sweep" / "optuna.db"
-    run_sweep(load_plan(path), run=False)  # both points enqueued, none run (as a sweep stopped early leaves them)
+    plan = load_plan(path)
+    plan.out.mkdir(parents=True)
+    open_study(plan, open_storage(f"sqlite:///{db}", 30))  # both points enqueued, none run (a sweep stopped early)
     main([path, "grid.recipe=[slow]"])
     trials = trials_of(db)
     assert [(params_of(t)["recipe"], t.state.name) for t in trials] == [("fast", "WAITING"), ("slow", "COMPLETE")]
     main([path])
     assert [t.state.name for t in trials_of(db)] == ["COMPLETE", "COMPLETE"]
+
+
+def test_results_only_reads_the_storage_as_it_is(tmp_path, clf_csv, tiny_model_dir):
+    path = str(write_sweep(tmp_path, clf_csv, tiny_model_dir, grid={"optim.lr": [1e-3]}, seeds=[0]))
+    with pytest.raises(UserError, match=r"--results: sweep 'sweep' has not run"):
+        main([path, "--results"])
+    main([path])
+    main([path, "seeds=[0, 1]", "--results"])  # a new seed is not enqueued by reading the results
+    assert len(trials_of(tmp_path / "sweeps" / "sweep" / "optuna.db")) == 1
 
 
 def test_retry_failed_runs_the_failed_trials_points_again(tmp_path, clf_csv, tiny_model_dir):
