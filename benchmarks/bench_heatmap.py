@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()
         layers = [0, 1] if args.tiny else [1, 5]
         cfg = StudentConfig(init_from_teacher=InitFromConfig(layers=layers))
-        student = cut_student(teacher, layers, True, cfg, path).eval()
+        student = cut_student(teacher, cfg, path).eval()
         enc = tokenizer([SENTENCE], truncation=True, max_length=TOKENS, padding="max_length", return_tensors="pt")
         assert int(enc["attention_mask"].sum()) == TOKENS
         callback = AttentionHeatmap(Path(tmp) / "attention")

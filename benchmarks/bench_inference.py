@@ -64,8 +64,8 @@ def load_models(teacher_path: str, student_path: str | None) -> dict[str, torch.
         student = AutoModelForSequenceClassification.from_pretrained(student_path)
     else:
         n = teacher.config.num_hidden_layers
-        cfg = StudentConfig(init_from_teacher=InitFromConfig())  # cut_student reads its dropout and attention only
-        student = cut_student(teacher, [1, n - 1], True, cfg, teacher_path)
+        cfg = StudentConfig(init_from_teacher=InitFromConfig(layers=sorted({1, n - 1})))  # tiny: one layer
+        student = cut_student(teacher, cfg, teacher_path)
     return {"teacher": teacher.eval(), "student": student.eval()}
 
 

@@ -98,7 +98,7 @@ def data(paths: dict[str, str], tokenizer, views: dict[str, str | None], seed: i
 
 
 def student(teacher, path: str, layers: list[int]):
-    return cut_student(teacher, layers, True, StudentConfig(init_from_teacher=InitFromConfig(layers=layers)), path)
+    return cut_student(teacher, StudentConfig(init_from_teacher=InitFromConfig(layers=layers)), path)
 
 
 def time_pair(path: str, dm, epochs: int, cache: bool) -> dict:

@@ -108,7 +108,7 @@ def models(path: str, layers: list[int], attn: str):
     teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, attn_implementation=attn)
     teacher.eval().requires_grad_(False)
     cfg = StudentConfig(init_from_teacher=InitFromConfig(layers=layers), attn_implementation=attn)
-    student = cut_student(teacher, layers, True, cfg, path)
+    student = cut_student(teacher, cfg, path)
     return teacher, student.requires_grad_(True).train()
 
 

@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     n = teacher.config.num_hidden_layers
     models = {"teacher": teacher}
-    for depth in args.layers:
-        for width in args.widths:
-            cfg = StudentConfig(init_from_teacher=InitFromConfig(layers=kept_layers(depth, n), intermediate_size=width))
-            models[f"{depth}x{width}"] = cut_student(teacher, kept_layers(depth, n), True, cfg, teacher_path)
+    shapes = {f"{depth}x{width}": InitFromConfig(layers=kept_layers(depth, n), intermediate_size=width)
+              for depth in args.layers for width in args.widths}  # fmt: skip
+    for name, cut in shapes.items():
+        models[name] = cut_student(teacher, StudentConfig(init_from_teacher=cut), teacher_path)
     need = max(args.latency_calls, args.throughput_batches * THROUGHPUT_BATCH)
     texts = [t for _, t in sst2_examples("dev", need)]
     batches = [dict(tokenizer(texts[i : i + 64], padding=True, truncation=True, max_length=128, return_tensors="pt"))
@@ -76,21 +76,19 @@ def main(argv: list[str] | None = None) -> dict:
     rows = {}
     print(f"{'layers':>6} {'FFN':>5} {'x throughput':>12} {'x latency':>9} {'x params':>8}")
     params_t = sum(p.numel() for p in teacher.parameters())
-    for name, model in models.items():
-        if name == "teacher":
-            continue
-        depth, width = map(int, name.split("x"))
+    for name, cut in shapes.items():
         rows[name] = {
-            "layers": kept_layers(depth, n),
-            "intermediate_size": width,
+            "layers": cut.layers,
+            "intermediate_size": cut.intermediate_size,
             "throughput_ratio": speed[name]["throughput"] / speed["teacher"]["throughput"],
             "latency_ratio": speed["teacher"]["latency_ms"] / speed[name]["latency_ms"],
-            "params_ratio": sum(p.numel() for p in model.parameters()) / params_t,
+            "params_ratio": sum(p.numel() for p in models[name].parameters()) / params_t,
             **speed[name],
         }
-        r = rows[name]
+        ratios = (rows[name][k] for k in ("throughput_ratio", "latency_ratio", "params_ratio"))
         print(
-            f"{depth:>6} {width:>5} {r['throughput_ratio']:>12.2f} {r['latency_ratio']:>9.2f} {r['params_ratio']:>8.2f}"
+            f"{len(cut.layers):>6} {cut.intermediate_size:>5} "
+            + " ".join(f"{r:>{w}.2f}" for r, w in zip(ratios, (12, 9, 8)))
         )
     result = {
         "what": "students cut from the teacher, depth x FFN width: throughput at batch 32 and batch-1 latency as "

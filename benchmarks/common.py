@@ -139,7 +139,7 @@ def teacher_and_student(path: str, labels: list[str], attn: str) -> tuple[torch.
     """(teacher, student cut from its layers [1, 5]) with `attn` attention, attention dropout off in the student."""
     teacher = load_classifier(path, labels, attn)
     cfg = StudentConfig(init_from_teacher=InitFromConfig(layers=[1, 5]), attn_implementation=attn)
-    student = cut_student(teacher, [1, 5], True, cfg, path)
+    student = cut_student(teacher, cfg, path)
     student.config.attention_probs_dropout_prob = 0.0
     for module in student.modules():
         if type(module).__name__.endswith("SelfAttention"):

@@ -29,7 +29,7 @@ def build_student(
         return lstm_student(teacher, cfg, label_names, tokenizer)
     src = cfg.init_from_teacher
     source = teacher if src.model is None else load_classifier(src.model, label_names, cfg.attn_implementation)
-    return cut_student(source, src.layers, src.embeddings, cfg, src.model or teacher_name)
+    return cut_student(source, cfg, src.model or teacher_name)
 
 
 def _student_config(base_config, cfg: StudentConfig, **overrides):
@@ -53,20 +53,20 @@ def random_student(teacher: nn.Module, cfg: StudentConfig) -> nn.Module:
     return AutoModelForSequenceClassification.from_config(config, attn_implementation=config._attn_implementation)
 
 
-def cut_student(source: nn.Module, layers: list[int], embeddings: bool, cfg: StudentConfig, source_name: str):
-    """Copy of `source` keeping only encoder `layers` (in that order), narrowed to
-    `cfg.init_from_teacher.intermediate_size` FFN neurons when set; everything else (embeddings, pooler, head) is
-    copied too: the teacher's head fits the same labels, and a pretrained source's head is freshly initialised."""
+def cut_student(source: nn.Module, cfg: StudentConfig, source_name: str):
+    """Copy of `source` as `cfg.init_from_teacher` says: only its encoder `layers` (in that order), narrowed to
+    `intermediate_size` FFN neurons when set; everything else (embeddings, pooler, head) is copied too: the teacher's
+    head fits the same labels, and a pretrained source's head is freshly initialised."""
     src = cfg.init_from_teacher
-    cut = _cut_copy(source, layers, src.intermediate_size if src is not None else None, source_name)
+    cut = _cut_copy(source, src.layers, src.intermediate_size, source_name)
     # Rebuilt from its config, so that every module follows it (dropout rates), then given the cut weights.
     config = _student_config(cut.config, cfg)
     student = AutoModelForSequenceClassification.from_config(config, attn_implementation=config._attn_implementation)
     student.load_state_dict(cut.state_dict())
     family = get_family(student)
-    if not embeddings:
+    if not src.embeddings:
         family.embeddings(student).apply(student._init_weights)
-    if src is not None and not src.transformer_blocks:
+    if not src.transformer_blocks:
         family.layers(student).apply(student._init_weights)
     return student
 
