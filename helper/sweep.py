@@ -10,7 +10,8 @@ Optuna's storage is the record and the claim: the plan (grid x seeds, or the sea
 as waiting trials; each worker takes a waiting trial by moving it to running in the storage (one winner), so no
 trial runs twice, on one machine (`--workers N`) or several (`--storage URL`). A worker beats a heartbeat while its
 trial runs; a trial whose worker died is failed after the grace period and enqueued again (Optuna's
-`RetryHeartbeatStaleTrialCallback`), so a killed sweep, started again, runs exactly the trials that had not finished.
+`RetryHeartbeatStaleTrialCallback`); a trial stopped by Ctrl-C is enqueued again at once, the same way. So a killed or
+interrupted sweep, started again, runs exactly the trials that had not finished.
 
 Reading and checking the sweep file needs no torch; the workers import the stages once and fork each trial.
 """
@@ -29,6 +30,7 @@ import multiprocessing
 import os
 import re
 import resource
+import signal
 import socket
 import sys
 import time
@@ -581,20 +583,35 @@ def claim(plan: Plan, study, storage, lock: Path | None):
 # Workers and trials
 
 
+class Interrupted(Exception):
+    """A trial stopped by Ctrl-C (SIGINT): unfinished, not failed; it is enqueued again."""
+
+
+STOP = []  # in a worker: non-empty once it got SIGINT; it claims no more trials
+
+
+def _stop_worker(signum, frame) -> None:
+    STOP.append(signum)  # the running trial's process got the same Ctrl-C (one process group) and stops itself
+
+
 def work(plan: Plan, url: str, worker: str) -> None:
-    """Claim and run trials until none waits and none runs elsewhere (a trial left by a dead worker comes back)."""
+    """Claim and run trials until none waits and none runs elsewhere (a trial left by a dead worker comes back), or
+    until Ctrl-C: the running trial stops and is enqueued again, and the worker ends."""
     import optuna
 
+    signal.signal(signal.SIGINT, _stop_worker)
     storage = open_storage(url, plan.cfg.heartbeat_s)
     study = open_study_quietly(plan, storage)
     waited = False
-    while True:
+    while not STOP:
         optuna.storages.fail_stale_trials(study)
         trial = claim(plan, study, storage, plan.out / "claim.lock" if url.startswith("sqlite") else None)
         if trial is not None:
             run_trial(plan, url, storage, study, trial, worker)
             waited = False
             continue
+        if STOP:
+            return
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         if not running:
             waiting = (optuna.trial.TrialState.WAITING,)  # enqueued by another worker of this machine meanwhile
@@ -685,8 +702,11 @@ def run_trial(plan: Plan, url: str, storage, study, trial, worker: str) -> None:
             products[plan.steps[i].name], step_cpu = ensure_step(plan, i, values, products, beat)
             cpu += step_cpu
         last = len(plan.steps) - 1
-        run = (plan.out / "trials" / f"t{trial.number:04d}").resolve()
+        # a trial run again: in its first run's place, resumed
+        first = study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        run = (plan.out / "trials" / f"t{trial.number if first is None else first:04d}").resolve()
         overrides = step_overrides(plan, last, values, products) + precheck(plan, values) + run_place(run)
+        overrides += resume_where_stopped(plan, last, run) if first is not None else []
         attrs.update(run_dir=str(run), overrides=overrides, script=plan.steps[last].script)
         # a search's own trials may be pruned; its confirmations run to the end: a seed pruned would leave the mean
         prune = plan.cfg.search is not None and plan.cfg.search.pruner != "none" and "slot" in point_of(trial)
@@ -707,6 +727,9 @@ def run_trial(plan: Plan, url: str, storage, study, trial, worker: str) -> None:
             else:
                 judge(plan, trial, attrs)
                 state = TrialState.PRUNED if outcome["status"] == "pruned" else TrialState.COMPLETE
+    except Interrupted:
+        requeue(study, trial, worker)
+        return
     except UserError as err:
         error = str(err)
     except Exception as err:  # noqa: BLE001  a bug or a broken file: recorded with the trial, the sweep goes on
@@ -722,6 +745,18 @@ def run_trial(plan: Plan, url: str, storage, study, trial, worker: str) -> None:
     else:
         study.tell(trial, state=state)
     print(f"[{worker}] {progress_line(plan, study, trial.number)}", flush=True)
+
+
+def requeue(study, trial, worker: str) -> None:
+    """An interrupted trial: failed (`error: interrupted`) and enqueued again with its values and point, as the
+    heartbeat check does for a dead worker's trial, but at once."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, study._storage.get_trial(trial._trial_id))
+    trial.set_user_attr("error", "interrupted (Ctrl-C)")
+    study.tell(trial, state=TrialState.FAIL)
+    print(f"[{worker}] trial {trial.number} interrupted: enqueued again, to run when the sweep goes on", flush=True)
 
 
 def precheck(plan: Plan, values: dict) -> list[str]:
@@ -752,6 +787,14 @@ def untrained_figures(run: Path) -> dict | None:
 
 def run_place(run: Path) -> list[str]:
     return [override("logger.output_dir", str(run.parent)), override("logger.run_name", run.name)]
+
+
+def resume_where_stopped(plan: Plan, i: int, run: Path) -> list[str]:
+    """For a trial run again (interrupted, or its worker died): `trainer.resume=last` where its run directory has a
+    last checkpoint, so that it goes on from where its first run stopped and ends where an uninterrupted run would."""
+    if has_key(plan.steps[i].cls, "trainer.resume") and (run / "checkpoints" / "last.ckpt").is_file():
+        return [override("trainer.resume", "last")]
+    return []
 
 
 @dataclass
@@ -800,7 +843,9 @@ def run_stage_forked(
 ) -> tuple[dict, float]:
     """Run step `i`'s script (`main(cfg)`) in a forked process, its output in `log`; with `prune`, its validation
     curve goes to the trial, which Optuna's pruner may stop. Returns its outcome ({status: ok | pruned | error, error:
-    one line}) and its CPU seconds."""
+    one line}) and its CPU seconds; raises Interrupted when the run stopped by Ctrl-C, or the worker had it before."""
+    if STOP:
+        raise Interrupted
     step = plan.steps[i]
     result = log.with_suffix(".result.json")
     result.unlink(missing_ok=True)
@@ -815,7 +860,10 @@ def run_stage_forked(
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if result.is_file():
-        return json.loads(result.read_text()), cpu
+        outcome = json.loads(result.read_text())
+        if outcome["status"] == "interrupted":
+            raise Interrupted
+        return outcome, cpu
     return {"status": "error", "error": f"{step.script} died (exit {child.exitcode}); see {log}"}, cpu
 
 
@@ -826,7 +874,8 @@ def _stage_child(step: Step, overrides: list[str], log: Path, result: Path, thre
 
     from helper.training import EXTRA_CALLBACKS, TrialPruning
 
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # not the worker's: Ctrl-C stops the run
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # a trial run again: after its first run's
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
@@ -852,11 +901,23 @@ def _stage_child(step: Step, overrides: list[str], log: Path, result: Path, thre
     except UserError as err:
         outcome = {"status": "error", "error": f"{err}"}
     except BaseException as err:  # a trial's failure is recorded, not fatal to the sweep
-        traceback.print_exc()
-        line = (str(err).strip().splitlines() or [""])[0]
-        outcome = {"status": "error", "error": f"{type(err).__name__}: {line}"[:300]}
+        if interrupted(err):
+            outcome = {"status": "interrupted"}
+        else:
+            traceback.print_exc()
+            line = (str(err).strip().splitlines() or [""])[0]
+            outcome = {"status": "error", "error": f"{type(err).__name__}: {line}"[:300]}
     print(f"sweep: {outcome}", flush=True)
     result.write_text(json.dumps(outcome))
+
+
+def interrupted(err: BaseException | None) -> bool:
+    """Whether `err` is Ctrl-C's KeyboardInterrupt, or raised while handling it (Lightning's `sys.exit(1)`)."""
+    while err is not None:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        err = err.__context__
+    return False
 
 
 def read_run(run: Path, script: str) -> dict:
@@ -994,6 +1055,12 @@ def run_sweep(plan: Plan, url: str | None = None, workers: int = 1, run: bool = 
         ]
         for p in procs:
             p.start()
-        for p in procs:
-            p.join()
+        try:
+            for p in procs:
+                p.join()
+        except KeyboardInterrupt:  # the workers got it too: each puts its running trial back, then ends
+            print("interrupt: the running trials stop and are enqueued again", file=sys.stderr, flush=True)
+            for p in procs:
+                p.join()
+            raise
     return open_study_quietly(plan, open_storage(url, plan.cfg.heartbeat_s))

@@ -19,14 +19,18 @@ def table(plan: Plan, study):
     import pandas as pd
 
     rows = []
-    retried_as = {t.system_attrs["failed_trial"]: t.number for t in study.get_trials(deepcopy=False)
-                  if "failed_trial" in t.system_attrs}  # fmt: skip
+    retried_as = {
+        t.system_attrs["retry_history"][-1]: t.number
+        for t in study.get_trials(deepcopy=False)
+        if t.system_attrs.get("retry_history")
+    }  # fmt: skip  the trial each retry runs again
     for t in finished(study):
         a, params = t.user_attrs, params_of(t)
         error = a.get("error")
         if error is None and t.state.name == "FAIL":  # failed by the heartbeat check: its worker stopped mid-trial
-            again = f"; run again as trial {retried_as[t.number]}" if t.number in retried_as else ""
-            error = f"its worker stopped (no heartbeat){again}"
+            error = "its worker stopped (no heartbeat)"
+        if t.number in retried_as:  # that, or interrupted
+            error = f"{error}; run again as trial {retried_as[t.number]}"
         rows.append(
             {
                 "trial": t.number,

@@ -575,6 +575,7 @@ def check_resume(ckpt: str | None, module: torch.nn.Module, dm, cfg) -> None:
     changed = [f"{k} {before[k]} -> {v}" for k, v in now_settings.items() if k in before and before[k] != v]
     if changed:
         print(f"trainer.resume: changed since the checkpoint: {', '.join(changed)} (applied from here on)")
+    print(f"trainer.resume: going on from {ckpt} (epoch {state.get('epoch')}, step {state.get('global_step')})")
 
 
 def architecture_of(state_dict: dict) -> dict[str, tuple]:

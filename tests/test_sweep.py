@@ -255,30 +255,48 @@ def test_a_student_that_misses_a_speed_or_size_constraint_untrained_is_not_train
     assert row["state"] == "pruned" and row["note"].startswith("distill.require:") and not row["error"]
 
 
-def test_a_killed_sweep_started_again_runs_only_the_unfinished_trials(tmp_path, clf_csv, tiny_model_dir):
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_a_killed_sweep_started_again_runs_only_the_unfinished_trials(tmp_path, clf_csv, tiny_model_dir, how):
+    """SIGKILL: the running trial is failed by the heartbeat check when the sweep starts again; SIGINT (Ctrl-C, to the
+    sweep's process group as a terminal sends it): the sweep puts it back itself and ends with 130."""
     path = write_sweep(tmp_path, clf_csv, tiny_model_dir, grid={"distill.adaptors": [["HardCE"]]})
     sweep_file = yaml.safe_load(path.read_text())
-    sweep_file["overrides"]["trainer.max_epochs"] = 4  # trials of a few seconds: the kill lands inside one
+    # trials of a few seconds: the kill lands inside one (Ctrl-C: inside its training, which stops at a step's end)
+    sweep_file["overrides"]["trainer.max_epochs"] = 4 if how == "SIGKILL" else 20
     sweep_file |= {"seeds": [0, 1, 2], "heartbeat_s": 1}  # 3 trials; a dead worker's is back in 2 s
     path.write_text(yaml.safe_dump(sweep_file, sort_keys=False))
     out = tmp_path / "sweeps" / "sweep"
-    # the sweep as its own process group (its worker and the trial it runs die with it)
+    # the sweep as its own process group (its worker and the trial it runs get the signal with it)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    sweep = subprocess.Popen([sys.executable, "sweep.py", str(path)], cwd=ROOT, env=env, start_new_session=True)
+    sweep = subprocess.Popen(
+        [sys.executable, "sweep.py", str(path)], cwd=ROOT, env=env, start_new_session=True, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.time() + 180
         while time.time() < deadline and sweep.poll() is None:
             states = states_of(out / "optuna.db")
             if "COMPLETE" in states and "RUNNING" in states:
-                break
+                log = out / "trials" / f"t{states.index('RUNNING'):04d}.log"
+                if how == "SIGKILL" or (log.is_file() and "validation after epoch 1:" in log.read_text()):
+                    break
             time.sleep(0.2)
     finally:
-        os.killpg(sweep.pid, signal.SIGKILL)  # at once: the running trial must not finish first
-        sweep.wait()
-    trials = trials_of(out / "optuna.db")  # after the kill: nothing changes them any more
-    killed = [t for t in trials if t.state.name == "RUNNING"]
+        os.killpg(sweep.pid, getattr(signal, how))  # at once: the running trial must not finish first
+        _, stderr = sweep.communicate(timeout=120)
+    trials = trials_of(out / "optuna.db")  # after the sweep ended: nothing changes them any more
     done_before = {t.number: t.datetime_complete for t in trials if t.state.name == "COMPLETE"}
-    assert len(killed) == 1 and done_before
+    if how == "SIGKILL":
+        stopped = [t for t in trials if t.state.name == "RUNNING"]
+        error = "its worker stopped (no heartbeat)"
+    else:
+        assert sweep.returncode == 130, stderr.decode()[-2000:]
+        assert "interrupted: the same command goes on where the sweep stopped" in stderr.decode()
+        assert not [t for t in trials if t.state.name == "RUNNING"]
+        stopped = [t for t in trials if t.state.name == "FAIL"]
+        retries = [t.system_attrs.get("failed_trial") for t in trials if t.state.name == "WAITING"]
+        assert [r for r in retries if r is not None] == [stopped[0].number]  # enqueued again, with the plan's others
+        error = "interrupted (Ctrl-C)"
+    assert len(stopped) == 1 and done_before
     main([str(path)])
     trials = trials_of(out / "optuna.db")
     complete = [t for t in trials if t.state.name == "COMPLETE"]
@@ -288,12 +306,16 @@ def test_a_killed_sweep_started_again_runs_only_the_unfinished_trials(tmp_path, 
     for number, when in done_before.items():
         assert trials[number].datetime_complete == when  # finished before the kill: not run again
     retried = [t for t in complete if t.system_attrs.get("failed_trial") is not None]
-    assert [t.system_attrs["failed_trial"] for t in retried] == [killed[0].number]
-    assert trials[killed[0].number].state.name == "FAIL"
+    assert [t.system_attrs["failed_trial"] for t in retried] == [stopped[0].number]
+    assert trials[stopped[0].number].state.name == "FAIL"
     assert len(complete) == 3 and len(trials) == 4
     rows = {int(r["trial"]): r for r in csv.DictReader((out / "trials.csv").open())}
-    again = f"run again as trial {retried[0].number}"
-    assert rows[killed[0].number]["error"] == f"its worker stopped (no heartbeat); {again}"
+    assert rows[stopped[0].number]["error"] == f"{error}; run again as trial {retried[0].number}"
+    run = out / "trials" / f"t{stopped[0].number:04d}"
+    assert rows[retried[0].number]["run_dir"] == str(run)  # run again in its first run's directory
+    if how == "SIGINT":  # stopped at a step's end with its last.ckpt: run again from there, not from the start
+        assert "trainer.resume=last" in retried[0].user_attrs["overrides"]
+        assert f"trainer.resume: going on from {run}/checkpoints/last.ckpt" in run.with_suffix(".log").read_text()
 
 
 GOOD = {"grid": {"distill.adaptors": [["HardCE"]]}}
