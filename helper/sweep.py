@@ -753,6 +753,7 @@ def requeue(study, trial, worker: str) -> None:
     import optuna
     from optuna.trial import TrialState
 
+    quiet_optuna()
     optuna.storages.RetryHeartbeatStaleTrialCallback()(study, study._storage.get_trial(trial._trial_id))
     trial.set_user_attr("error", "interrupted (Ctrl-C)")
     study.tell(trial, state=TrialState.FAIL)

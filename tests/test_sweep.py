@@ -24,7 +24,7 @@ optuna = pytest.importorskip("optuna")
 from optuna.distributions import CategoricalDistribution  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from helper.sweep import load_plan, open_storage, open_study, params_of  # noqa: E402
+from helper.sweep import load_plan, open_storage, open_study, params_of, requeue  # noqa: E402
 from sweep import main  # noqa: E402
 
 
@@ -213,6 +213,27 @@ def test_retry_failed_runs_the_failed_trials_points_again(tmp_path, clf_csv, tin
     trials = trials_of(db)
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL"]
     assert trials[2].user_attrs["point"] == trials[1].user_attrs["point"]
+
+
+def test_the_table_names_the_trial_that_ran_each_stopped_one_again(tmp_path, clf_csv, tiny_model_dir):
+    """A trial interrupted, its retry's worker killed, the retry of that finished: each row names its own next run."""
+    from helper.sweep_results import table
+
+    plan = load_plan(write_sweep(tmp_path, clf_csv, tiny_model_dir, grid={"distill.adaptors": [["HardCE"]]}))
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'db.sqlite'}", study_name="sweep")
+    first = study.ask()
+    first.set_user_attr("point", json.dumps({"distill.adaptors": ["HardCE"], "seed": 0}))
+    requeue(study, first, "w0")  # Ctrl-C: trial 1 runs it again; then its worker dies (no error of its own)
+    study._storage.set_trial_state_values(study.get_trials()[1]._trial_id, TrialState.RUNNING)
+    study._storage.set_trial_state_values(study.get_trials()[1]._trial_id, TrialState.FAIL)
+    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, study.get_trials()[1])  # trial 2: the heartbeat's retry
+    assert [t.system_attrs["retry_history"] for t in study.get_trials()[1:]] == [[0], [0, 1]]
+    rows = table(plan, study)
+    assert list(rows["error"]) == [
+        "interrupted (Ctrl-C); run again as trial 1",
+        "its worker stopped (no heartbeat); run again as trial 2",
+    ]  # trial 2 waits: not finished, no row
+    assert list(rows["retry_of"].fillna(-1)) == [-1, 0]  # the first trial of each chain
 
 
 def test_tpe_models_the_results_after_search_startup_trials_random_draws(tmp_path, clf_csv, tiny_model_dir):
