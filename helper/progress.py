@@ -23,11 +23,13 @@ class ProgressLines(pl.Callback):
         self.stream = stream or sys.stderr
         self.timer = timer
         self._start = self._last = 0.0
+        self._first_step = 0
         self._examples = 0
         self._loss_sum, self._losses = None, 0
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._start = self._last = self.timer()
+        self._first_step = trainer.global_step  # a resumed run: the ETA counts only the steps made since
         self._examples = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -43,7 +45,7 @@ class ProgressLines(pl.Callback):
         self._last = now
         done, total = trainer.global_step, trainer.estimated_stepping_batches
         rate = self._examples / max(now - self._start, 1e-9)
-        eta = (now - self._start) / max(done, 1) * max(total - done, 0)
+        eta = (now - self._start) / max(done - self._first_step, 1) * max(total - done, 0)
         loss_text = f" loss {float(self._loss_sum) / self._losses:.4f}" if self._losses else ""
         self._loss_sum, self._losses = None, 0
         print(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -61,3 +62,14 @@ def test_the_loss_shown_is_the_mean_of_the_steps_since_the_last_line(clf_csv, to
     shown = [float(re.search(r"loss (\S+)", line).group(1)) for line in steps]
     pairs = [(a + b) / 2 for a, b in zip(step_losses.losses[::2], step_losses.losses[1::2])]
     assert shown == pytest.approx(pairs, abs=1e-4)
+
+
+def test_the_eta_of_a_resumed_run_counts_only_the_steps_it_made():
+    ticks = iter([0.0, 10.0])  # train start at 0 s, a line at 10 s
+    stream = io.StringIO()
+    progress = ProgressLines(every_s=5, stream=stream, timer=lambda: next(ticks))
+    trainer = SimpleNamespace(global_step=100, estimated_stepping_batches=200, current_epoch=1, max_epochs=2)
+    progress.on_train_start(trainer, None)  # resumed at step 100
+    trainer.global_step = 110  # 10 steps in 10 s; 90 to go
+    progress.on_train_batch_end(trainer, None, None, {"labels": [0] * 8}, 0)
+    assert stream.getvalue() == "epoch 2/2 step 110/200 | 1 examples/s | ETA 0:01:30\n"
