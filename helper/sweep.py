@@ -584,7 +584,12 @@ def claim(plan: Plan, study, storage, lock: Path | None):
 
 
 class Interrupted(Exception):
-    """A trial stopped by Ctrl-C (SIGINT): unfinished, not failed; it is enqueued again."""
+    """A trial stopped by Ctrl-C (SIGINT): unfinished, not failed; it is enqueued again. With the CPU seconds of the
+    run it stopped."""
+
+    def __init__(self, cpu_seconds: float = 0.0):
+        super().__init__()
+        self.cpu_seconds = cpu_seconds
 
 
 STOP = []  # in a worker: non-empty once it got SIGINT; it claims no more trials
@@ -727,8 +732,9 @@ def run_trial(plan: Plan, url: str, storage, study, trial, worker: str) -> None:
             else:
                 judge(plan, trial, attrs)
                 state = TrialState.PRUNED if outcome["status"] == "pruned" else TrialState.COMPLETE
-    except Interrupted:
-        requeue(study, trial, worker)
+    except Interrupted as stop:
+        spent = {"seconds": round(time.time() - start, 1), "cpu_seconds": round(cpu + stop.cpu_seconds, 1)}
+        requeue(study, trial, worker, spent)
         return
     except UserError as err:
         error = str(err)
@@ -747,15 +753,16 @@ def run_trial(plan: Plan, url: str, storage, study, trial, worker: str) -> None:
     print(f"[{worker}] {progress_line(plan, study, trial.number)}", flush=True)
 
 
-def requeue(study, trial, worker: str) -> None:
-    """An interrupted trial: failed (`error: interrupted`) and enqueued again with its values and point, as the
-    heartbeat check does for a dead worker's trial, but at once."""
+def requeue(study, trial, worker: str, spent: dict | None = None) -> None:
+    """An interrupted trial: failed (`error: interrupted`, with the seconds it `spent`) and enqueued again with its
+    values and point, as the heartbeat check does for a dead worker's trial, but at once."""
     import optuna
     from optuna.trial import TrialState
 
     quiet_optuna()
     optuna.storages.RetryHeartbeatStaleTrialCallback()(study, study._storage.get_trial(trial._trial_id))
-    trial.set_user_attr("error", "interrupted (Ctrl-C)")
+    for key, value in {**(spent or {}), "error": "interrupted (Ctrl-C)"}.items():  # not copied to the retry
+        trial.set_user_attr(key, value)
     study.tell(trial, state=TrialState.FAIL)
     print(f"[{worker}] trial {trial.number} interrupted: enqueued again, to run when the sweep goes on", flush=True)
 
@@ -863,7 +870,7 @@ def run_stage_forked(
     if result.is_file():
         outcome = json.loads(result.read_text())
         if outcome["status"] == "interrupted":
-            raise Interrupted
+            raise Interrupted(cpu)
         return outcome, cpu
     return {"status": "error", "error": f"{step.script} died (exit {child.exitcode}); see {log}"}, cpu
 

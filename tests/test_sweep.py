@@ -317,6 +317,7 @@ def test_a_killed_sweep_started_again_runs_only_the_unfinished_trials(tmp_path, 
         retries = [t.system_attrs.get("failed_trial") for t in trials if t.state.name == "WAITING"]
         assert [r for r in retries if r is not None] == [stopped[0].number]  # enqueued again, with the plan's others
         error = "interrupted (Ctrl-C)"
+        assert stopped[0].user_attrs["cpu_seconds"] > 0  # its run's CPU time counts in the sweep's
     assert len(stopped) == 1 and done_before
     main([str(path)])
     trials = trials_of(out / "optuna.db")
