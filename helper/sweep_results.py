@@ -19,11 +19,8 @@ def table(plan: Plan, study):
     import pandas as pd
 
     rows = []
-    retried_as = {
-        t.system_attrs["retry_history"][-1]: t.number
-        for t in study.get_trials(deepcopy=False)
-        if t.system_attrs.get("retry_history")
-    }  # fmt: skip  the trial each retry runs again
+    retried = [t for t in study.get_trials(deepcopy=False) if t.system_attrs.get("retry_history")]
+    retried_as = {t.system_attrs["retry_history"][-1]: t.number for t in retried}  # the trial each retry runs again
     for t in finished(study):
         a, params = t.user_attrs, params_of(t)
         error = a.get("error")
