@@ -24,11 +24,9 @@ from bert.features import FEATURES, LAYER_FEATURES
 from bert.recorder import FeatureRecorder
 
 TOLERANCE = 1e-5
-CHECKS = (
-    *FEATURES,
-    "outputs",
-    "ffn",
-)  # "outputs": the model's own logits with and without the recorder (must be equal)
+# "outputs": the model's own logits with and without the recorder (must be equal); "ffn": a narrowed copy against the
+# same model with the dropped neurons zeroed (`ffn_diff`)
+CHECKS = (*FEATURES, "outputs", "ffn")
 
 
 def tiny_model(family: families.Family, attn_implementation: str | None = None, **config) -> nn.Module:
